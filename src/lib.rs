@@ -1,0 +1,21 @@
+//! walsync: continuous replication of SQLite WAL files to S3-compatible storage.
+//!
+//! The crate is laid out as the pipeline it implements (see DESIGN.md §1):
+//!
+//! - [`wal`]: read and verify a SQLite write-ahead log, cut it at commit frames.
+//! - [`ltx`]: encode and decode LTX files, the on-storage format shared with
+//!   Litestream 0.5.
+//! - [`storage`]: a small object-store trait with an S3 backend (rust-s3,
+//!   blocking) and a local-directory backend.
+//! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
+//!   binaries.
+//!
+//! There is no async runtime anywhere: the daemon is a fixed set of threads.
+
+pub mod cli;
+pub mod error;
+pub mod ltx;
+pub mod storage;
+pub mod wal;
+
+pub use error::{Error, Result, StorageErrorKind};
