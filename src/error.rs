@@ -85,7 +85,9 @@ fn kind_text(kind: StorageErrorKind) -> &'static str {
     match kind {
         StorageErrorKind::NotFound => "not found",
         StorageErrorKind::NoSuchBucket => "no such bucket",
-        StorageErrorKind::AccessDenied => "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+        StorageErrorKind::AccessDenied => {
+            "access denied (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        }
         StorageErrorKind::Transient => "temporary failure",
         StorageErrorKind::Other => "request failed",
     }

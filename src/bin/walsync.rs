@@ -1,1 +1,7 @@
-fn main() {}
+//! `walsync`: replicate, restore, snapshot, list and verify SQLite databases.
+
+fn main() {
+    walsync::cli::init_logging();
+    let args: walsync::cli::Walsync = argh::from_env();
+    walsync::cli::exit(walsync::cli::run(args));
+}
