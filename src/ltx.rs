@@ -151,7 +151,13 @@ pub struct Header {
 impl Header {
     /// A header as walsync writes it: NoChecksum, the given page size, commit,
     /// transaction range and timestamp; WAL fields and node id zero.
-    pub fn new(page_size: u32, commit: u32, min_txid: u64, max_txid: u64, timestamp_ms: i64) -> Header {
+    pub fn new(
+        page_size: u32,
+        commit: u32,
+        min_txid: u64,
+        max_txid: u64,
+        timestamp_ms: i64,
+    ) -> Header {
         Header {
             flags: HEADER_FLAG_NO_CHECKSUM,
             page_size,
@@ -669,12 +675,10 @@ impl<R: Read> Decoder<R> {
         let mut filled = 0;
         while filled < buf.len() {
             match self.input.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    return Err(self.err(format!(
-                        "truncated: {what} at offset {start} needs {} bytes, file ends after {filled}",
-                        buf.len()
-                    )))
-                }
+                Ok(0) => return Err(self.err(format!(
+                    "truncated: {what} at offset {start} needs {} bytes, file ends after {filled}",
+                    buf.len()
+                ))),
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(&self.object, e)),
@@ -1127,6 +1131,19 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_lock_page_rules() {
+        assert_eq!(next_snapshot_pgno(0, 5), 1);
+        assert_eq!(next_snapshot_pgno(3, 5), 4);
+        assert_eq!(next_snapshot_pgno(4, 5), 6);
+        let h = Header::new(65536, 16386, 1, 1, 0);
+        assert_eq!(h.last_snapshot_pgno(), 16386);
+        let h = Header::new(65536, 16385, 1, 1, 0);
+        assert_eq!(h.last_snapshot_pgno(), 16384);
+        // A small snapshot never meets the lock page.
+        assert_eq!(Header::new(4096, 3, 1, 1, 0).last_snapshot_pgno(), 3);
+    }
+
+    #[test]
     fn uvarint_matches_go() {
         let mut v = Vec::new();
         put_uvarint(&mut v, 264);
@@ -1146,14 +1163,35 @@ mod tests {
             object_key("backups/", "app.db", 0, 10, 10),
             "backups/app.db/0000/000000000000000a-000000000000000a.ltx"
         );
-        assert_eq!(parse_object_name("000000000000000a-000000000000000b.ltx"), Some((10, 11)));
-        assert_eq!(parse_object_name("000000000000000A-000000000000000b.ltx"), None);
-        assert_eq!(parse_object_name("00000000000000a-000000000000000b.ltx"), None);
-        assert_eq!(parse_object_name("000000000000000c-000000000000000b.ltx"), None);
-        assert_eq!(parse_object_name("0000000000000000-000000000000000b.ltx"), None);
-        assert_eq!(parse_object_name("000000000000000a-000000000000000b.lt"), None);
-        let k = parse_object_key("b/p", "b/p/dir/app.db/0009/0000000000000001-0000000000000002.ltx")
-            .unwrap();
+        assert_eq!(
+            parse_object_name("000000000000000a-000000000000000b.ltx"),
+            Some((10, 11))
+        );
+        assert_eq!(
+            parse_object_name("000000000000000A-000000000000000b.ltx"),
+            None
+        );
+        assert_eq!(
+            parse_object_name("00000000000000a-000000000000000b.ltx"),
+            None
+        );
+        assert_eq!(
+            parse_object_name("000000000000000c-000000000000000b.ltx"),
+            None
+        );
+        assert_eq!(
+            parse_object_name("0000000000000000-000000000000000b.ltx"),
+            None
+        );
+        assert_eq!(
+            parse_object_name("000000000000000a-000000000000000b.lt"),
+            None
+        );
+        let k = parse_object_key(
+            "b/p",
+            "b/p/dir/app.db/0009/0000000000000001-0000000000000002.ltx",
+        )
+        .unwrap();
         assert_eq!(
             k,
             ObjectKey {
@@ -1163,10 +1201,21 @@ mod tests {
                 max_txid: 2
             }
         );
-        assert_eq!(parse_object_key("", "app.db/0000/0000000000000003-0000000000000003.ltx").unwrap().level, 0);
-        assert!(parse_object_key("x", "app.db/0000/0000000000000003-0000000000000003.ltx").is_none());
-        assert!(parse_object_key("", "app.db/000A/0000000000000003-0000000000000003.ltx").is_none());
-        assert!(parse_object_key("", "app.db/0100/0000000000000003-0000000000000003.ltx").is_none());
+        assert_eq!(
+            parse_object_key("", "app.db/0000/0000000000000003-0000000000000003.ltx")
+                .unwrap()
+                .level,
+            0
+        );
+        assert!(
+            parse_object_key("x", "app.db/0000/0000000000000003-0000000000000003.ltx").is_none()
+        );
+        assert!(
+            parse_object_key("", "app.db/000A/0000000000000003-0000000000000003.ltx").is_none()
+        );
+        assert!(
+            parse_object_key("", "app.db/0100/0000000000000003-0000000000000003.ltx").is_none()
+        );
         assert!(parse_object_key("", "0000/0000000000000003-0000000000000003.ltx").is_none());
     }
 
@@ -1182,7 +1231,10 @@ mod tests {
             "2025-01-02T03:04:05.6Z"
         );
         for ms in [0, 1, 999, 1_735_787_045_678, 4_102_444_800_000] {
-            assert_eq!(parse_timestamp(&format_timestamp_ms(ms).unwrap()).unwrap(), ms);
+            assert_eq!(
+                parse_timestamp(&format_timestamp_ms(ms).unwrap()).unwrap(),
+                ms
+            );
         }
         assert_eq!(
             parse_timestamp("2025-01-02T03:04:05.678901234Z").unwrap(),
