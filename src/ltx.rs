@@ -675,10 +675,12 @@ impl<R: Read> Decoder<R> {
         let mut filled = 0;
         while filled < buf.len() {
             match self.input.read(&mut buf[filled..]) {
-                Ok(0) => return Err(self.err(format!(
+                Ok(0) => {
+                    return Err(self.err(format!(
                     "truncated: {what} at offset {start} needs {} bytes, file ends after {filled}",
                     buf.len()
-                ))),
+                )))
+                }
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(&self.object, e)),
@@ -964,9 +966,12 @@ pub fn verify<R: Read>(r: R, object: impl Into<String>) -> Result<Summary> {
     Decoder::new(r, object)?.finish()
 }
 
+/// A page number and the page's bytes.
+pub type Page = (u32, Vec<u8>);
+
 /// Decode and verify a file held in memory; return its header and pages.
 /// Meant for tests and small files.
-pub fn decode_all(bytes: &[u8], object: &str) -> Result<(Header, Vec<(u32, Vec<u8>)>)> {
+pub fn decode_all(bytes: &[u8], object: &str) -> Result<(Header, Vec<Page>)> {
     let mut dec = Decoder::new(bytes, object)?;
     let mut pages = Vec::new();
     let mut buf = vec![0u8; dec.header().page_size as usize];
