@@ -5,6 +5,7 @@
 //! - [`wal`]: read and verify a SQLite write-ahead log, cut it at commit frames.
 //! - [`ltx`]: encode and decode LTX files, the on-storage format shared with
 //!   Litestream 0.5.
+//! - [`shm`]: read SQLite's wal-index header to count commits and prove none was missed.
 //! - [`storage`]: a small object-store trait with an S3 backend (rust-s3,
 //!   blocking) and a local-directory backend.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod error;
 pub mod ltx;
+pub mod shm;
 pub mod storage;
 pub mod wal;
 
