@@ -305,36 +305,48 @@ impl S3Storage {
     }
 }
 
-/// Extracts `<tag>…</tag>` from an S3 XML error body.
-fn xml_field<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+/// Extracts `<tag>…</tag>` from an S3 XML error body, entities decoded.
+fn xml_field(body: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");
     let close = format!("</{tag}>");
     let start = body.find(&open)? + open.len();
     let end = body[start..].find(&close)? + start;
-    Some(body[start..end].trim())
+    Some(
+        body[start..end]
+            .trim()
+            .replace("&apos;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
 }
 
 /// Kind and one-line message for a rust-s3 error.
 fn classify(e: &S3Error, endpoint: &str) -> (StorageErrorKind, String) {
     match e {
         S3Error::HttpFailWithBody(status, body) => {
-            let code = xml_field(body, "Code").unwrap_or("");
-            let kind = status_kind(*status, code);
+            let code = xml_field(body, "Code").unwrap_or_default();
+            let kind = status_kind(*status, &code);
             let mut message = format!("HTTP {status}");
             if !code.is_empty() {
                 message.push(' ');
-                message.push_str(code);
+                message.push_str(&code);
             }
             match xml_field(body, "Message") {
                 Some(m) if !m.is_empty() => {
                     message.push_str(": ");
-                    message.push_str(&one_line(m));
+                    message.push_str(&one_line(&m));
                 }
                 _ if code.is_empty() && !body.trim().is_empty() => {
                     message.push_str(": ");
                     message.push_str(&one_line(body));
                 }
                 _ => {}
+            }
+            if code == "AuthorizationHeaderMalformed" {
+                // What a wrong region looks like (Garage wants `garage`).
+                message.push_str(" (check --region / AWS_REGION)");
             }
             (kind, message)
         }
@@ -756,6 +768,15 @@ mod tests {
         let (kind, msg) = classify(&S3Error::HttpFailWithBody(404, body.into()), "e");
         assert_eq!(kind, StorageErrorKind::NoSuchBucket);
         assert_eq!(msg, "HTTP 404 NoSuchBucket: Bucket not found: x");
+        let body = "<Error><Code>AuthorizationHeaderMalformed</Code><Message>unexpected \
+                    scope: &apos;us-east-1&apos;</Message></Error>";
+        let (kind, msg) = classify(&S3Error::HttpFailWithBody(400, body.into()), "e");
+        assert_eq!(kind, StorageErrorKind::Other);
+        assert_eq!(
+            msg,
+            "HTTP 400 AuthorizationHeaderMalformed: unexpected scope: 'us-east-1' \
+             (check --region / AWS_REGION)"
+        );
         let (kind, _) = classify(&S3Error::HttpFailWithBody(404, String::new()), "e");
         assert_eq!(kind, StorageErrorKind::NotFound);
         assert_eq!(status_kind(403, ""), StorageErrorKind::AccessDenied);
