@@ -8,6 +8,9 @@
 //! - [`shm`]: read SQLite's wal-index header to count commits and prove none was missed.
 //! - [`storage`]: a small object-store trait with an S3 backend (rust-s3,
 //!   blocking) and a local-directory backend.
+//! - [`segment`]: turn committed transactions and snapshots into LTX objects.
+//! - [`upload`]: the fixed uploader pool, byte budget and retries.
+//! - [`replicate`]: one database's checkpoint-safe capture protocol.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
@@ -16,8 +19,11 @@
 pub mod cli;
 pub mod error;
 pub mod ltx;
+pub mod replicate;
+pub mod segment;
 pub mod shm;
 pub mod storage;
+pub mod upload;
 pub mod wal;
 
 pub use error::{Error, Result, StorageErrorKind};

@@ -285,7 +285,7 @@ impl Storage for FileStorage {
                     }
                 } else if md.is_file()
                     && key.starts_with(prefix)
-                    && start_after.map_or(true, |after| key.as_str() > after)
+                    && start_after.is_none_or(|after| key.as_str() > after)
                 {
                     out.push(self.info(&key, &md, Metadata::new()));
                 }

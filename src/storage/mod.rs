@@ -147,6 +147,28 @@ pub trait Storage: Send + Sync {
     /// order. Pagination is internal: the whole listing is returned.
     fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>>;
 
+    /// At most `max_keys` objects of [`Storage::list`], with one request on
+    /// S3: what a caller that needs only the first keys after a point uses
+    /// (start-up probes for the newest txid).
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        let mut all = self.list(prefix, start_after)?;
+        all.truncate(max_keys);
+        Ok(all)
+    }
+
+    /// Stores the file at `path` under `key`, like [`Storage::put`]. Backends
+    /// override it to stream large files (S3: multipart upload) so a
+    /// multi-gigabyte snapshot never sits in memory.
+    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
+        let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.put(key, &body, meta)
+    }
+
     /// Deletes `keys`; keys that do not exist are not an error.
     fn delete_many(&self, keys: &[String]) -> Result<()>;
 

@@ -442,9 +442,9 @@ fn metadata_from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) 
         .collect()
 }
 
-impl Storage for S3Storage {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
-        let full = self.checked_key(key)?;
+impl S3Storage {
+    /// `x-amz-meta-*` headers for `meta`, validated.
+    fn meta_headers(&self, key: &str, meta: &Metadata) -> Result<HeaderMap> {
         meta.validate()
             .map_err(|reason| err(self.location(key), StorageErrorKind::Other, reason))?;
         let mut headers = HeaderMap::new();
@@ -464,6 +464,84 @@ impl Storage for S3Storage {
                 }
             }
         }
+        Ok(headers)
+    }
+}
+
+/// Files larger than this are uploaded in parts (rust-s3 uses 8 MiB parts).
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+
+impl Storage for S3Storage {
+    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if len <= MULTIPART_THRESHOLD {
+            let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            return self.put(key, &body, meta);
+        }
+        let full = self.checked_key(key)?;
+        let headers = self.meta_headers(key, meta)?;
+        let bucket = self
+            .bucket
+            .with_extra_headers(headers)
+            .map_err(|e| self.map_err(self.location(key), e))?;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let status = bucket
+            .put_object_stream_with_content_type(&mut file, &full, "application/octet-stream")
+            .map_err(|e| self.map_err(self.location(key), e))?;
+        if !(200..300).contains(&status) {
+            return Err(err(
+                self.location(key),
+                status_kind(status, ""),
+                format!("multipart upload failed with HTTP {status}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<Vec<ObjectInfo>> {
+        let root = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let full_prefix = format!("{root}{prefix}");
+        let (page, _) = self
+            .bucket
+            .list_page(
+                full_prefix.clone(),
+                None,
+                None,
+                start_after.map(|s| format!("{root}{s}")),
+                Some(max_keys.clamp(1, BATCH)),
+            )
+            .map_err(|e| self.map_err(format!("s3://{}/{full_prefix}", self.bucket_name), e))?;
+        let mut out: Vec<ObjectInfo> = page
+            .contents
+            .into_iter()
+            .filter_map(|object| {
+                object.key.strip_prefix(&root).map(|key| ObjectInfo {
+                    key: key.to_string(),
+                    size: object.size,
+                    last_modified: parse_time(&object.last_modified),
+                    metadata: Metadata::new(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.truncate(max_keys);
+        Ok(out)
+    }
+
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
+        let full = self.checked_key(key)?;
+        let headers = self.meta_headers(key, meta)?;
         let response = self
             .bucket
             .put_object_with_content_type_and_headers(

@@ -1,0 +1,214 @@
+//! Turning WAL transactions and database snapshots into LTX objects.
+//!
+//! Why a stage of its own: both the steady-state path (committed transactions
+//! → one level-0 segment) and the snapshot path (every page of the database
+//! at one consistent point → one level-9 object) produce the same thing, an
+//! LTX file plus the metadata the uploader stores with it. Keeping the byte
+//! work here leaves `replicate` with only the protocol.
+//!
+//! A segment folds one or more committed transactions: for every page the
+//! newest frame wins, pages beyond the last commit's database size are
+//! dropped (the database shrank), and the header records the WAL range it
+//! came from (offset, size, salts) so a restarted daemon can resume from the
+//! newest object's header alone.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::ltx::{self, Encoder, Header};
+use crate::storage::Metadata;
+use crate::upload::Body;
+use crate::wal::{self, Position, Transaction};
+
+/// Segments whose raw pages exceed this are encoded into a temp file.
+pub const MEMORY_LIMIT: u64 = 8 << 20;
+
+/// Metadata name holding the RFC 3339 timestamp Litestream's restore reads.
+pub const META_TIMESTAMP: &str = "litestream-timestamp";
+/// Metadata name holding the hex SHA-256 of the object.
+pub const META_SHA256: &str = "walsync-sha256";
+
+/// An encoded LTX object ready for upload.
+pub struct Encoded {
+    /// The LTX header written.
+    pub header: Header,
+    /// The bytes (in memory or in a temp file).
+    pub body: Body,
+    /// Timestamp and SHA-256 metadata.
+    pub meta: Metadata,
+}
+
+/// Where the daemon stands in the WAL after this object: the WAL fields of an
+/// LTX header describe the range `[wal_offset, wal_offset + wal_size)`.
+pub fn wal_fields(h: &mut Header, start_offset: u64, end: &Position) {
+    h.wal_offset = start_offset as i64;
+    h.wal_size = end.offset.saturating_sub(start_offset) as i64;
+    h.wal_salt1 = end.salt1;
+    h.wal_salt2 = end.salt2;
+}
+
+/// Something LTX pages can be written to (an [`Encoder`] over any writer).
+pub trait PageWriter {
+    /// Append one page; page numbers must strictly increase.
+    fn page(&mut self, pgno: u32, data: &[u8]) -> Result<()>;
+}
+
+impl<W: Write> PageWriter for Encoder<W> {
+    fn page(&mut self, pgno: u32, data: &[u8]) -> Result<()> {
+        self.write_page(pgno, data)
+    }
+}
+
+/// Encode the committed transactions `txs` (consecutive, from one WAL
+/// generation held in `wal_bytes`) as one level-0 LTX file for `txid`.
+pub fn encode_transactions(
+    wal_bytes: &[u8],
+    txs: &[Transaction],
+    txid: u64,
+    tmp_dir: &Path,
+) -> Result<Encoded> {
+    let (Some(first), Some(last)) = (txs.first(), txs.last()) else {
+        return Err(Error::Config("internal: empty segment".into()));
+    };
+    let page_size = last.end.page_size;
+    let commit = last.commit;
+    // Newest frame per page; pages past the final size are dropped.
+    let mut pages: BTreeMap<u32, &wal::Frame> = BTreeMap::new();
+    for tx in txs {
+        for f in &tx.frames {
+            pages.insert(f.pgno, f);
+        }
+    }
+    let lock = ltx::lock_pgno(page_size);
+    pages.retain(|pgno, _| *pgno <= commit && *pgno != lock);
+    let mut header = Header::new(page_size, commit, txid, txid, ltx::now_ms());
+    wal_fields(&mut header, first.start_offset(), &last.end);
+    let raw = pages.len() as u64 * u64::from(page_size);
+    encode_with(header, raw, tmp_dir, |w| {
+        for (pgno, f) in &pages {
+            let data = wal::frame_page(wal_bytes, page_size, f).ok_or_else(|| {
+                Error::Config(format!("internal: frame of page {pgno} outside the WAL"))
+            })?;
+            w.page(*pgno, data)?;
+        }
+        Ok(())
+    })
+}
+
+/// Encode an LTX file under `header` whose pages `fill` writes, into memory
+/// when `raw_size` (uncompressed page bytes) is small, else into a temp file
+/// in `tmp_dir` so memory stays bounded whatever the database size.
+pub fn encode_with(
+    header: Header,
+    raw_size: u64,
+    tmp_dir: &Path,
+    fill: impl FnOnce(&mut dyn PageWriter) -> Result<()>,
+) -> Result<Encoded> {
+    if raw_size <= MEMORY_LIMIT {
+        let mut enc = Encoder::new(Sha256Writer::new(Vec::new()), header)?;
+        fill(&mut enc)?;
+        let (w, _) = enc.finish()?;
+        let (body, sha) = w.finish();
+        return Ok(Encoded {
+            header,
+            body: Body::Memory(body),
+            meta: metadata(&header, &sha)?,
+        });
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".walsync-")
+        .suffix(".ltx.tmp")
+        .tempfile_in(tmp_dir)
+        .map_err(|e| Error::io(tmp_dir, e))?;
+    let (file, path) = tmp.into_parts();
+    let mut enc = Encoder::new(Sha256Writer::new(BufWriter::new(file)), header)?;
+    fill(&mut enc)?;
+    let (w, _) = enc.finish()?;
+    let (buf, sha) = w.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| Error::io(&path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&path, e))?;
+    Ok(Encoded {
+        header,
+        body: Body::File(path),
+        meta: metadata(&header, &sha)?,
+    })
+}
+
+fn metadata(header: &Header, sha: &[u8]) -> Result<Metadata> {
+    Ok(Metadata::new()
+        .with(
+            META_TIMESTAMP,
+            ltx::format_timestamp_ms(header.timestamp_ms)?,
+        )
+        .with(META_SHA256, hex(sha)))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A writer that hashes everything written through it (ring SHA-256).
+pub struct Sha256Writer<W> {
+    inner: W,
+    ctx: ring::digest::Context,
+}
+
+impl<W: Write> Sha256Writer<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        Sha256Writer {
+            inner,
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+
+    /// The inner writer and the digest of everything written.
+    pub fn finish(self) -> (W, Vec<u8>) {
+        (self.inner, self.ctx.finish().as_ref().to_vec())
+    }
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Read page `pgno` of the database file into `buf` (pread; the file is
+/// never mapped because SQLite may truncate it).
+pub fn read_db_page(file: &File, path: &Path, pgno: u32, buf: &mut [u8]) -> Result<()> {
+    let offset = u64::from(pgno - 1) * buf.len() as u64;
+    file.read_exact_at(buf, offset).map_err(|e| {
+        Error::io(
+            path,
+            std::io::Error::new(e.kind(), format!("reading page {pgno}: {e}")),
+        )
+    })
+}
+
+/// Page size recorded in a database file header (bytes 16–17; 1 = 65536).
+pub fn db_page_size(first_bytes: &[u8]) -> Option<u32> {
+    let b = first_bytes.get(16..18)?;
+    let v = u32::from(u16::from_be_bytes([b[0], b[1]]));
+    let size = if v == 1 { 65536 } else { v };
+    (size.is_power_of_two() && (512..=65536).contains(&size)).then_some(size)
+}

@@ -1,0 +1,320 @@
+//! The uploader pool: a fixed set of threads that PUT segments to storage.
+//!
+//! Why a separate stage: watcher threads must never touch the network (a slow
+//! or dead S3 endpoint must not stop them from reading the WAL), and the
+//! number of connections to S3 must not grow with the number of databases.
+//! Watchers push [`Segment`]s into one bounded crossbeam channel; a small
+//! fixed pool drains it, retrying transient failures forever with capped,
+//! jittered exponential backoff, and reports each durable segment back to its
+//! watcher ([`Ack`]). Memory is bounded by a byte budget shared by all
+//! watchers ([`Budget`]): a watcher that would exceed it waits, and meanwhile
+//! the WAL itself (pinned by the watcher's read transaction) is the buffer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::storage::{Metadata, Storage};
+
+/// A segment's bytes: small ones in memory, snapshots in a temp file.
+#[derive(Debug)]
+pub enum Body {
+    /// An encoded LTX file.
+    Memory(Vec<u8>),
+    /// An encoded LTX file on disk (deleted when the segment is dropped).
+    File(tempfile::TempPath),
+}
+
+impl Body {
+    /// Size in bytes.
+    pub fn len(&self) -> Result<u64> {
+        match self {
+            Body::Memory(v) => Ok(v.len() as u64),
+            Body::File(p) => std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| Error::io(p, e)),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.len(), Ok(0))
+    }
+}
+
+/// One LTX object to store, and whom to tell when it is durable.
+pub struct Segment {
+    /// Object key relative to the storage prefix.
+    pub key: String,
+    /// Transaction id the object ends at.
+    pub txid: u64,
+    /// The bytes.
+    pub body: Body,
+    /// User metadata (timestamp, SHA-256).
+    pub meta: Metadata,
+    /// Bytes charged to the shared budget (released after upload).
+    pub charge: u64,
+    /// Where to report the upload.
+    pub ack: Sender<Ack>,
+    /// Database name, for messages.
+    pub db: String,
+}
+
+/// A segment is durable in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Its transaction id.
+    pub txid: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+}
+
+/// Byte budget shared by every watcher (a counting semaphore on bytes).
+pub struct Budget {
+    limit: u64,
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Budget {
+        Budget {
+            limit: limit.max(1),
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Reserve `n` bytes, waiting up to `timeout`. A request larger than the
+    /// whole budget is granted when nothing else is charged (and charged as
+    /// the whole budget). Returns the bytes charged, or `None` on timeout.
+    pub fn acquire(&self, n: u64, timeout: Duration) -> Option<u64> {
+        let n = n.min(self.limit);
+        let deadline = Instant::now() + timeout;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used + n > self.limit {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            used = self
+                .freed
+                .wait_timeout(used, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *used += n;
+        Some(n)
+    }
+
+    /// Charge `n` bytes without waiting (may overshoot the limit; callers
+    /// that must not block, such as a watcher holding the write lock, use it
+    /// and then see [`Budget::exhausted`] until uploads catch up).
+    pub fn force(&self, n: u64) -> u64 {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used += n;
+        n
+    }
+
+    /// True when nothing more should be queued.
+    pub fn exhausted(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Give back `n` bytes.
+    pub fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+
+    /// Bytes currently charged.
+    pub fn used(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Request counters of the whole pool.
+#[derive(Default, Debug)]
+pub struct Stats {
+    /// Successful PUTs.
+    pub puts: AtomicU64,
+    /// Failed PUT attempts (retried).
+    pub put_errors: AtomicU64,
+    /// Bytes stored.
+    pub bytes: AtomicU64,
+}
+
+/// The running pool.
+pub struct Uploader {
+    tx: Sender<Segment>,
+    threads: Vec<JoinHandle<()>>,
+    budget: Arc<Budget>,
+    abort: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+}
+
+/// Capped exponential backoff with jitter for attempt `n` (0-based).
+pub fn backoff(n: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << n.min(16));
+    let d = base.min(cap);
+    // Jitter in [d/2, d): enough to spread a herd of uploaders.
+    let nanos = d.as_nanos() as u64;
+    let jitter = if nanos == 0 {
+        0
+    } else {
+        random_u64() % (nanos / 2).max(1)
+    };
+    Duration::from_nanos(nanos / 2 + jitter)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let rng = ring::rand::SystemRandom::new();
+    if ring::rand::SecureRandom::fill(&rng, &mut b).is_err() {
+        return 0x9e37_79b9_7f4a_7c15;
+    }
+    u64::from_le_bytes(b)
+}
+
+impl Uploader {
+    /// Start `threads` uploaders storing into `storage`, with a shared byte
+    /// budget of `budget` bytes for queued and in-flight segments.
+    pub fn start(storage: Arc<dyn Storage>, threads: usize, budget: u64) -> Uploader {
+        let (tx, rx) = crossbeam_channel::unbounded::<Segment>();
+        let budget = Arc::new(Budget::new(budget));
+        let abort = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let handles = (0..threads.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                let storage = storage.clone();
+                let budget = budget.clone();
+                let abort = abort.clone();
+                let stats = stats.clone();
+                std::thread::Builder::new()
+                    .name(format!("uploader-{i}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || run(rx, &*storage, &budget, &abort, &stats))
+                    .unwrap_or_else(|e| {
+                        // Without its threads the daemon cannot work at all.
+                        log::error!("cannot start uploader thread: {e}");
+                        std::process::exit(1)
+                    })
+            })
+            .collect();
+        Uploader {
+            tx,
+            threads: handles,
+            budget,
+            abort,
+            stats,
+        }
+    }
+
+    /// A sender for watchers.
+    pub fn sender(&self) -> Sender<Segment> {
+        self.tx.clone()
+    }
+
+    /// The shared byte budget.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
+    }
+
+    /// Pool-wide counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Stop retrying: segments still failing are dropped (they stay in the
+    /// WAL and are shipped after the next start). Used on a forced exit.
+    pub fn abort(&self) {
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
+    /// Close the queue and wait for the threads to drain it.
+    pub fn join(self) {
+        drop(self.tx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    rx: Receiver<Segment>,
+    storage: &dyn Storage,
+    budget: &Budget,
+    abort: &AtomicBool,
+    stats: &Stats,
+) {
+    while let Ok(seg) = rx.recv() {
+        let mut attempt = 0u32;
+        loop {
+            if abort.load(Ordering::SeqCst) {
+                break;
+            }
+            let result = match &seg.body {
+                Body::Memory(b) => storage.put(&seg.key, b, &seg.meta).map(|()| b.len() as u64),
+                Body::File(p) => seg
+                    .body
+                    .len()
+                    .and_then(|n| storage.put_file(&seg.key, p, &seg.meta).map(|()| n)),
+            };
+            match result {
+                Ok(bytes) => {
+                    stats.puts.fetch_add(1, Ordering::Relaxed);
+                    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    log::debug!("{}: stored {} ({bytes} bytes)", seg.db, seg.key);
+                    let _ = seg.ack.send(Ack {
+                        txid: seg.txid,
+                        bytes,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    stats.put_errors.fetch_add(1, Ordering::Relaxed);
+                    let retryable = e.storage_kind().is_some_and(|k| k.is_retryable());
+                    let wait = backoff(
+                        attempt,
+                        Duration::from_secs(if retryable { 30 } else { 60 }),
+                    );
+                    if retryable {
+                        log::warn!(
+                            "{}: upload failed, retrying in {:.1}s: {e}",
+                            seg.db,
+                            wait.as_secs_f32()
+                        );
+                    } else {
+                        log::error!(
+                            "{}: upload failed, retrying in {:.1}s: {e}",
+                            seg.db,
+                            wait.as_secs_f32()
+                        );
+                    }
+                    attempt = attempt.saturating_add(1);
+                    sleep_unless(wait, abort);
+                }
+            }
+        }
+        budget.release(seg.charge);
+    }
+}
+
+/// Sleep `d`, waking early when `flag` is set.
+pub fn sleep_unless(d: Duration, flag: &AtomicBool) {
+    let end = Instant::now() + d;
+    while !flag.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
