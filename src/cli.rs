@@ -6,9 +6,15 @@
 //! function. Every command ends through [`exit`], which prints an error as one
 //! line on stderr and exits non-zero.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use argh::FromArgs;
 
+use crate::daemon;
 use crate::error::{Error, Result};
+use crate::replicate::DbConfig;
+use crate::storage::{self, S3Options, Storage};
 
 /// walsync: continuous replication of SQLite databases to S3-compatible storage.
 #[derive(FromArgs, Debug)]
@@ -28,11 +34,13 @@ pub enum Command {
     Verify(VerifyArgs),
 }
 
-/// Replicate databases continuously (same as `walsync-sync`).
+/// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "sync")]
 pub struct SyncArgs {
-    /// database paths or glob patterns (expanded by walsync, e.g. '/data/*.db')
+    /// database paths or glob patterns, expanded by walsync itself (quote
+    /// them: '/data/*.db'); a pattern's directory keeps being watched so
+    /// databases created later are replicated too
     #[argh(positional)]
     pub databases: Vec<String>,
 
@@ -40,7 +48,11 @@ pub struct SyncArgs {
     #[argh(option)]
     pub bucket: String,
 
-    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    /// key prefix inside the bucket (same as `s3://bucket/prefix`)
+    #[argh(option)]
+    pub prefix: Option<String>,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, else AWS)
     #[argh(option)]
     pub endpoint: Option<String>,
 
@@ -48,9 +60,102 @@ pub struct SyncArgs {
     #[argh(option)]
     pub region: Option<String>,
 
-    /// use path-style addressing (needed by most self-hosted servers)
+    /// use path-style addressing (the default with a custom endpoint)
     #[argh(switch)]
     pub path_style: bool,
+
+    /// number of uploader threads shared by all databases (default 4)
+    #[argh(option, default = "4")]
+    pub uploaders: usize,
+
+    /// take a full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
+    #[argh(option, default = "String::from(\"24h\")")]
+    pub snapshot_interval: String,
+
+    /// walsync runs a PASSIVE checkpoint after shipping once the WAL holds this many frames (default 1000)
+    #[argh(option, default = "1000")]
+    pub checkpoint_pages: u64,
+
+    /// walsync runs a TRUNCATE checkpoint (a brief writer stall) once the WAL file is this many pages long (default 16384)
+    #[argh(option, default = "16384")]
+    pub truncate_pages: u64,
+
+    /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
+    #[argh(option, default = "String::from(\"0s\")")]
+    pub min_put_interval: String,
+
+    /// memory for queued uploads in MiB, shared by all databases; beyond it the WAL is the buffer (default 64)
+    #[argh(option, default = "64")]
+    pub memory_mib: u64,
+
+    /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
+    #[argh(option, default = "String::from(\"30s\")")]
+    pub shutdown_timeout: String,
+}
+
+impl SyncArgs {
+    fn duration(flag: &str, value: &str) -> Result<Duration> {
+        if value.trim() == "0" {
+            return Ok(Duration::ZERO);
+        }
+        humantime::parse_duration(value)
+            .map_err(|e| Error::Config(format!("--{flag} {value:?}: {e} (use e.g. 30s, 5m, 24h)")))
+    }
+
+    /// The storage spec combining `--bucket` and `--prefix`.
+    pub fn storage_spec(&self) -> String {
+        match &self.prefix {
+            None => self.bucket.clone(),
+            Some(p) if self.bucket.contains("://") => {
+                format!(
+                    "{}/{}",
+                    self.bucket.trim_end_matches('/'),
+                    p.trim_matches('/')
+                )
+            }
+            Some(p) => format!("s3://{}/{}", self.bucket, p.trim_matches('/')),
+        }
+    }
+
+    /// Validate the flags into daemon options.
+    pub fn options(&self) -> Result<daemon::Options> {
+        if self.databases.is_empty() {
+            return Err(Error::Config(
+                "no database given (e.g. walsync-sync '/data/*.db' --bucket NAME)".into(),
+            ));
+        }
+        if self.uploaders == 0 || self.uploaders > 256 {
+            return Err(Error::Config(format!(
+                "--uploaders {}: must be 1..=256",
+                self.uploaders
+            )));
+        }
+        if self.checkpoint_pages == 0 || self.truncate_pages < self.checkpoint_pages {
+            return Err(Error::Config(format!(
+                "--checkpoint-pages {} / --truncate-pages {}: need 0 < checkpoint-pages <= truncate-pages",
+                self.checkpoint_pages, self.truncate_pages
+            )));
+        }
+        if self.memory_mib == 0 || self.memory_mib > 1 << 20 {
+            return Err(Error::Config(format!(
+                "--memory-mib {}: must be 1..=1048576",
+                self.memory_mib
+            )));
+        }
+        let snapshot = Self::duration("snapshot-interval", &self.snapshot_interval)?;
+        let mut db = DbConfig::new("");
+        db.snapshot_interval = (!snapshot.is_zero()).then_some(snapshot);
+        db.checkpoint_pages = self.checkpoint_pages;
+        db.truncate_pages = self.truncate_pages;
+        db.min_put_interval = Self::duration("min-put-interval", &self.min_put_interval)?;
+        Ok(daemon::Options {
+            databases: self.databases.clone(),
+            db,
+            uploaders: self.uploaders,
+            memory_budget: self.memory_mib << 20,
+            shutdown_timeout: Self::duration("shutdown-timeout", &self.shutdown_timeout)?,
+        })
+    }
 }
 
 /// Restore a database from its replica.
@@ -117,8 +222,15 @@ pub fn run(args: Walsync) -> Result<()> {
 }
 
 /// Run `walsync sync` / `walsync-sync`.
-pub fn run_sync(_args: SyncArgs) -> Result<()> {
-    Err(Error::Unimplemented("walsync sync"))
+pub fn run_sync(args: SyncArgs) -> Result<()> {
+    let opts = args.options()?;
+    let s3 = S3Options {
+        endpoint: args.endpoint.clone(),
+        region: args.region.clone(),
+        path_style: args.path_style.then_some(true),
+    };
+    let storage: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec(), &s3)?);
+    daemon::run(opts, storage)
 }
 
 /// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).

@@ -11,12 +11,15 @@
 //! - [`segment`]: turn committed transactions and snapshots into LTX objects.
 //! - [`upload`]: the fixed uploader pool, byte budget and retries.
 //! - [`replicate`]: one database's checkpoint-safe capture protocol.
+//! - [`watch`]: one inotify instance routing file changes to databases.
+//! - [`daemon`]: `walsync sync`: globs, threads, signals.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
 //! There is no async runtime anywhere: the daemon is a fixed set of threads.
 
 pub mod cli;
+pub mod daemon;
 pub mod error;
 pub mod ltx;
 pub mod replicate;
@@ -25,5 +28,6 @@ pub mod shm;
 pub mod storage;
 pub mod upload;
 pub mod wal;
+pub mod watch;
 
 pub use error::{Error, Result, StorageErrorKind};

@@ -835,10 +835,15 @@ impl Replica {
         Ok(next)
     }
 
-    /// The watcher thread's loop: runs until `Shutdown` (or the event channel
-    /// closes), then ships what is committed and waits for the uploads up to
+    /// The watcher thread's loop: runs until `Shutdown`, the event channel
+    /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
     /// `drain_timeout`.
-    pub fn run(mut self, events: Receiver<Event>, drain_timeout: Duration) -> Result<()> {
+    pub fn run(
+        mut self,
+        events: Receiver<Event>,
+        shutdown: Receiver<()>,
+        drain_timeout: Duration,
+    ) -> Result<()> {
         let mut retry = 0u32;
         let mut timer: Option<Instant> = None;
         let mut pending_error: Option<Instant>;
@@ -873,6 +878,7 @@ impl Replica {
                     Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
+                recv(shutdown) -> _ => return self.drain(drain_timeout),
                 recv(tick) -> _ => {}
             }
             // Coalesce a burst of events into one pass.

@@ -1,0 +1,195 @@
+//! File-change notification for every database, from one inotify instance.
+//!
+//! Why one instance: Linux allows only 128 inotify instances per user by
+//! default, and walsync must run 1,000 databases without raising sysctls. One
+//! instance watches each *directory* that holds a database (watch count =
+//! directories, not files), and one thread reads its events and routes them:
+//! a change to `<db>` or `<db>-wal` wakes that database's watcher thread; a
+//! new file matching a watched glob pattern is reported so the daemon can
+//! start replicating it. No polling: an idle database costs no wake-up.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+
+use crate::error::{Error, Result};
+use crate::replicate::Event;
+
+/// What the router sends to the daemon besides per-database wake-ups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A file matching a watched pattern appeared.
+    NewDatabase(PathBuf),
+}
+
+#[derive(Default)]
+struct Routes {
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    dbs: HashMap<(PathBuf, OsString), Sender<Event>>,
+    patterns: Vec<(PathBuf, glob::Pattern)>,
+}
+
+/// Shared handle: register databases and patterns from any thread.
+#[derive(Clone)]
+pub struct Router {
+    watches: Arc<Mutex<Watches>>,
+    routes: Arc<Mutex<Routes>>,
+}
+
+const MASK: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CREATE)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::CLOSE_WRITE);
+
+impl Router {
+    /// Create the inotify instance and start the routing thread; new files
+    /// matching a registered pattern are reported on `discoveries`.
+    pub fn start(discoveries: Sender<Discovery>) -> Result<Router> {
+        let inotify = Inotify::init().map_err(|e| {
+            Error::Config(format!(
+                "cannot create an inotify instance: {e} (fs.inotify.max_user_instances reached?)"
+            ))
+        })?;
+        let router = Router {
+            watches: Arc::new(Mutex::new(inotify.watches())),
+            routes: Arc::new(Mutex::new(Routes::default())),
+        };
+        let routes = router.routes.clone();
+        std::thread::Builder::new()
+            .name("inotify".into())
+            .stack_size(256 * 1024)
+            .spawn(move || route(inotify, &routes, &discoveries))
+            .map_err(|e| Error::Config(format!("cannot start the inotify thread: {e}")))?;
+        Ok(router)
+    }
+
+    fn watch_dir(&self, dir: &Path) -> Result<()> {
+        let wd = self
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(dir, MASK)
+            .map_err(|e| {
+                Error::io(
+                    dir,
+                    std::io::Error::new(e.kind(), format!("cannot watch directory: {e}")),
+                )
+            })?;
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dirs
+            .insert(wd, dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Wake `events` whenever `db` or its WAL changes.
+    pub fn add_database(&self, db: &Path, events: Sender<Event>) -> Result<()> {
+        let (dir, name) = split(db)?;
+        self.watch_dir(&dir)?;
+        let mut wal = name.clone();
+        wal.push("-wal");
+        let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        r.dbs.insert((dir.clone(), name), events.clone());
+        r.dbs.insert((dir, wal), events);
+        Ok(())
+    }
+
+    /// Stop routing events of `db`.
+    pub fn remove_database(&self, db: &Path) {
+        if let Ok((dir, name)) = split(db) {
+            let mut wal = name.clone();
+            wal.push("-wal");
+            let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            r.dbs.remove(&(dir.clone(), name));
+            r.dbs.remove(&(dir, wal));
+        }
+    }
+
+    /// Report new files in `dir` whose full path matches `pattern`.
+    pub fn add_pattern(&self, dir: &Path, pattern: glob::Pattern) -> Result<()> {
+        self.watch_dir(dir)?;
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .patterns
+            .push((dir.to_path_buf(), pattern));
+        Ok(())
+    }
+}
+
+fn split(db: &Path) -> Result<(PathBuf, OsString)> {
+    match (db.parent(), db.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_path_buf()
+            };
+            Ok((dir, name.to_os_string()))
+        }
+        _ => Err(Error::Config(format!("{}: not a file path", db.display()))),
+    }
+}
+
+fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Discovery>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let events = match inotify.read_events_blocking(&mut buf) {
+            Ok(ev) => ev,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("inotify read failed: {e}; file changes are no longer seen");
+                return;
+            }
+        };
+        let r = routes.lock().unwrap_or_else(|p| p.into_inner());
+        for ev in events {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                // Events were dropped: wake everyone, each checks for itself.
+                for tx in r.dbs.values() {
+                    let _ = tx.try_send(Event::Wake);
+                }
+                continue;
+            }
+            let (Some(dir), Some(name)) = (r.dirs.get(&ev.wd), ev.name) else {
+                continue;
+            };
+            if let Some(tx) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
+                // A full channel already holds a wake-up: nothing is lost.
+                let _ = tx.try_send(Event::Wake);
+            }
+            let created = ev
+                .mask
+                .intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::CLOSE_WRITE);
+            if created {
+                let path = dir.join(name);
+                if r.patterns
+                    .iter()
+                    .any(|(d, p)| d == dir && p.matches_path(&path))
+                    && is_database_name(&path)
+                {
+                    let _ = discoveries.send(Discovery::NewDatabase(path));
+                }
+            }
+        }
+    }
+}
+
+/// False for SQLite's side files, which a pattern like `/data/*` also matches.
+pub fn is_database_name(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    !(name.ends_with("-wal")
+        || name.ends_with("-shm")
+        || name.ends_with("-journal")
+        || name.starts_with('.'))
+}
