@@ -144,8 +144,11 @@ pub struct Resumed {
     pub page_size: u32,
 }
 
-/// Segments of one database in flight before reading pauses.
-const MAX_INFLIGHT: usize = 16;
+/// Segments of one database in flight at once. One: a crash can then never
+/// leave a stored txid after a missing one (a hole no restore could cross),
+/// and group commit keeps throughput up: while one segment uploads, every
+/// transaction committed meanwhile is folded into the next.
+const MAX_INFLIGHT: usize = 1;
 
 /// How far the WAL has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,26 +490,19 @@ impl Replica {
         if let Some(c) = self.counted.as_mut() {
             *c = c.wrapping_add(txs.len() as u32);
         }
-        self.emit(&txs, start)?;
+        self.emit(&txs)?;
         Ok(None)
     }
 
-    fn emit(&mut self, txs: &[Transaction], _start: Position) -> Result<()> {
+    fn emit(&mut self, txs: &[Transaction]) -> Result<()> {
         let Some(last) = txs.last() else {
             return Ok(());
         };
-        // Idle: one segment per transaction for the finest point-in-time;
-        // behind: fold everything into one (group commit).
-        let groups: Vec<&[Transaction]> = if self.inflight.is_empty() && txs.len() <= 8 {
-            txs.chunks(1).collect()
-        } else {
-            vec![txs]
-        };
-        for g in groups {
-            let txid = self.next_txid;
-            let enc = segment::encode_transactions(self.wal.bytes(), g, txid, &self.cfg.tmp_dir)?;
-            self.send(enc, 0)?;
-        }
+        // Everything read so far becomes one segment: one transaction when
+        // idle, all of a burst when behind (group commit).
+        let txid = self.next_txid;
+        let enc = segment::encode_transactions(self.wal.bytes(), txs, txid, &self.cfg.tmp_dir)?;
+        self.send(enc, 0)?;
         self.read = Some(Read::At(last.end));
         Ok(())
     }
@@ -515,7 +511,11 @@ impl Replica {
         let txid = enc.header.max_txid;
         let key = ltx::object_key("", &self.cfg.name, level, enc.header.min_txid, txid);
         let len = enc.body.len()?;
-        let charge = self.budget.force(len);
+        // Files are streamed from disk; only their read buffer counts.
+        let charge = self.budget.force(match enc.body {
+            crate::upload::Body::Memory(_) => len,
+            crate::upload::Body::File(_) => len.min(16 << 20),
+        });
         self.segments
             .send(Segment {
                 key,
@@ -630,12 +630,18 @@ impl Replica {
     /// Handle a wake-up: read and ship what is new, check the commit
     /// counter, checkpoint when due.
     fn step(&mut self) -> Result<()> {
-        if self.read.is_none() || !self.in_read {
-            // Not established yet (start-up snapshot pending or failed).
+        if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {
+            // Not established, or continuity lost: only a snapshot may come
+            // next (a segment now would claim to follow a state it does not).
             return Ok(());
         }
-        if self.inflight.len() >= MAX_INFLIGHT || self.budget.exhausted() {
-            return Ok(()); // an ack will wake us; the WAL is the buffer
+        if self.inflight.len() >= MAX_INFLIGHT {
+            return Ok(()); // the ack wakes us; the WAL is the buffer
+        }
+        if self.budget.exhausted() {
+            // Other databases hold the budget: look again shortly.
+            self.deferred_until = Some(Instant::now() + Duration::from_millis(50));
+            return Ok(());
         }
         if let Some(last) = self.last_put {
             let due = last + self.cfg.min_put_interval;
@@ -818,14 +824,19 @@ impl Replica {
                 }
             }
         }
-        if let Some(reason) = self.snapshot_reason.clone() {
-            // Ship what is readable first so point-in-time history stays fine.
-            if self.in_read {
-                self.step()?;
-            }
-            self.snapshot(&reason)?;
-        }
         self.deferred_until = None;
+        if !self.in_read && self.snapshot_reason.is_none() && self.read.is_some() {
+            // A checkpoint or start-up step failed after the read
+            // transaction ended: take it again under the fence.
+            let fence = self.fence()?;
+            self.establish(fence, self.counted.is_none())?;
+        }
+        if let Some(reason) = self.snapshot_reason.clone() {
+            // One segment in flight at a time: the snapshot waits for it.
+            if self.inflight.is_empty() {
+                self.snapshot(&reason)?;
+            }
+        }
         self.step()?;
         let mut next = self.deferred_until;
         if let Some(iv) = self.cfg.snapshot_interval {
