@@ -150,6 +150,9 @@ pub struct Resumed {
 /// transaction committed meanwhile is folded into the next.
 const MAX_INFLIGHT: usize = 1;
 
+/// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
+const SETTLE_CHECKS: u32 = 4;
+
 /// How far the WAL has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
@@ -173,6 +176,12 @@ pub struct Replica {
     conn: Option<Connection>,
     in_read: bool,
     pinned: bool,
+    /// The wal-index as seen just before the read transaction began: the
+    /// read transaction's snapshot is at least this new.
+    r_shm: Option<ShmHeader>,
+    /// Re-checks scheduled after a wake that changed nothing yet (a
+    /// checkpointer updates the wal-index only after writing the database).
+    settle: u32,
     wal: WalMap,
     shm: Shm,
     db_id: Option<(u64, u64)>,
@@ -220,6 +229,8 @@ impl Replica {
             conn: None,
             in_read: false,
             pinned: false,
+            r_shm: None,
+            settle: 0,
             db_id: None,
             read: None,
             counted: None,
@@ -302,6 +313,7 @@ impl Replica {
         if self.in_read {
             return Ok(());
         }
+        self.r_shm = self.shm.read()?;
         let c = self.conn()?;
         c.execute_batch("BEGIN")
             .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
@@ -329,10 +341,47 @@ impl Replica {
         self.shm.read()
     }
 
+    /// Right after the read transaction began: is the WAL pinned? If the
+    /// wal-index shows frames not yet backfilled, the read transaction either
+    /// uses WAL frames (fact 1) or blocks their backfill (fact 2); either way
+    /// nothing can restart or truncate the WAL while it is held.
+    fn note_read_began(&mut self) -> Result<Option<ShmHeader>> {
+        let shm = self.read_shm()?;
+        self.pinned = shm.is_some_and(|h| h.mx_frame > h.backfill);
+        Ok(shm)
+    }
+
+    /// Move the read transaction to the newest snapshot (no fence): called
+    /// when everything committed has been read and the wal-index changed
+    /// since the read transaction began. Without it, the application's own
+    /// checkpoints could only copy frames up to walsync's old read mark, and
+    /// a FULL/RESTART/TRUNCATE checkpoint would wait for walsync (its busy
+    /// timeout) while holding the writer lock. A commit that slips in
+    /// between and is checkpointed away is caught by the commit counter.
+    fn repin(&mut self) -> Result<()> {
+        log::trace!(
+            "{}: moving the read transaction to the newest snapshot",
+            self.cfg.name
+        );
+        self.end_read()?;
+        self.begin_read()?;
+        self.note_read_began()?;
+        Ok(())
+    }
+
     /// Take the write lock on a second connection: nobody can commit,
     /// checkpoint-restart or truncate until it is dropped.
     fn fence(&self) -> Result<Fence> {
+        self.fence_within(self.cfg.busy_timeout)
+    }
+
+    /// A fence that gives up after `wait` (checkpoints are optional work: they
+    /// must not queue behind a long application transaction or a
+    /// checkpointer that waits for walsync).
+    fn fence_within(&self, wait: Duration) -> Result<Fence> {
         let c = self.open_conn()?;
+        c.busy_timeout(wait)
+            .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
         c.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
         Ok(Fence(c))
@@ -422,8 +471,7 @@ impl Replica {
             self.snapshot_reason = Some(reason);
         }
         self.begin_read()?;
-        let shm = self.read_shm()?;
-        self.pinned = shm.is_some_and(|h| h.mx_frame > h.backfill);
+        let shm = self.note_read_began()?;
         match (self.counted, shm) {
             (Some(c), Some(h)) if !trust_salts && h.change != c => {
                 self.snapshot_reason = Some(format!(
@@ -562,8 +610,7 @@ impl Replica {
         }
         self.end_read()?;
         self.begin_read()?;
-        let shm = self.read_shm()?;
-        self.pinned = shm.is_some_and(|h| h.mx_frame > h.backfill);
+        let shm = self.note_read_began()?;
         self.counted = shm.map(|h| h.change);
         self.read = Some(end.map_or(Read::Empty, Read::At));
         drop(fence);
@@ -636,6 +683,7 @@ impl Replica {
             return Ok(());
         }
         if self.inflight.len() >= MAX_INFLIGHT {
+            log::trace!("{}: step: waiting for an upload", self.cfg.name);
             return Ok(()); // the ack wakes us; the WAL is the buffer
         }
         if self.budget.exhausted() {
@@ -653,10 +701,23 @@ impl Replica {
         let Some(shm) = self.read_shm()? else {
             return self.doubt("the wal-index (-shm) disappeared");
         };
+        log::trace!(
+            "{}: step: mxFrame={} backfill={} change={} pinned={} read={:?}",
+            self.cfg.name,
+            shm.mx_frame,
+            shm.backfill,
+            shm.change,
+            self.pinned,
+            self.read.map(|r| match r {
+                Read::At(p) => p.frame_index(),
+                Read::Empty => 0,
+            })
+        );
         if !self.pinned {
             if shm.mx_frame <= shm.backfill {
                 // Fully backfilled and not pinned: nothing unread can exist
                 // (the read transaction began with everything read).
+                self.settle_later();
                 return self.check_counter(&shm);
             }
             self.pinned = true;
@@ -665,16 +726,52 @@ impl Replica {
         if let Some(reason) = self.ship_available(false)? {
             return self.doubt(&reason);
         }
-        if let Some(shm) = self.read_shm()? {
-            if let Some(Read::At(p)) = self.read {
-                if (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
+        let Some(shm) = self.read_shm()? else {
+            return Ok(());
+        };
+        let caught_up = match self.read {
+            Some(Read::At(p)) => {
+                (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
                     && u64::from(shm.mx_frame) == p.frame_index()
-                {
-                    self.check_counter(&shm)?;
-                }
             }
+            _ => false,
+        };
+        if !caught_up {
+            // The WAL can be ahead of the wal-index for a moment.
+            self.settle_later();
+            return Ok(());
+        }
+        self.check_counter(&shm)?;
+        if self.snapshot_reason.is_some() {
+            return Ok(());
+        }
+        // The read mark may be older than the newest commit, or a
+        // checkpointer may have progressed and now wait for walsync.
+        let changed = self.r_shm.is_none_or(|r| {
+            (r.mx_frame, r.backfill, r.salt1, r.salt2)
+                != (shm.mx_frame, shm.backfill, shm.salt1, shm.salt2)
+        });
+        if changed {
+            self.settle = 0;
+            self.repin()?;
+        } else {
+            self.settle_later();
         }
         self.maybe_checkpoint()
+    }
+
+    /// A wake-up can come before what caused it is visible: SQLite writes the
+    /// WAL (or a checkpointer the database file) and publishes the result in
+    /// the wal-index only afterwards, without another file event. Look again
+    /// a few times (5, 20, 80, 320 ms) after a wake-up that changed nothing;
+    /// an idle database stops waking after that.
+    fn settle_later(&mut self) {
+        if self.settle < SETTLE_CHECKS {
+            let wait = Duration::from_millis(5 << (2 * self.settle));
+            self.settle += 1;
+            let at = Instant::now() + wait;
+            self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
+        }
     }
 
     /// Everything committed has been read: the counters must agree.
@@ -718,7 +815,7 @@ impl Replica {
 
     /// walsync's own checkpoint (see the module doc).
     fn checkpoint(&mut self, truncate: bool) -> Result<()> {
-        let fence = match self.fence() {
+        let fence = match self.fence_within(Duration::from_millis(200)) {
             Ok(f) => f,
             Err(e) => {
                 log::debug!("{}: checkpoint postponed: {e}", self.cfg.name);
@@ -885,7 +982,7 @@ impl Replica {
             };
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
-                    Ok(Event::Wake) => {}
+                    Ok(Event::Wake) => self.settle = 0,
                     Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
@@ -898,7 +995,7 @@ impl Replica {
             }
             loop {
                 match events.try_recv() {
-                    Ok(Event::Wake) => {}
+                    Ok(Event::Wake) => self.settle = 0,
                     Ok(Event::Shutdown) => return self.drain(drain_timeout),
                     Err(_) => break,
                 }
