@@ -142,6 +142,7 @@ pub struct WalHeader {
 
 impl WalHeader {
     /// Parse and verify the header at the start of `buf`.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<WalHeader, WalError> {
         let Some(h) = buf.get(..WAL_HEADER_SIZE) else {
             return Err(WalError::ShortHeader(buf.len()));
