@@ -11,6 +11,7 @@
 //! - [`segment`]: turn committed transactions and snapshots into LTX objects.
 //! - [`upload`]: the fixed uploader pool, byte budget and retries.
 //! - [`replicate`]: one database's checkpoint-safe capture protocol.
+//! - [`restore`]: plan, download, verify and apply a replica into a database file.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod error;
 pub mod ltx;
 pub mod replicate;
+pub mod restore;
 pub mod segment;
 pub mod shm;
 pub mod storage;
