@@ -151,6 +151,9 @@ pub struct RestoreOptions {
     pub progress: bool,
     /// Byte budget for objects fetched ahead of the one being applied.
     pub window_bytes: u64,
+    /// Objects at least this large are spooled to a temporary file through
+    /// ranged GETs instead of memory ([`SPOOL_THRESHOLD`] by default).
+    pub spool_threshold: u64,
 }
 
 impl Default for RestoreOptions {
@@ -160,6 +163,7 @@ impl Default for RestoreOptions {
             force: false,
             progress: false,
             window_bytes: DEFAULT_WINDOW_BYTES,
+            spool_threshold: SPOOL_THRESHOLD,
         }
     }
 }
@@ -373,34 +377,39 @@ impl Replica {
             });
         };
         let missing = pos + 1;
-        // An object covering `missing` exists but ends past the target?
-        if let Some(over) = self
-            .objects
-            .iter()
-            .filter(|o| o.min_txid <= missing && o.max_txid > target)
-            .min_by_key(|o| o.max_txid)
-        {
-            return Error::Restore(format!(
-                "{db}: cannot restore exactly txid {target}: after {} (txid {pos}) the only objects \
-                 covering txid {missing} end later, e.g. {} (txids {}..{})",
-                self.full(&prev.key),
-                self.full(&over.key),
-                over.min_txid,
-                over.max_txid
-            ));
-        }
+        // What the chain could use next, and what covers the hole but ends
+        // past the target (e.g. a later snapshot).
         let after = self
             .objects
             .iter()
-            .filter(|o| o.min_txid > missing)
+            .filter(|o| o.min_txid > missing && o.max_txid <= target)
             .min_by_key(|o| (o.min_txid, Reverse(o.max_txid)));
+        let over = self
+            .objects
+            .iter()
+            .filter(|o| o.min_txid <= missing && o.max_txid > target)
+            .min_by_key(|o| (o.max_txid, Reverse(o.level)));
+        let over_note = over
+            .map(|o| {
+                format!(
+                    "; {} covers txid {missing} but ends at txid {}",
+                    self.full(&o.key),
+                    o.max_txid
+                )
+            })
+            .unwrap_or_default();
         Error::Restore(match after {
             Some(n) => format!(
                 "{db}: gap in the replica: txids {missing}..{} are in no object \
-                 (between {} and {}); cannot restore txid {target}",
+                 (between {} and {}); cannot restore txid {target}{over_note}",
                 n.min_txid - 1,
                 self.full(&prev.key),
                 self.full(&n.key)
+            ),
+            None if over.is_some() => format!(
+                "{db}: cannot restore exactly txid {target}: after {} (txid {pos}) \
+                 no object ends at or before it{over_note}",
+                self.full(&prev.key)
             ),
             None => format!(
                 "{db}: gap in the replica: txids {missing}..{target} are in no object \
@@ -724,8 +733,9 @@ fn fetch(
     o: &ReplicaObject,
     name: &str,
     spool_dir: &Path,
+    spool_threshold: u64,
 ) -> Result<Fetched> {
-    let (body, meta, digest) = if o.size >= SPOOL_THRESHOLD {
+    let (body, meta, digest) = if o.size >= spool_threshold {
         let info = storage.head(&o.key)?.ok_or_else(|| {
             Error::storage(
                 name,
@@ -813,7 +823,13 @@ fn download_and_apply(
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let r = fetch(storage, &plan.objects[i], &names[i], spool_dir);
+                    let r = fetch(
+                        storage,
+                        &plan.objects[i],
+                        &names[i],
+                        spool_dir,
+                        opts.spool_threshold,
+                    );
                     if res_tx.send((i, r)).is_err() {
                         break;
                     }
