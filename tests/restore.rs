@@ -733,3 +733,68 @@ fn cli_restore() {
     assert!(stderr.contains("txids 3..3"), "{stderr}");
     assert_eq!(entries(&out_dir), ["cli.db".to_string()].into());
 }
+
+/// Manual check of a larger restore (progress line, throughput):
+/// `WALSYNC_BIG_REPLICA=/tmp/dir cargo test --test restore big_replica -- --ignored`
+/// writes a 40 MB snapshot plus 200 level-0 files under `file:///tmp/dir`,
+/// database `big.db`.
+#[test]
+#[ignore]
+fn big_replica() {
+    let Some(root) = std::env::var_os("WALSYNC_BIG_REPLICA") else {
+        return;
+    };
+    let s = FileStorage::create(PathBuf::from(root)).unwrap();
+    let ps = 4096u32;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA page_size=4096; PRAGMA journal_mode=DELETE; CREATE TABLE t(x BLOB)")
+        .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    for i in 0..9_000u64 {
+        tx.execute(
+            "INSERT INTO t VALUES (?1)",
+            [common::pseudo_random(4000, i)],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let mut db = fs::read(&path).unwrap();
+    let commit = (db.len() / ps as usize) as u32;
+    let h = Header::new(ps, commit, 1, 1, BASE_TS);
+    let bytes = ltx::encode_to_vec(
+        h,
+        (1..=commit).map(|p| (p, &db[(p as usize - 1) * 4096..p as usize * 4096])),
+    )
+    .unwrap();
+    s.put(&key("big.db", 9, 1, 1), &bytes, &Metadata::new())
+        .unwrap();
+    for t in 2..=200u64 {
+        conn.execute(
+            "UPDATE t SET x = ?1 WHERE rowid = ?2",
+            rusqlite::params![common::pseudo_random(4000, t * 7), t as i64 * 40],
+        )
+        .unwrap();
+        let cur = fs::read(&path).unwrap();
+        let commit = (cur.len() / ps as usize) as u32;
+        let changed: Vec<u32> = (1..=commit)
+            .filter(|&p| {
+                let r = (p as usize - 1) * 4096..p as usize * 4096;
+                db.get(r.clone()) != cur.get(r)
+            })
+            .collect();
+        let h = Header::new(ps, commit, t, t, BASE_TS + t as i64);
+        let bytes = ltx::encode_to_vec(
+            h,
+            changed
+                .iter()
+                .map(|&p| (p, &cur[(p as usize - 1) * 4096..p as usize * 4096])),
+        )
+        .unwrap();
+        s.put(&key("big.db", 0, t, t), &bytes, &Metadata::new())
+            .unwrap();
+        db = cur;
+    }
+    fs::copy(&path, s.root().join("expected.db")).unwrap();
+}
