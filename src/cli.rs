@@ -6,6 +6,8 @@
 //! function. Every command ends through [`exit`], which prints an error as one
 //! line on stderr and exits non-zero.
 
+use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,9 @@ use argh::FromArgs;
 
 use crate::daemon;
 use crate::error::{Error, Result};
+use crate::ltx;
 use crate::replicate::DbConfig;
+use crate::restore::{self, RestoreOptions, Target};
 use crate::storage::{self, S3Options, Storage};
 
 /// walsync: continuous replication of SQLite databases to S3-compatible storage.
@@ -173,6 +177,42 @@ pub struct RestoreArgs {
     /// bucket name, `s3://bucket/prefix` or `file:///dir`
     #[argh(option)]
     pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// restore exactly this txid (decimal, or hex with 0x) instead of the newest
+    #[argh(option)]
+    pub txid: Option<String>,
+
+    /// restore the newest state at or before this RFC 3339 time
+    #[argh(option)]
+    pub timestamp: Option<String>,
+
+    /// replace an existing output file
+    #[argh(switch)]
+    pub force: bool,
+
+    /// do nothing (exit 0) when the output file already exists
+    #[argh(switch)]
+    pub if_db_not_exists: bool,
+
+    /// do nothing (exit 0) when the bucket holds no replica of the database
+    #[argh(switch)]
+    pub if_replica_exists: bool,
+
+    /// parallel downloads (default 8)
+    #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
+    pub parallel: usize,
 }
 
 /// Take a consistent snapshot of a database now.
@@ -214,7 +254,7 @@ pub struct VerifyArgs {
 pub fn run(args: Walsync) -> Result<()> {
     match args.command {
         Command::Sync(a) => run_sync(a),
-        Command::Restore(_) => Err(Error::Unimplemented("walsync restore")),
+        Command::Restore(a) => run_restore(a),
         Command::Snapshot(_) => Err(Error::Unimplemented("walsync snapshot")),
         Command::List(_) => Err(Error::Unimplemented("walsync list")),
         Command::Verify(_) => Err(Error::Unimplemented("walsync verify")),
@@ -224,13 +264,86 @@ pub fn run(args: Walsync) -> Result<()> {
 /// Run `walsync sync` / `walsync-sync`.
 pub fn run_sync(args: SyncArgs) -> Result<()> {
     let opts = args.options()?;
-    let s3 = S3Options {
-        endpoint: args.endpoint.clone(),
-        region: args.region.clone(),
-        path_style: args.path_style.then_some(true),
-    };
+    let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
     let storage: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec(), &s3)?);
     daemon::run(opts, storage)
+}
+
+/// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
+pub fn s3_options(endpoint: Option<String>, region: Option<String>, path_style: bool) -> S3Options {
+    S3Options {
+        endpoint,
+        region,
+        path_style: path_style.then_some(true),
+    }
+}
+
+/// Parse a `--txid` value: decimal, or hexadecimal with a `0x` prefix (the
+/// form object names use).
+pub fn parse_txid(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse::<u64>(),
+    };
+    match parsed {
+        Ok(t) if t >= 1 => Ok(t),
+        _ => Err(Error::Config(format!(
+            "--txid {s:?}: expected a txid ≥ 1 (decimal, or hex with 0x)"
+        ))),
+    }
+}
+
+/// Run `walsync restore`.
+pub fn run_restore(a: RestoreArgs) -> Result<()> {
+    let out = Path::new(&a.output);
+    if a.if_db_not_exists && out.exists() {
+        log::info!(
+            "{}: exists, nothing restored (--if-db-not-exists)",
+            out.display()
+        );
+        return Ok(());
+    }
+    let target = match (&a.txid, &a.timestamp) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "--txid and --timestamp cannot be used together".into(),
+            ))
+        }
+        (Some(t), None) => Target::Txid(parse_txid(t)?),
+        (None, Some(ts)) => Target::Timestamp(ltx::parse_timestamp(ts)?),
+        (None, None) => Target::Latest,
+    };
+    if a.parallel == 0 {
+        return Err(Error::Config("--parallel must be at least 1".into()));
+    }
+    if !a.force && out.exists() {
+        return Err(Error::Restore(format!(
+            "{}: already exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage = storage::open(&a.bucket, &opts)?;
+    let replica = restore::list_replica(&*storage, &a.name)?;
+    if replica.is_empty() && a.if_replica_exists {
+        log::info!(
+            "{}: no replica in {}, nothing restored (--if-replica-exists)",
+            a.name,
+            storage.describe()
+        );
+        return Ok(());
+    }
+    let plan = replica.plan(&*storage, target)?;
+    let ropts = RestoreOptions {
+        parallel: a.parallel,
+        force: a.force,
+        progress: std::io::stderr().is_terminal(),
+        ..RestoreOptions::default()
+    };
+    let summary = restore::restore(&*storage, &plan, out, &ropts)?;
+    println!("{}", summary.line());
+    Ok(())
 }
 
 /// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).

@@ -71,6 +71,12 @@ pub enum Error {
         source: rusqlite::Error,
     },
 
+    /// A restore cannot be planned or carried out (no replica, a gap in the
+    /// chain, a target outside the replica, an existing output). The text
+    /// names the database, object or txid.
+    #[error("{0}")]
+    Restore(String),
+
     /// A flag, URL or configuration value is invalid.
     #[error("{0}")]
     Config(String),

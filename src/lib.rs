@@ -13,6 +13,7 @@
 //! - [`replicate`]: one database's checkpoint-safe capture protocol.
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
+//! - [`restore`]: plan, download, verify and apply a replica into a database file.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod error;
 pub mod ltx;
 pub mod replicate;
+pub mod restore;
 pub mod segment;
 pub mod shm;
 pub mod storage;
