@@ -263,13 +263,51 @@ impl Daemon {
             .name(thread_name)
             .stack_size(DB_THREAD_STACK)
             .spawn(move || {
-                let rep = match Replica::open(cfg, storage, segments, budget) {
-                    Ok(rep) => rep,
-                    Err(e) => {
-                        // Reported and skipped; the other databases go on.
-                        log::error!("{}: not replicated: {e}", db_path.display());
-                        router.remove_database(&db_path);
-                        return Ok(());
+                // A database that cannot be opened yet (a new file not yet
+                // in WAL mode, an empty file, storage down) is reported once
+                // and retried when it changes, or every 30 s; the other
+                // databases go on. Giving up for good would leave a database
+                // discovered a moment before its `PRAGMA journal_mode=WAL`
+                // unreplicated forever.
+                let mut reported: Option<String> = None;
+                let rep = loop {
+                    match Replica::open(
+                        cfg.clone(),
+                        storage.clone(),
+                        segments.clone(),
+                        budget.clone(),
+                    ) {
+                        Ok(rep) => {
+                            if reported.is_some() {
+                                log::info!("{}: replicating now", db_path.display());
+                            }
+                            break rep;
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if reported.as_deref() == Some(msg.as_str()) {
+                                log::debug!("{}: still not replicated: {msg}", db_path.display());
+                            } else {
+                                log::error!(
+                                    "{}: not replicated: {msg} (retrying when the file changes)",
+                                    db_path.display()
+                                );
+                                reported = Some(msg);
+                            }
+                        }
+                    }
+                    // At most one attempt a second, then wait for a change.
+                    crossbeam_channel::select! {
+                        recv(stop) -> _ => return Ok(()),
+                        recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                    }
+                    crossbeam_channel::select! {
+                        recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
+                            router.remove_database(&db_path);
+                            return Ok(());
+                        },
+                        recv(stop) -> _ => return Ok(()),
+                        recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
                 rep.run(ev_rx, stop, drain)

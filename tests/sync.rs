@@ -1,0 +1,1194 @@
+//! End-to-end tests of the `walsync-sync` daemon against the local S3 server.
+//!
+//! Each test runs the real binary as a child process (`RUST_LOG=walsync=debug`,
+//! stderr in `$CARGO_TARGET_TMPDIR/sync-logs/<test>-<pid>.log`, printed when
+//! the test fails) on its own `--prefix`, drives real SQLite writers, and
+//! judges the result only through the oracle in `common::oracle`: an
+//! independent restore at (nearly) every txid, never log lines (except where
+//! the message itself is the behaviour under test, scenario 12).
+//!
+//! Run: `out=$(scripts/s3-server.sh start) && eval "$out"` then
+//! `cargo test --test sync -- --test-threads=2`. Without the S3 environment
+//! the tests skip, unless `WALSYNC_REQUIRE_EXTERNAL=1`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use walsync::storage::{S3Storage, Storage};
+
+const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
+const CATCH_UP: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Small deterministic PRNG (xorshift64*); the seed is printed by each test.
+struct Rng(u64);
+
+impl Rng {
+    fn new(test: &str) -> Rng {
+        let seed = std::env::var("WALSYNC_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{test}: seed {seed} (WALSYNC_TEST_SEED={seed} to repeat)");
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
+/// One test's world: a directory for databases, the bucket and prefix, the
+/// storage client for the oracle, and the daemon's log file.
+struct Env {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    bucket: String,
+    prefix: String,
+    storage: Arc<dyn Storage>,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl Env {
+    fn new(name: &'static str) -> Option<Env> {
+        let config = common::s3_config_or_skip(name)?;
+        let bucket = config.bucket.clone();
+        let prefix = config.prefix.clone();
+        let storage: Arc<dyn Storage> =
+            Arc::new(S3Storage::new(config).expect("S3 client for the oracle"));
+        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sync-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{name}-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        eprintln!("{name}: prefix {prefix}, daemon log {}", log.display());
+        Some(Env {
+            name,
+            dir: tempfile::tempdir().unwrap(),
+            bucket,
+            prefix,
+            storage,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn glob(&self) -> String {
+        format!("{}/*.db", self.dir.path().display())
+    }
+
+    fn replica(&self, db: &str) -> Replica {
+        Replica::new(self.storage.clone(), db)
+    }
+
+    /// Start the daemon on `dbs` with extra flags.
+    fn daemon(&self, dbs: &[String], extra: &[&str]) -> Daemon {
+        let mut args: Vec<String> = dbs.to_vec();
+        args.extend(
+            [
+                "--bucket",
+                &self.bucket,
+                "--prefix",
+                &self.prefix,
+                "--shutdown-timeout",
+                "10s",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Daemon {
+            args,
+            log: self.log.clone(),
+            child: None,
+            starts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        eprintln!(
+            "{}: {} after {:.1?}",
+            self.name,
+            if std::thread::panicking() {
+                "FAILED"
+            } else {
+                "done"
+            },
+            self.started.elapsed()
+        );
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(150);
+            eprintln!(
+                "==== {}: last {} of {} daemon log lines ({}) ====",
+                self.name,
+                lines.len() - from,
+                lines.len(),
+                self.log.display()
+            );
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+            eprintln!("==== end of daemon log ====");
+        }
+    }
+}
+
+/// The daemon child process; killed when dropped.
+struct Daemon {
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.starts += 1;
+        writeln!(&log, "==== test: start #{} ====", self.starts).unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "walsync=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn walsync-sync");
+        self.child = Some(child);
+    }
+
+    fn note(&self, what: &str) {
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            let _ = writeln!(f, "==== test: {what} ====");
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not running").id()
+    }
+
+    /// Fail if the daemon exited on its own.
+    fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(status) = c.try_wait().unwrap() {
+                panic!("the daemon exited unexpectedly: {status}");
+            }
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.assert_running();
+        let mut c = self.child.take().expect("daemon not running");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        self.note("SIGKILL");
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    fn sigterm(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        self.assert_running();
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -TERM failed");
+        let mut c = self.child.take().unwrap();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return (s, t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Restore at every txid (or `sample` random ones plus the newest when there
+/// are more than `max_all`), checking each state with the model and the
+/// monotonicity; returns the checker.
+fn check_history(replica: &mut Replica, rng: &mut Rng, max_all: usize, sample: usize) -> Monotone {
+    let newest = replica.newest().expect("nothing stored");
+    let first_snapshot = replica
+        .list()
+        .iter()
+        .filter(|o| o.level == walsync::ltx::SNAPSHOT_LEVEL)
+        .map(|o| o.max)
+        .min()
+        .expect("no snapshot");
+    let targets: Option<Vec<u64>> = if (newest as usize) <= max_all {
+        None
+    } else {
+        let mut t: Vec<u64> = (0..sample)
+            .map(|_| rng.range(first_snapshot, newest))
+            .collect();
+        t.push(newest);
+        t.sort();
+        t.dedup();
+        Some(t)
+    };
+    let mut mono = Monotone::default();
+    let db = replica.db().to_string();
+    let checked = replica.restore_each(targets.as_deref(), |r| {
+        mono.push(&db, r.txid, app_state(&r.conn));
+    });
+    assert!(!checked.is_empty());
+    assert_eq!(*checked.last().unwrap(), newest);
+    eprintln!(
+        "{db}: restored and checked {} txid(s) up to {newest}; final state {:?}",
+        checked.len(),
+        mono.last()
+    );
+    mono
+}
+
+/// Wait for the replica to equal the source, then check its whole history,
+/// that the newest state is the writer's, and that no object was overwritten.
+fn verify_db(env: &Env, db: &str, rng: &mut Rng, expect: (i64, i64)) -> Monotone {
+    let mut replica = env.replica(db);
+    let newest = oracle::wait_caught_up(&mut replica, &env.path(db), CATCH_UP);
+    let mono = check_history(&mut replica, rng, 2000, 300);
+    assert_eq!(
+        mono.last(),
+        Some(expect),
+        "{db}: the newest restore (txid {newest}) is not the writer's last state"
+    );
+    replica.check_no_overwrite();
+    mono
+}
+
+fn count_levels(replica: &Replica) -> (usize, usize) {
+    let objs = replica.list();
+    let snaps = objs
+        .iter()
+        .filter(|o| o.level == walsync::ltx::SNAPSHOT_LEVEL)
+        .count();
+    (snaps, objs.len() - snaps)
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn wal_len(db: &Path) -> u64 {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    std::fs::metadata(PathBuf::from(p))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Remove a database and its side files.
+fn remove_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// Poll `cond` every 100 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        sleep_ms(100);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Steady writes to three databases
+// ---------------------------------------------------------------------------
+
+#[test]
+fn steady_writes_three_databases() {
+    let Some(env) = Env::new("steady3") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let names = ["a.db", "b.db", "c.db"];
+    let mut writers: Vec<Writer> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Writer::create(&env.path(n), i as i64 + 1))
+        .collect();
+    let mut daemon = env.daemon(&[env.glob()], &[]);
+    let t0 = Instant::now();
+    for round in 0..200 {
+        for w in writers.iter_mut() {
+            w.commit(rng.range(1, 3) as usize);
+        }
+        if round % 50 == 0 {
+            daemon.assert_running();
+        }
+        sleep_ms(rng.range(1, 4));
+        assert!(t0.elapsed() < Duration::from_secs(60), "writers too slow");
+    }
+    eprintln!("wrote 3×200 transactions in {:.1?}", t0.elapsed());
+    for (n, w) in names.iter().zip(&writers) {
+        verify_db(&env, n, &mut rng, (w.gen, w.last));
+    }
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 2. wal_autocheckpoint=1
+// ---------------------------------------------------------------------------
+
+#[test]
+fn writer_with_autocheckpoint_1() {
+    let Some(env) = Env::new("autockpt1") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("auto.db");
+    let mut w = Writer::create_with(&db, 1, "PRAGMA wal_autocheckpoint=1;");
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    let t0 = Instant::now();
+    for _ in 0..300 {
+        w.commit(rng.range(1, 4) as usize);
+        sleep_ms(rng.range(1, 4));
+        if t0.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+    }
+    verify_db(&env, "auto.db", &mut rng, (w.gen, w.last));
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 3. Application checkpoints of every mode + walsync's own
+// ---------------------------------------------------------------------------
+
+#[test]
+fn app_checkpoints_all_modes() {
+    let Some(env) = Env::new("appckpt") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("ckpt.db");
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(
+        &[db.display().to_string()],
+        &["--checkpoint-pages", "10", "--truncate-pages", "40"],
+    );
+    let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+    let t0 = Instant::now();
+    let mut done = Vec::new();
+    for i in 0..400 {
+        w.commit(rng.range(1, 5) as usize);
+        sleep_ms(rng.range(1, 5));
+        // A checkpoint every ~8 transactions. The first four (one per mode)
+        // wait with the writer's 5 s busy_timeout: against walsync's read
+        // transaction the blocking modes use it all, so the others wait at
+        // most 50 ms, which keeps the test short and many checkpoints in.
+        if rng.below(8) == 0 || (i > 350 && done.len() < 4) {
+            let (mode, wait) = if done.len() < 4 {
+                (modes[done.len()], 5000)
+            } else {
+                (modes[rng.below(4) as usize], 50)
+            };
+            w.conn.busy_timeout(Duration::from_millis(wait)).unwrap();
+            let c0 = Instant::now();
+            let r = w.checkpoint(mode);
+            w.conn.busy_timeout(Duration::from_millis(5000)).unwrap();
+            done.push((mode, r, c0.elapsed()));
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let complete = done
+        .iter()
+        .filter(|(m, (busy, log, ck), _)| *m != "PASSIVE" && *busy == 0 && log == ck)
+        .count();
+    eprintln!(
+        "{} application checkpoints, {complete} complete FULL/RESTART/TRUNCATE; \
+         (mode, (busy, log, checkpointed), time): {done:?}",
+        done.len()
+    );
+    assert!(done.len() >= 20, "only {} checkpoints", done.len());
+    verify_db(&env, "ckpt.db", &mut rng, (w.gen, w.last));
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 4. SIGKILL and restart while writing
+// ---------------------------------------------------------------------------
+
+/// Bug (not fixed here, see the report): segments of one database are
+/// uploaded in parallel, so a SIGKILL can leave txid N+1 stored without N;
+/// on restart `replicate::find_resume_point` resumes after the *highest*
+/// stored txid, making the hole at N permanent (no restore at or past N until
+/// the next snapshot).
+#[test]
+#[ignore = "bug: a SIGKILL during parallel uploads leaves a permanent txid gap (find_resume_point resumes after the highest, not the highest contiguous, txid)"]
+fn sigkill_restarts_lose_nothing() {
+    sigkill_scenario("sigkill", &[]);
+}
+
+/// The same with one uploader: uploads are then in txid order, so the gap
+/// above cannot happen; everything else about kills and restarts is checked.
+#[test]
+fn sigkill_restarts_lose_nothing_one_uploader() {
+    sigkill_scenario("sigkill1", &["--uploaders", "1"]);
+}
+
+fn sigkill_scenario(name: &'static str, extra: &[&str]) {
+    let Some(env) = Env::new(name) else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("kill.db");
+    let mut w = Writer::create(&db, 1);
+    let mut flags = vec!["--checkpoint-pages", "30", "--truncate-pages", "120"];
+    flags.extend_from_slice(extra);
+    let mut daemon = env.daemon(&[db.display().to_string()], &flags);
+    let mut replica = env.replica("kill.db");
+    let t0 = Instant::now();
+    let mut kills = 0;
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.range(300, 1500));
+    let mut down_until: Option<Instant> = None;
+    while kills < 6 || down_until.is_some() {
+        w.commit(rng.range(1, 3) as usize);
+        sleep_ms(rng.range(2, 6));
+        let now = Instant::now();
+        if let Some(u) = down_until {
+            if now >= u {
+                daemon.spawn();
+                down_until = None;
+                next_kill = now + Duration::from_millis(rng.range(200, 1500));
+                let n = replica.check_no_overwrite();
+                eprintln!("restart #{kills}: {n} objects, none overwritten");
+            }
+        } else if now >= next_kill {
+            daemon.kill9();
+            kills += 1;
+            down_until = Some(now + Duration::from_millis(rng.range(0, 400)));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "scenario too slow");
+    }
+    eprintln!("{kills} SIGKILLs in {:.1?}, {} rows", t0.elapsed(), w.last);
+    verify_db(&env, "kill.db", &mut rng, (w.gen, w.last));
+    replica.check_no_overwrite();
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 5. App checkpoints while walsync is stopped
+// ---------------------------------------------------------------------------
+
+#[test]
+fn checkpoints_while_stopped_force_a_snapshot() {
+    let Some(env) = Env::new("stopped") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("stop.db");
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    let mut replica = env.replica("stop.db");
+    for _ in 0..30 {
+        w.commit(2);
+        sleep_ms(3);
+    }
+    let before = oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    let (status, _) = daemon.sigterm(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    let (snaps_before, _) = count_levels(&replica);
+
+    for _ in 0..20 {
+        w.commit(2);
+    }
+    let r = w.checkpoint("TRUNCATE");
+    assert_eq!(r.0, 0, "TRUNCATE was busy with walsync stopped: {r:?}");
+    assert_eq!(wal_len(&db), 0);
+    for _ in 0..20 {
+        w.commit(2);
+    }
+    let r = w.checkpoint("RESTART");
+    assert_eq!(r.0, 0, "RESTART was busy with walsync stopped: {r:?}");
+    for _ in 0..20 {
+        w.commit(2);
+    }
+    daemon.spawn();
+    let after = oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    assert!(after > before);
+    let objs = replica.list();
+    let new_snaps: Vec<_> = objs
+        .iter()
+        .filter(|o| o.level == walsync::ltx::SNAPSHOT_LEVEL && o.max > before)
+        .collect();
+    assert!(
+        !new_snaps.is_empty(),
+        "no snapshot after the restart (had {snaps_before} before, newest txid was {before})"
+    );
+    // Some writes after the restart still replicate incrementally.
+    for _ in 0..20 {
+        w.commit(1);
+        sleep_ms(3);
+    }
+    verify_db(&env, "stop.db", &mut rng, (w.gen, w.last));
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 6. Rolled-back transactions with spilled pages
+// ---------------------------------------------------------------------------
+
+const MARKER: i64 = 1_000_000;
+
+#[test]
+fn rolled_back_spill_never_restored() {
+    let Some(env) = Env::new("rollback") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("rb.db");
+    let mut w = Writer::create_with(&db, 1, "PRAGMA cache_size=2;");
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    let mut spilled = 0;
+    for round in 0..5 {
+        for _ in 0..20 {
+            w.commit(rng.range(1, 3) as usize);
+            sleep_ms(2);
+        }
+        let len0 = wal_len(&db);
+        w.conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for i in 0..200 {
+            w.conn
+                .execute(
+                    "INSERT INTO t(id, v) VALUES (?1, randomblob(600))",
+                    [MARKER + round * 1000 + i],
+                )
+                .unwrap();
+        }
+        w.conn.execute("UPDATE meta SET last = -1", []).unwrap();
+        let len1 = wal_len(&db);
+        if len1 > len0 {
+            spilled += 1;
+        }
+        // Let walsync look at the WAL while the spilled frames are there.
+        sleep_ms(200);
+        w.conn.execute_batch("ROLLBACK").unwrap();
+    }
+    for _ in 0..20 {
+        w.commit(1);
+        sleep_ms(2);
+    }
+    assert!(
+        spilled >= 3,
+        "the rolled-back transactions did not spill into the WAL ({spilled}/5)"
+    );
+    let mut replica = env.replica("rb.db");
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    let mut markers = 0;
+    replica.restore_each(None, |r| {
+        let n: i64 = r
+            .conn
+            .query_row("SELECT count(*) FROM t WHERE id >= ?1", [MARKER], |x| {
+                x.get(0)
+            })
+            .unwrap();
+        markers += n;
+        assert_eq!(
+            n, 0,
+            "txid {}: {n} rolled-back marker rows restored",
+            r.txid
+        );
+    });
+    assert_eq!(markers, 0);
+    verify_db(&env, "rb.db", &mut rng, (w.gen, w.last));
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 7. VACUUM, growing and shrinking
+// ---------------------------------------------------------------------------
+
+#[test]
+fn vacuum_between_writes() {
+    let Some(env) = Env::new("vacuum") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("vac.db");
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    let write = |w: &mut Writer, rng: &mut Rng, n: usize| {
+        for _ in 0..n {
+            w.commit(rng.range(1, 3) as usize);
+            sleep_ms(2);
+        }
+    };
+    write(&mut w, &mut rng, 40);
+    w.conn
+        .execute_batch(
+            "CREATE TABLE pad(x BLOB);
+             INSERT INTO pad SELECT randomblob(3000) FROM generate_series(1, 300);",
+        )
+        .or_else(|_| {
+            // generate_series may be missing from the bundled build.
+            w.conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS pad(x BLOB);
+                 WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+                 INSERT INTO pad SELECT randomblob(3000) FROM s;",
+            )
+        })
+        .unwrap();
+    write(&mut w, &mut rng, 20);
+    w.conn.execute_batch("VACUUM").unwrap();
+    write(&mut w, &mut rng, 20);
+    let pages = |w: &Writer| -> i64 {
+        w.conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap()
+    };
+    let big = pages(&w);
+    w.conn.execute_batch("DELETE FROM pad").unwrap();
+    write(&mut w, &mut rng, 10);
+    w.conn.execute_batch("VACUUM").unwrap();
+    let small = pages(&w);
+    assert!(
+        small * 2 < big,
+        "VACUUM did not shrink the database ({big} → {small} pages)"
+    );
+    write(&mut w, &mut rng, 40);
+    let mono = verify_db(&env, "vac.db", &mut rng, (w.gen, w.last));
+    eprintln!(
+        "database {big} → {small} pages; {} states checked",
+        mono.count
+    );
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 8. Database deleted and re-created under the same path
+// ---------------------------------------------------------------------------
+
+#[test]
+fn database_recreated_under_same_path() {
+    let Some(env) = Env::new("recreate") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("re.db");
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    let mut replica = env.replica("re.db");
+    for _ in 0..50 {
+        w.commit(rng.range(1, 3) as usize);
+        sleep_ms(3);
+    }
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    drop(w);
+    daemon.note("deleting re.db");
+    remove_db(&db);
+    sleep_ms(300);
+    daemon.note("re-creating re.db");
+    let mut w2 = Writer::create(&db, 2);
+    for _ in 0..50 {
+        w2.commit(rng.range(1, 3) as usize);
+        sleep_ms(3);
+    }
+    let mono = verify_db(&env, "re.db", &mut rng, (w2.gen, w2.last));
+    assert!(
+        mono.states
+            .iter()
+            .any(|(_, s)| matches!(s, Some((1, k)) if *k > 0)),
+        "the first generation is missing from the history"
+    );
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 9. S3 outage through a proxy
+// ---------------------------------------------------------------------------
+
+/// A loopback TCP proxy that can refuse service: while `down`, accepted
+/// connections are closed at once and open ones are cut.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (d, s, c) = (down.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2))
+                else {
+                    continue;
+                };
+                {
+                    let mut list = c.lock().unwrap();
+                    list.retain(|x| x.peer_addr().is_ok());
+                    list.push(client.try_clone().unwrap());
+                    list.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            down,
+            stop,
+            conns,
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            for c in self.conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.set_down(true);
+    }
+}
+
+#[test]
+fn s3_outage_through_proxy() {
+    let Some(env) = Env::new("outage") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3");
+    let upstream: SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("endpoint {endpoint}: {e}"));
+    let proxy = Proxy::start(upstream);
+    let db = env.path("out.db");
+    let mut w = Writer::create(&db, 1);
+    let ep = format!("http://127.0.0.1:{}", proxy.port);
+    let mut daemon = env.daemon(&[db.display().to_string()], &["--endpoint", &ep]);
+    let replica = env.replica("out.db");
+    let t0 = Instant::now();
+    let mut phase = 0;
+    let mut outage_start = None;
+    let mut newest_at_outage = 0;
+    while phase < 3 {
+        w.commit(rng.range(1, 3) as usize);
+        sleep_ms(rng.range(2, 6));
+        let el = t0.elapsed();
+        if phase == 0 && el > Duration::from_millis(1500) {
+            newest_at_outage = replica.newest().unwrap_or(0);
+            daemon.note("S3 down");
+            proxy.set_down(true);
+            outage_start = Some(Instant::now());
+            phase = 1;
+        } else if phase == 1 && outage_start.unwrap().elapsed() > Duration::from_secs(5) {
+            daemon.note("S3 up");
+            proxy.set_down(false);
+            phase = 2;
+        } else if phase == 2 && outage_start.unwrap().elapsed() > Duration::from_secs(7) {
+            phase = 3;
+        }
+    }
+    assert!(newest_at_outage > 0, "nothing replicated before the outage");
+    let mut replica = env.replica("out.db");
+    let t_up = Instant::now();
+    oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(45));
+    eprintln!("caught up {:.1?} after S3 came back", t_up.elapsed());
+    verify_db(&env, "out.db", &mut rng, (w.gen, w.last));
+    let log = env.log_text();
+    assert!(
+        log.contains("upload failed") || log.contains("retrying"),
+        "the outage was not noticed by the daemon (proxy not in the path?)"
+    );
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 10. A database created after start
+// ---------------------------------------------------------------------------
+
+#[test]
+fn database_created_after_start() {
+    let Some(env) = Env::new("newdb") else { return };
+    let mut rng = Rng::new(env.name);
+    let mut a = Writer::create(&env.path("a.db"), 1);
+    let mut daemon = env.daemon(&[env.glob()], &[]);
+    for _ in 0..20 {
+        a.commit(1);
+        sleep_ms(5);
+    }
+    daemon.note("creating late.db");
+    let mut b = Writer::create(&env.path("late.db"), 7);
+    for _ in 0..100 {
+        a.commit(1);
+        b.commit(rng.range(1, 3) as usize);
+        sleep_ms(3);
+    }
+    // An application that creates the file first and only later switches
+    // it to WAL mode (e.g. `sqlite3 slow.db` then `PRAGMA journal_mode=WAL`):
+    // walsync sees an empty, not-yet-WAL file first.
+    daemon.note("creating slow.db (empty for 500 ms)");
+    drop(rusqlite::Connection::open(env.path("slow.db")).unwrap());
+    assert_eq!(std::fs::metadata(env.path("slow.db")).unwrap().len(), 0);
+    sleep_ms(500);
+    let mut c = Writer::create(&env.path("slow.db"), 9);
+    for _ in 0..30 {
+        c.commit(1);
+        sleep_ms(3);
+    }
+    verify_db(&env, "a.db", &mut rng, (a.gen, a.last));
+    verify_db(&env, "late.db", &mut rng, (b.gen, b.last));
+    verify_db(&env, "slow.db", &mut rng, (c.gen, c.last));
+    daemon.assert_running();
+}
+
+// ---------------------------------------------------------------------------
+// 11. SIGTERM ships everything and exits 0
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_ships_everything_and_exits_0() {
+    let Some(env) = Env::new("sigterm") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("term.db");
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    // Wait until the start-up snapshot is there, so SIGTERM is not racing it.
+    let replica = env.replica("term.db");
+    assert!(wait_for(Duration::from_secs(10), || replica
+        .newest()
+        .is_some()));
+    for _ in 0..200 {
+        w.commit(rng.range(1, 4) as usize);
+        sleep_ms(1);
+    }
+    let (status, took) = daemon.sigterm(Duration::from_secs(15));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(took < Duration::from_secs(11), "took {took:?}");
+    eprintln!("exited 0 in {took:.1?} after SIGTERM");
+    // No waiting: everything committed must already be stored.
+    let mut replica = env.replica("term.db");
+    let r = replica.restore_newest().unwrap();
+    let diff = oracle::dump_diff(&oracle::dump(&r.conn), &oracle::source_dump(&db));
+    assert!(
+        diff.is_none(),
+        "newest restore after SIGTERM differs: {}",
+        diff.unwrap()
+    );
+    check_history(&mut replica, &mut rng, 2000, 300);
+    replica.check_no_overwrite();
+}
+
+// ---------------------------------------------------------------------------
+// 12. Bad input
+// ---------------------------------------------------------------------------
+
+#[test]
+fn bad_databases_are_skipped_and_named() {
+    let Some(env) = Env::new("badinput") else {
+        return;
+    };
+    let mut rng = Rng::new(env.name);
+    let mut good = Writer::create(&env.path("good.db"), 1);
+    {
+        let c = rusqlite::Connection::open(env.path("rollback.db")).unwrap();
+        c.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE x(a); INSERT INTO x VALUES (1);")
+            .unwrap();
+    }
+    std::fs::write(env.path("junk.db"), b"this is not a database\n".repeat(100)).unwrap();
+    let mut daemon = env.daemon(&[env.glob()], &[]);
+    for _ in 0..50 {
+        good.commit(2);
+        sleep_ms(3);
+    }
+    verify_db(&env, "good.db", &mut rng, (good.gen, good.last));
+    daemon.assert_running();
+    let log = env.log_text();
+    for bad in ["rollback.db", "junk.db"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(bad) && (l.contains("ERROR") || l.contains("WARN")));
+        assert!(
+            line.is_some(),
+            "the log does not name {bad} in an error/warning"
+        );
+        eprintln!("{bad}: {}", line.unwrap());
+        assert!(
+            env.replica(bad).list().is_empty(),
+            "{bad} must not be stored"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rollback.db") && l.to_lowercase().contains("wal")),
+        "the message for the non-WAL database does not say what is wrong"
+    );
+}
+
+/// Run the daemon expecting a quick failure; returns (status, stderr lines,
+/// time). RUST_LOG is unset: what a user sees by default.
+fn run_expect_failure(
+    args: &[String],
+    env_vars: &[(&str, &str)],
+) -> (ExitStatus, Vec<String>, Duration) {
+    let t0 = Instant::now();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env_vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after 20 s: {args:?}");
+        }
+        sleep_ms(20);
+    };
+    let took = t0.elapsed();
+    let text = reader.join().unwrap();
+    let lines: Vec<String> = BufReader::new(text.as_bytes())
+        .lines()
+        .map(|l| l.unwrap())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    (status, lines, took)
+}
+
+#[test]
+fn wrong_secret_key_fails_fast_in_one_line() {
+    let Some(env) = Env::new("badsecret") else {
+        return;
+    };
+    let _w = Writer::create(&env.path("s.db"), 1);
+    let args = vec![
+        env.path("s.db").display().to_string(),
+        "--bucket".into(),
+        env.bucket.clone(),
+        "--prefix".into(),
+        env.prefix.clone(),
+    ];
+    let bad = "0".repeat(64);
+    let (status, lines, took) = run_expect_failure(&args, &[("AWS_SECRET_ACCESS_KEY", &bad)]);
+    eprintln!("wrong secret: {status} in {took:.1?}: {lines:?}");
+    assert!(!status.success());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(lines.len(), 1, "expected one stderr line: {lines:?}");
+    assert!(
+        lines[0].contains(&env.bucket),
+        "the line does not name the bucket: {}",
+        lines[0]
+    );
+    assert!(env.replica("s.db").list().is_empty());
+}
+
+#[test]
+fn missing_bucket_fails_fast_in_one_line() {
+    let Some(env) = Env::new("nobucket") else {
+        return;
+    };
+    let _w = Writer::create(&env.path("s.db"), 1);
+    let bucket = format!("walsync-missing-{}", std::process::id());
+    let args = vec![
+        env.path("s.db").display().to_string(),
+        "--bucket".into(),
+        bucket.clone(),
+    ];
+    let (status, lines, took) = run_expect_failure(&args, &[]);
+    eprintln!("missing bucket: {status} in {took:.1?}: {lines:?}");
+    assert!(!status.success());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(lines.len(), 1, "expected one stderr line: {lines:?}");
+    assert!(
+        lines[0].contains(&bucket),
+        "the line does not name the bucket: {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn same_file_name_in_two_directories_is_refused() {
+    let Some(env) = Env::new("dupname") else {
+        return;
+    };
+    std::fs::create_dir_all(env.path("one")).unwrap();
+    std::fs::create_dir_all(env.path("two")).unwrap();
+    let p1 = env.path("one/app.db");
+    let p2 = env.path("two/app.db");
+    let _w1 = Writer::create(&p1, 1);
+    let _w2 = Writer::create(&p2, 2);
+    let args = vec![
+        p1.display().to_string(),
+        format!("{}/*.db", env.path("two").display()),
+        "--bucket".into(),
+        env.bucket.clone(),
+        "--prefix".into(),
+        env.prefix.clone(),
+    ];
+    let (status, lines, took) = run_expect_failure(&args, &[]);
+    eprintln!("duplicate names: {status} in {took:.1?}: {lines:?}");
+    assert!(!status.success());
+    assert_eq!(lines.len(), 1, "expected one stderr line: {lines:?}");
+    for p in [&p1, &p2] {
+        assert!(
+            lines[0].contains(&p.display().to_string()),
+            "the line does not name {}: {}",
+            p.display(),
+            lines[0]
+        );
+    }
+    assert!(env.replica("app.db").list().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 13. A database over 1 GiB (crosses the lock page)
+// ---------------------------------------------------------------------------
+
+/// Slow (writes and uploads ~1.1 GiB): run with
+/// `cargo test --release --test sync -- --ignored big_database`.
+#[test]
+#[ignore = "slow: writes and replicates a 1.1 GiB database"]
+fn big_database_over_1gib() {
+    let Some(env) = Env::new("big") else { return };
+    let mut rng = Rng::new(env.name);
+    let db = env.path("big.db");
+    {
+        // Built in rollback-journal mode (fast), then switched to WAL.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size=4096; PRAGMA journal_mode=DELETE; PRAGMA synchronous=OFF;
+             CREATE TABLE big(id INTEGER PRIMARY KEY, b BLOB);",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..(1100 * 16) {
+            // 64 KiB per row: 1.1 GiB, mostly incompressible.
+            tx.execute(
+                "INSERT INTO big VALUES (?1, ?2)",
+                rusqlite::params![i, common::pseudo_random(64 * 1024, i as u64)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert!(pages * 4096 > 1 << 30, "only {pages} pages");
+    }
+    let mut w = Writer::create(&db, 1);
+    let mut daemon = env.daemon(&[db.display().to_string()], &[]);
+    for _ in 0..20 {
+        w.commit(3);
+        sleep_ms(5);
+    }
+    let mut replica = env.replica("big.db");
+    oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(600));
+    let mono = check_history(&mut replica, &mut rng, 0, 1);
+    assert_eq!(mono.last(), Some((w.gen, w.last)));
+    daemon.assert_running();
+}
