@@ -10,12 +10,13 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build test lint fmt bench venv s3-start s3-stop s3-env clean
+.PHONY: help build test demo lint fmt bench venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
 	@echo "make test      full test suite: venv + local S3 server + cargo test --all-targets, then stop the server"
 	@echo "               (make test ARGS='--test storage' passes arguments to cargo test)"
+	@echo "make demo      local S3 server + 3 databases under write load + walsync-sync + restore, compared"
 	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
 	@echo "make fmt       format the code"
 	@echo "make bench     divan benchmarks (cargo bench --bench core)"
@@ -30,6 +31,9 @@ build:
 
 test:
 	CARGO="$(CARGO)" scripts/test.sh $(ARGS)
+
+demo: build
+	scripts/demo.sh
 
 lint:
 	$(CARGO) fmt --all --check
