@@ -145,6 +145,7 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         return Err(Error::Config("no database to replicate".into()));
     }
     storage.check()?;
+    raise_fd_limit(targets.files.len());
 
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
@@ -319,6 +320,24 @@ impl Daemon {
             }
             Err(e) => log::error!("{}: cannot start a thread: {e}", path.display()),
         }
+    }
+}
+
+/// Each database holds about five descriptors (SQLite's database, WAL and
+/// `-shm`, the WAL map, the wal-index reader); the usual soft limit of 1,024
+/// would stop at ~200 databases. Raise the soft limit to the hard limit.
+fn raise_fd_limit(databases: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            log::debug!("open-file limit: {n}");
+            let need = databases as u64 * 6 + 64;
+            if n < need {
+                log::warn!(
+                    "open-file limit {n} may be too low for {databases} databases (about {need} needed); raise LimitNOFILE"
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 
