@@ -16,6 +16,7 @@ use argh::FromArgs;
 use crate::daemon;
 use crate::error::{Error, Result};
 use crate::ltx;
+use crate::ops;
 use crate::replicate::DbConfig;
 use crate::restore::{self, RestoreOptions, Target};
 use crate::storage::{self, S3Options, Storage};
@@ -215,7 +216,7 @@ pub struct RestoreArgs {
     pub parallel: usize,
 }
 
-/// Take a consistent snapshot of a database now.
+/// Take a consistent snapshot of a database now (refused while a walsync-sync daemon replicates it).
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "snapshot")]
 pub struct SnapshotArgs {
@@ -226,18 +227,54 @@ pub struct SnapshotArgs {
     /// bucket name, `s3://bucket/prefix` or `file:///dir`
     #[argh(option)]
     pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// how long to wait for the upload to be acknowledged, e.g. 5m (default 10m)
+    #[argh(option, default = "String::from(\"10m\")")]
+    pub timeout: String,
 }
 
-/// List replicated databases.
+/// List the databases in a bucket, or the files of one database.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 pub struct ListArgs {
+    /// database name: list its files per level instead of all databases
+    #[argh(positional)]
+    pub name: Option<String>,
+
     /// bucket name, `s3://bucket/prefix` or `file:///dir`
     #[argh(option)]
     pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// print JSON instead of a table
+    #[argh(switch)]
+    pub json: bool,
 }
 
-/// Verify the replica of a database.
+/// Verify the replica of a database: chain, every object's checksums, optionally a test restore.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
 pub struct VerifyArgs {
@@ -245,9 +282,33 @@ pub struct VerifyArgs {
     #[argh(positional)]
     pub name: Option<String>,
 
+    /// verify every database in the bucket
+    #[argh(switch)]
+    pub all: bool,
+
     /// bucket name, `s3://bucket/prefix` or `file:///dir`
     #[argh(option)]
     pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// also restore the newest txid into a temporary directory and run PRAGMA integrity_check
+    #[argh(switch)]
+    pub restore: bool,
+
+    /// parallel downloads (default 8)
+    #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
+    pub parallel: usize,
 }
 
 /// Run a parsed `walsync` command line.
@@ -255,9 +316,9 @@ pub fn run(args: Walsync) -> Result<()> {
     match args.command {
         Command::Sync(a) => run_sync(a),
         Command::Restore(a) => run_restore(a),
-        Command::Snapshot(_) => Err(Error::Unimplemented("walsync snapshot")),
-        Command::List(_) => Err(Error::Unimplemented("walsync list")),
-        Command::Verify(_) => Err(Error::Unimplemented("walsync verify")),
+        Command::Snapshot(a) => run_snapshot(a),
+        Command::List(a) => run_list(a),
+        Command::Verify(a) => run_verify(a),
     }
 }
 
@@ -343,6 +404,97 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     };
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
     println!("{}", summary.line());
+    Ok(())
+}
+
+/// Run `walsync list`.
+pub fn run_list(a: ListArgs) -> Result<()> {
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage = storage::open(&a.bucket, &opts)?;
+    let text = match &a.name {
+        Some(name) => {
+            let files = ops::list_files(&*storage, name)?;
+            if files.is_empty() {
+                return Err(Error::Restore(format!(
+                    "{name}: no replica in {}",
+                    storage.describe()
+                )));
+            }
+            ops::format_files(name.trim_matches('/'), &files, a.json)
+        }
+        None => ops::format_databases(&ops::list_databases(&*storage, 8)?, a.json),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Run `walsync verify`: one line per database, one line per problem;
+/// an error (non-zero exit) when anything failed.
+pub fn run_verify(a: VerifyArgs) -> Result<()> {
+    if a.parallel == 0 {
+        return Err(Error::Config("--parallel must be at least 1".into()));
+    }
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage = storage::open(&a.bucket, &opts)?;
+    let names = match (&a.name, a.all) {
+        (Some(_), true) => {
+            return Err(Error::Config(
+                "give a database name or --all, not both".into(),
+            ))
+        }
+        (None, false) => {
+            return Err(Error::Config(
+                "give a database name, or --all for every database in the bucket".into(),
+            ))
+        }
+        (Some(n), false) => vec![n.clone()],
+        (None, true) => {
+            let dbs = ops::list_databases(&*storage, 8)?;
+            if dbs.is_empty() {
+                return Err(Error::Restore(format!(
+                    "no database in {}",
+                    storage.describe()
+                )));
+            }
+            dbs.into_iter().map(|d| d.name).collect()
+        }
+    };
+    let vopts = ops::VerifyOptions {
+        restore: a.restore,
+        parallel: a.parallel,
+    };
+    let mut failed = 0usize;
+    let mut problems = 0usize;
+    for name in &names {
+        let report = ops::verify_db(&*storage, name, &vopts);
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        println!("{}", report.line());
+        if !report.ok() {
+            failed += 1;
+            problems += report.problems.len();
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Restore(format!(
+            "verify failed: {problems} problem(s) in {failed} of {} database(s)",
+            names.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Run `walsync snapshot`.
+pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
+    let timeout = SyncArgs::duration("timeout", &a.timeout)?;
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage: Arc<dyn Storage> = Arc::from(storage::open(&a.bucket, &opts)?);
+    let (name, txid) = ops::snapshot(Path::new(&a.database), storage.clone(), timeout)?;
+    println!(
+        "snapshot of {name} stored as txid {txid} in {}",
+        storage.describe()
+    );
     Ok(())
 }
 

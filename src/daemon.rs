@@ -271,13 +271,23 @@ impl Daemon {
                 // discovered a moment before its `PRAGMA journal_mode=WAL`
                 // unreplicated forever.
                 let mut reported: Option<String> = None;
+                // Held while this thread ships the database: a second
+                // process (another daemon, `walsync snapshot`) is refused
+                // instead of allocating the same txids (src/lock.rs).
+                let mut lock: Option<crate::lock::DbLock> = None;
                 let rep = loop {
-                    match Replica::open(
-                        cfg.clone(),
-                        storage.clone(),
-                        segments.clone(),
-                        budget.clone(),
-                    ) {
+                    let locked = match lock {
+                        Some(_) => Ok(()),
+                        None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
+                    };
+                    match locked.and_then(|()| {
+                        Replica::open(
+                            cfg.clone(),
+                            storage.clone(),
+                            segments.clone(),
+                            budget.clone(),
+                        )
+                    }) {
                         Ok(rep) => {
                             if reported.is_some() {
                                 log::info!("{}: replicating now", db_path.display());
@@ -311,7 +321,9 @@ impl Daemon {
                         recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
-                rep.run(ev_rx, stop, drain)
+                let result = rep.run(ev_rx, stop, drain);
+                drop(lock);
+                result
             });
         match spawned {
             Ok(handle) => {

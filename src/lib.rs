@@ -13,6 +13,8 @@
 //! - [`replicate`]: one database's checkpoint-safe capture protocol.
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
+//! - [`lock`]: the advisory lock that keeps one process shipping a database.
+//! - [`ops`]: `walsync list`, `verify` and `snapshot`.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
@@ -22,7 +24,9 @@
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod lock;
 pub mod ltx;
+pub mod ops;
 pub mod replicate;
 pub mod restore;
 pub mod segment;

@@ -581,6 +581,38 @@ impl Replica {
         Ok(())
     }
 
+    /// `walsync snapshot`: wait for the segments in flight, take a snapshot
+    /// as the next txid, and wait until storage acknowledged it (everything
+    /// up to `timeout`). Returns the snapshot's txid. The caller must hold
+    /// the database's [`crate::lock`] so no other process allocates txids.
+    pub fn snapshot_now(&mut self, reason: &str, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        self.wait_uploaded(deadline, timeout)?;
+        let txid = self.next_txid;
+        self.snapshot(reason)?;
+        self.wait_uploaded(deadline, timeout)?;
+        self.end_read()?;
+        Ok(txid)
+    }
+
+    fn wait_uploaded(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
+        while !self.inflight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(a) => self.on_ack(a),
+                Err(_) => {
+                    return Err(Error::Config(format!(
+                        "{}: storage did not acknowledge txid {} within {}",
+                        self.cfg.name,
+                        self.inflight.first().copied().unwrap_or(0),
+                        humantime::format_duration(timeout)
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Take a consistent snapshot as the next txid (level 9): every page as
     /// of the end of the WAL, the newest committed frame per page, else the
     /// database file. Streamed into a temp file; memory stays bounded.

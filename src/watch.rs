@@ -182,7 +182,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
     }
 }
 
-/// False for SQLite's side files, which a pattern like `/data/*` also matches.
+/// False for SQLite's side files (and walsync's lock file), which a pattern like `/data/*` also matches.
 pub fn is_database_name(path: &Path) -> bool {
     let name = path
         .file_name()
@@ -191,5 +191,6 @@ pub fn is_database_name(path: &Path) -> bool {
     !(name.ends_with("-wal")
         || name.ends_with("-shm")
         || name.ends_with("-journal")
+        || name.ends_with(crate::lock::LOCK_SUFFIX)
         || name.starts_with('.'))
 }
