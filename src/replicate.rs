@@ -63,7 +63,7 @@ use crate::segment::{self, Encoded};
 use crate::shm::{Shm, ShmHeader};
 use crate::storage::Storage;
 use crate::upload::{Ack, Budget, Segment};
-use crate::wal::{self, Position, Resume, Scanner, Transaction, WalHeader, WalMap};
+use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
 
 /// Settings of one replicated database.
 #[derive(Clone, Debug)]
@@ -153,6 +153,34 @@ const MAX_INFLIGHT: usize = 1;
 /// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
 const SETTLE_CHECKS: u32 = 4;
 
+/// What [`Replica::ship_available`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ship {
+    /// Nothing new was committed.
+    Nothing,
+    /// New transactions went into a segment.
+    Shipped,
+    /// The WAL and the wal-index are mid-update: look again shortly.
+    NotReady,
+    /// Continuity is lost: nothing was shipped, a snapshot must come next.
+    Lost(String),
+}
+
+fn lost_reason(change: u32, counted: u32, read: usize) -> String {
+    let committed = change.wrapping_sub(counted);
+    if committed > u32::MAX / 2 {
+        format!(
+            "SQLite's commit counter went back by {} (the wal-index was rebuilt)",
+            counted.wrapping_sub(change)
+        )
+    } else {
+        format!(
+            "SQLite counted {committed} committed transaction(s) where walsync read {read}: \
+             some were checkpointed away before walsync read them"
+        )
+    }
+}
+
 /// How far the WAL has been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Read {
@@ -174,6 +202,8 @@ pub struct Replica {
     stats: Arc<DbStats>,
 
     conn: Option<Connection>,
+    /// walsync's own descriptor of the database file (pages for snapshots).
+    db_file: Option<File>,
     in_read: bool,
     pinned: bool,
     /// The wal-index as seen just before the read transaction began: the
@@ -190,6 +220,8 @@ pub struct Replica {
     counted: Option<u32>,
     next_txid: u64,
     inflight: BTreeSet<u64>,
+    /// Segments encoded while another was in flight, sent in order.
+    pending: std::collections::VecDeque<(Encoded, u8)>,
     last_put: Option<Instant>,
     last_snapshot: Instant,
     snapshot_reason: Option<String>,
@@ -227,6 +259,7 @@ impl Replica {
             acks,
             stats: Arc::new(DbStats::default()),
             conn: None,
+            db_file: None,
             in_read: false,
             pinned: false,
             r_shm: None,
@@ -236,6 +269,7 @@ impl Replica {
             counted: None,
             next_txid: 1,
             inflight: BTreeSet::new(),
+            pending: std::collections::VecDeque::new(),
             last_put: None,
             last_snapshot: Instant::now(),
             snapshot_reason: None,
@@ -279,6 +313,16 @@ impl Replica {
 
     fn connect(&mut self) -> Result<()> {
         let path = self.cfg.path.clone();
+        // Closing any descriptor of a file drops every POSIX lock this
+        // process holds on it, SQLite's included (the classic fcntl trap).
+        // So descriptors of the previous file are closed before SQLite opens
+        // the new one, and walsync's own descriptor of the database stays
+        // open as long as its SQLite connection does (`db_file` is declared
+        // after `conn`, so it is dropped after it).
+        self.in_read = false;
+        self.conn = None;
+        self.db_file = None;
+        self.shm.reset();
         let c = self.open_conn()?;
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -290,10 +334,9 @@ impl Replica {
             )));
         }
         self.db_id = file_id(&path);
+        self.db_file = Some(File::open(&path).map_err(|e| Error::io(&path, e))?);
         self.conn = Some(c);
-        self.in_read = false;
         self.pinned = false;
-        self.shm.reset();
         Ok(())
     }
 
@@ -465,81 +508,135 @@ impl Replica {
     /// case where no counter exists yet and the stored position was checked.
     fn establish(&mut self, fence: Fence, trust_salts: bool) -> Result<()> {
         self.wal.refresh()?;
-        let before = self.read_shm()?;
-        let lost = self.ship_available(true)?;
-        if let Some(reason) = lost {
-            self.snapshot_reason = Some(reason);
+        if !trust_salts && self.counted.is_none() {
+            return Err(Error::Config(format!(
+                "{}: internal: no commit count to check continuity against",
+                self.cfg.name
+            )));
+        }
+        match self.ship_available(true)? {
+            Ship::Lost(reason) => {
+                log::warn!(
+                    "{}: {reason}; the next txid will be a snapshot",
+                    self.cfg.name
+                );
+                self.snapshot_reason = Some(reason);
+            }
+            Ship::NotReady => {
+                // Nothing is published (no connection has used the WAL yet).
+            }
+            Ship::Nothing | Ship::Shipped => {}
         }
         self.begin_read()?;
         let shm = self.note_read_began()?;
-        match (self.counted, shm) {
-            (Some(c), Some(h)) if !trust_salts && h.change != c => {
-                self.snapshot_reason = Some(format!(
-                    "{} committed transaction(s) were checkpointed away before walsync read them",
-                    h.change.wrapping_sub(c)
-                ));
-            }
-            _ => {}
-        }
-        self.counted = shm.map(|h| h.change).or(before.map(|h| h.change));
+        self.counted = shm.map(|h| h.change).or(self.counted);
         drop(fence);
         Ok(())
     }
 
-    /// Read every committed transaction past the current position and turn
-    /// them into segments. Must run under the fence or with `R` pinned.
-    /// Returns a reason when continuity was lost (a snapshot is needed).
-    fn ship_available(&mut self, fenced: bool) -> Result<Option<String>> {
-        let data_len = self.wal.bytes().len();
+    /// Read the committed transactions past the current position that the
+    /// wal-index publishes, and turn them into one segment — but only when
+    /// their number is exactly what SQLite's commit counter says was
+    /// committed since the last read. Must run under the fence or with `R`
+    /// pinned.
+    ///
+    /// The wal-index is read first and bounds the scan: frames past its
+    /// `mxFrame` may be valid-looking leftovers of a writer that died before
+    /// publishing them, and the next writer overwrites them in place. And
+    /// because the counter is checked *before* anything is emitted, a segment
+    /// is never shipped on top of a state that is missing a commit.
+    fn ship_available(&mut self, fenced: bool) -> Result<Ship> {
+        let Some(shm) = self.read_shm()? else {
+            return Ok(Ship::NotReady);
+        };
+        // Map the WAL after reading the wal-index: SQLite writes frames
+        // before it publishes them, so the map then covers what `shm` says.
+        self.wal.refresh()?;
         let start = match self.read {
-            None => return Ok(None),
+            None => return Ok(Ship::Nothing),
             Some(Read::Empty) => {
-                if data_len == 0 {
-                    return Ok(None);
+                if self.wal.bytes().is_empty() {
+                    return Ok(Ship::Nothing);
                 }
                 match wal::resume(self.wal.bytes(), None).map_err(|e| e.at(self.wal.path()))? {
                     Resume::Fresh(p) => p,
-                    _ => return Ok(None),
+                    _ => return Ok(Ship::NotReady),
                 }
             }
             Some(Read::At(pos)) => match wal::resume(self.wal.bytes(), Some(&pos))
                 .map_err(|e| e.at(self.wal.path()))?
             {
                 Resume::Empty => {
-                    if fenced {
-                        self.read = Some(Read::Empty);
+                    if !fenced {
+                        return Ok(Ship::NotReady);
                     }
-                    return Ok(None);
+                    // Truncated under the fence: the counter says whether
+                    // anything was lost with it.
+                    return Ok(match self.counted {
+                        Some(c) if c != shm.change => Ship::Lost(lost_reason(shm.change, c, 0)),
+                        _ => {
+                            self.read = Some(Read::Empty);
+                            Ship::Nothing
+                        }
+                    });
                 }
                 Resume::Continue(p) => p,
                 Resume::Restarted(p) | Resume::Fresh(p) => p,
-                Resume::Reset(reason) => {
-                    if !fenced {
-                        return Ok(Some(reason));
-                    }
-                    // Under the fence the counter decides: a second restart
-                    // that lost no commit is harmless.
-                    match WalHeader::parse(self.wal.bytes()) {
-                        Ok(h) if self.counted.is_some() => Position::start(&h),
-                        _ => return Ok(Some(reason)),
-                    }
-                }
+                Resume::Reset(reason) => match WalHeader::parse(self.wal.bytes()) {
+                    // The counter decides: several restarts that lost no
+                    // commit are harmless.
+                    Ok(h) if self.counted.is_some() => Position::start(&h),
+                    _ => return Ok(Ship::Lost(reason)),
+                },
             },
         };
-        let txs: Vec<Transaction> = Scanner::new(self.wal.bytes(), start)
-            .map_err(|e| e.at(self.wal.path()))?
-            .collect();
-        if txs.is_empty() {
-            if start.offset == wal::WAL_HEADER_SIZE as u64 {
-                self.read = Some(Read::At(start));
-            }
-            return Ok(None);
+        if (shm.salt1, shm.salt2) != (start.salt1, start.salt2) {
+            // The WAL header and the wal-index disagree for a moment (a new
+            // generation being started); under the fence they cannot.
+            return Ok(if fenced {
+                Ship::Lost("the WAL header and the wal-index disagree".into())
+            } else {
+                Ship::NotReady
+            });
         }
-        if let Some(c) = self.counted.as_mut() {
-            *c = c.wrapping_add(txs.len() as u32);
+        let published = u64::from(shm.mx_frame);
+        let from = start.frame_index();
+        if published < from {
+            return Ok(Ship::Lost(format!(
+                "the wal-index publishes {published} frames, fewer than the {from} already read"
+            )));
+        }
+        let mut scanner = Scanner::new(self.wal.bytes(), start)
+            .map_err(|e| e.at(self.wal.path()))?
+            .with_frame_limit(published - from);
+        let txs: Vec<Transaction> = scanner.by_ref().collect();
+        let end = scanner.position();
+        if end.frame_index() != published {
+            let short = matches!(
+                scanner.stop_reason(),
+                Some(StopReason::EndOfFile | StopReason::PartialFrame)
+            );
+            if short && !fenced {
+                return Ok(Ship::NotReady);
+            }
+            return Ok(Ship::Lost(format!(
+                "the WAL holds {} valid frames where the wal-index publishes {published}",
+                end.frame_index()
+            )));
+        }
+        if let Some(c) = self.counted {
+            let committed = shm.change.wrapping_sub(c);
+            if committed as usize != txs.len() {
+                return Ok(Ship::Lost(lost_reason(shm.change, c, txs.len())));
+            }
+        }
+        self.counted = Some(shm.change);
+        if txs.is_empty() {
+            self.read = Some(Read::At(end));
+            return Ok(Ship::Nothing);
         }
         self.emit(&txs)?;
-        Ok(None)
+        Ok(Ship::Shipped)
     }
 
     fn emit(&mut self, txs: &[Transaction]) -> Result<()> {
@@ -555,7 +652,22 @@ impl Replica {
         Ok(())
     }
 
+    /// Queue `enc` for upload: at once when nothing of this database is in
+    /// flight, else after what is (objects are stored in txid order, so a
+    /// crash never leaves a stored txid after a missing one).
     fn send(&mut self, enc: Encoded, level: u8) -> Result<()> {
+        self.next_txid = enc.header.max_txid + 1;
+        self.pending.push_back((enc, level));
+        self.flush_pending()
+    }
+
+    fn flush_pending(&mut self) -> Result<()> {
+        if !self.inflight.is_empty() {
+            return Ok(());
+        }
+        let Some((enc, level)) = self.pending.pop_front() else {
+            return Ok(());
+        };
         let txid = enc.header.max_txid;
         let key = ltx::object_key("", &self.cfg.name, level, enc.header.min_txid, txid);
         let len = enc.body.len()?;
@@ -576,7 +688,6 @@ impl Replica {
             })
             .map_err(|_| Error::Config("uploader pool stopped".into()))?;
         self.inflight.insert(txid);
-        self.next_txid = txid + 1;
         self.last_put = Some(Instant::now());
         Ok(())
     }
@@ -596,10 +707,14 @@ impl Replica {
     }
 
     fn wait_uploaded(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
+        self.flush_pending()?;
         while !self.inflight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.acks.recv_timeout(left) {
-                Ok(a) => self.on_ack(a),
+                Ok(a) => {
+                    self.on_ack(a);
+                    self.flush_pending()?;
+                }
                 Err(_) => {
                     return Err(Error::Config(format!(
                         "{}: storage did not acknowledge txid {} within {}",
@@ -653,13 +768,15 @@ impl Replica {
             frames.clear();
         }
         let path = self.cfg.path.clone();
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let Some(file) = self.db_file.as_ref() else {
+            return Err(Error::Config(format!("{}: not open", path.display())));
+        };
         let db_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let page_size = match page_size {
             Some(p) => p,
             None => {
                 let mut first = [0u8; 100];
-                segment::read_db_page(&file, &path, 1, &mut first)?;
+                segment::read_db_page(file, &path, 1, &mut first)?;
                 segment::db_page_size(&first).ok_or_else(|| {
                     Error::Config(format!(
                         "{}: not a SQLite database (bad header)",
@@ -692,7 +809,7 @@ impl Replica {
                         w.page(pgno, data)?;
                     }
                     None => {
-                        segment::read_db_page(&file, &path, pgno, &mut buf)?;
+                        segment::read_db_page(file, &path, pgno, &mut buf)?;
                         w.page(pgno, &buf)?;
                     }
                 }
@@ -714,7 +831,7 @@ impl Replica {
             // next (a segment now would claim to follow a state it does not).
             return Ok(());
         }
-        if self.inflight.len() >= MAX_INFLIGHT {
+        if self.inflight.len() + self.pending.len() >= MAX_INFLIGHT {
             log::trace!("{}: step: waiting for an upload", self.cfg.name);
             return Ok(()); // the ack wakes us; the WAL is the buffer
         }
@@ -748,47 +865,33 @@ impl Replica {
         if !self.pinned {
             if shm.mx_frame <= shm.backfill {
                 // Fully backfilled and not pinned: nothing unread can exist
-                // (the read transaction began with everything read).
-                self.settle_later();
-                return self.check_counter(&shm);
+                // (the read transaction began with everything read) — which
+                // the commit counter confirms.
+                self.check_counter(&shm)?;
+                if self.snapshot_reason.is_none() {
+                    self.repin_if_changed(&shm)?;
+                }
+                return Ok(());
             }
             self.pinned = true;
         }
         self.wal.refresh()?;
-        if let Some(reason) = self.ship_available(false)? {
-            return self.doubt(&reason);
+        match self.ship_available(false)? {
+            Ship::Lost(reason) => return self.doubt(&reason),
+            Ship::NotReady => {
+                // The WAL can be ahead of the wal-index for a moment.
+                self.settle_later();
+                return Ok(());
+            }
+            Ship::Nothing | Ship::Shipped => {}
         }
+        // Everything the wal-index published has been read. Move the read
+        // transaction forward if its mark may be old or a checkpointer made
+        // progress (and may now wait for walsync).
         let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        let caught_up = match self.read {
-            Some(Read::At(p)) => {
-                (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
-                    && u64::from(shm.mx_frame) == p.frame_index()
-            }
-            _ => false,
-        };
-        if !caught_up {
-            // The WAL can be ahead of the wal-index for a moment.
-            self.settle_later();
-            return Ok(());
-        }
-        self.check_counter(&shm)?;
-        if self.snapshot_reason.is_some() {
-            return Ok(());
-        }
-        // The read mark may be older than the newest commit, or a
-        // checkpointer may have progressed and now wait for walsync.
-        let changed = self.r_shm.is_none_or(|r| {
-            (r.mx_frame, r.backfill, r.salt1, r.salt2)
-                != (shm.mx_frame, shm.backfill, shm.salt1, shm.salt2)
-        });
-        if changed {
-            self.settle = 0;
-            self.repin()?;
-        } else {
-            self.settle_later();
-        }
+        self.repin_if_changed(&shm)?;
         self.maybe_checkpoint()
     }
 
@@ -803,6 +906,23 @@ impl Replica {
             self.settle += 1;
             let at = Instant::now() + wait;
             self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    /// Everything published has been read: move the read transaction forward
+    /// if its mark may be old or a checkpointer made progress (and may now
+    /// wait for walsync); otherwise look again shortly (settle).
+    fn repin_if_changed(&mut self, shm: &ShmHeader) -> Result<()> {
+        let changed = self.r_shm.is_none_or(|r| {
+            (r.mx_frame, r.backfill, r.salt1, r.salt2)
+                != (shm.mx_frame, shm.backfill, shm.salt1, shm.salt2)
+        });
+        if changed {
+            self.settle = 0;
+            self.repin()
+        } else {
+            self.settle_later();
+            Ok(())
         }
     }
 
@@ -830,7 +950,11 @@ impl Replica {
     }
 
     fn maybe_checkpoint(&mut self) -> Result<()> {
-        if !self.inflight.is_empty() || !self.pinned || self.snapshot_reason.is_some() {
+        if !self.inflight.is_empty()
+            || !self.pending.is_empty()
+            || !self.pinned
+            || self.snapshot_reason.is_some()
+        {
             return Ok(());
         }
         let Some(Read::At(p)) = self.read else {
@@ -911,9 +1035,10 @@ impl Replica {
 
     fn on_ack(&mut self, ack: Ack) {
         self.inflight.remove(&ack.txid);
-        let durable = match self.inflight.first() {
-            Some(t) => t - 1,
-            None => self.next_txid - 1,
+        let durable = match (self.inflight.first(), self.pending.front()) {
+            (Some(t), _) => t - 1,
+            (None, Some((e, _))) => e.header.max_txid - 1,
+            (None, None) => self.next_txid - 1,
         };
         self.stats.durable_txid.store(durable, Ordering::Relaxed);
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
@@ -928,6 +1053,7 @@ impl Replica {
         if self.conn.is_some() {
             let _ = self.end_read();
             self.conn = None;
+            self.db_file = None;
             self.read = None;
             self.counted = None;
             log::warn!("{}: database file was deleted or replaced", self.cfg.name);
@@ -943,6 +1069,7 @@ impl Replica {
 
     /// Do whatever is due now; returns when the next timer fires.
     fn tick(&mut self) -> Result<Option<Instant>> {
+        self.flush_pending()?;
         if !self.check_file()? {
             return Ok(None);
         }
@@ -962,7 +1089,7 @@ impl Replica {
         }
         if let Some(reason) = self.snapshot_reason.clone() {
             // One segment in flight at a time: the snapshot waits for it.
-            if self.inflight.is_empty() {
+            if self.inflight.is_empty() && self.pending.is_empty() {
                 self.snapshot(&reason)?;
             }
         }
@@ -1035,11 +1162,26 @@ impl Replica {
         }
     }
 
-    /// Ship everything committed and wait for the uploads.
+    /// Ship everything committed (or the snapshot continuity needs) and wait
+    /// for the uploads, up to `timeout`.
     fn drain(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let mut result = self.step();
-        while !self.inflight.is_empty() {
+        let mut result = Ok(());
+        loop {
+            let idle = self.inflight.is_empty() && self.pending.is_empty();
+            if idle {
+                let r = match self.snapshot_reason.clone() {
+                    Some(reason) if self.conn.is_some() => self.snapshot(&reason),
+                    _ => self.step(),
+                };
+                if let Err(e) = r {
+                    result = Err(e);
+                    break;
+                }
+                if self.inflight.is_empty() && self.pending.is_empty() {
+                    break; // nothing more to ship
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -1047,20 +1189,20 @@ impl Replica {
             match self.acks.recv_timeout(left) {
                 Ok(a) => {
                     self.on_ack(a);
-                    if self.inflight.is_empty() && result.is_ok() {
-                        // Pick up anything committed meanwhile.
-                        result = self.step();
+                    if let Err(e) = self.flush_pending() {
+                        result = Err(e);
+                        break;
                     }
                 }
                 Err(_) => break,
             }
         }
         let _ = self.end_read();
-        if result.is_ok() && !self.inflight.is_empty() {
+        let unshipped = self.inflight.len() + self.pending.len();
+        if result.is_ok() && unshipped > 0 {
             result = Err(Error::Config(format!(
-                "{}: {} segment(s) not uploaded at shutdown; they stay in the WAL and ship on the next start",
-                self.cfg.name,
-                self.inflight.len()
+                "{}: {unshipped} segment(s) not uploaded at shutdown; they stay in the WAL and ship on the next start",
+                self.cfg.name
             )));
         }
         result

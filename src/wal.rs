@@ -359,9 +359,43 @@ impl<'a> Scanner<'a> {
         self.stop
     }
 
+    /// Verify the frame at `offset` against the salts and the running
+    /// checksum `sum`; returns its header, its page and the new checksum.
+    fn read_frame(
+        &self,
+        offset: u64,
+        sum: Checksum,
+    ) -> Result<(FrameHeader, &'a [u8], Checksum), StopReason> {
+        let frame_size = FRAME_HEADER_SIZE + self.pos.page_size as usize;
+        let Ok(start) = usize::try_from(offset) else {
+            return Err(StopReason::PartialFrame);
+        };
+        let Some(bytes) = self.data.get(start..).filter(|r| !r.is_empty()) else {
+            return Err(StopReason::EndOfFile);
+        };
+        let Some(frame) = bytes.get(..frame_size) else {
+            return Err(StopReason::PartialFrame);
+        };
+        let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
+        let mut hb = [0u8; FRAME_HEADER_SIZE];
+        hb.copy_from_slice(head);
+        let fh = FrameHeader::parse(&hb);
+        if fh.salt1 != self.pos.salt1 || fh.salt2 != self.pos.salt2 {
+            return Err(StopReason::SaltMismatch);
+        }
+        if fh.pgno == 0 {
+            return Err(StopReason::ZeroPage);
+        }
+        let sum = checksum(self.pos.big_endian, sum, &head[..8]);
+        let sum = checksum(self.pos.big_endian, sum, page);
+        if sum != fh.checksum {
+            return Err(StopReason::ChecksumMismatch);
+        }
+        Ok((fh, page, sum))
+    }
+
     fn read_transaction(&mut self) -> Result<Transaction, StopReason> {
-        let page_size = self.pos.page_size as usize;
-        let frame_size = FRAME_HEADER_SIZE + page_size;
+        let frame_size = (FRAME_HEADER_SIZE + self.pos.page_size as usize) as u64;
         let mut offset = self.pos.offset;
         let mut sum = self.pos.checksum;
         let mut frames = Vec::new();
@@ -369,48 +403,46 @@ impl<'a> Scanner<'a> {
             if self.frame_limit == 0 {
                 return Err(StopReason::Limit);
             }
-            let Ok(start) = usize::try_from(offset) else {
-                return Err(StopReason::PartialFrame);
-            };
-            let Some(bytes) = self.data.get(start..).filter(|r| !r.is_empty()) else {
-                return Err(StopReason::EndOfFile);
-            };
-            let Some(frame) = bytes.get(..frame_size) else {
-                return Err(StopReason::PartialFrame);
-            };
-            let (head, page) = frame.split_at(FRAME_HEADER_SIZE);
-            let mut hb = [0u8; FRAME_HEADER_SIZE];
-            hb.copy_from_slice(head);
-            let fh = FrameHeader::parse(&hb);
-            if fh.salt1 != self.pos.salt1 || fh.salt2 != self.pos.salt2 {
-                return Err(StopReason::SaltMismatch);
-            }
-            if fh.pgno == 0 {
-                return Err(StopReason::ZeroPage);
-            }
-            sum = checksum(self.pos.big_endian, sum, &head[..8]);
-            sum = checksum(self.pos.big_endian, sum, page);
-            if sum != fh.checksum {
-                return Err(StopReason::ChecksumMismatch);
-            }
+            let (fh, page, next) = self.read_frame(offset, sum)?;
+            sum = next;
             self.frame_limit -= 1;
             frames.push(Frame {
                 pgno: fh.pgno,
                 offset,
             });
-            offset += frame_size as u64;
-            if fh.is_commit() {
-                let end = Position {
-                    offset,
-                    checksum: sum,
-                    ..self.pos
-                };
-                return Ok(Transaction {
-                    frames,
-                    commit: fh.commit,
-                    end,
-                });
+            offset += frame_size;
+            if !fh.is_commit() {
+                continue;
             }
+            // With `synchronous=FULL` and no powersafe overwrite, SQLite pads
+            // a commit to a sector boundary by writing the commit frame again
+            // (`walFrames`, nExtra). The copies belong to this transaction:
+            // counting them as transactions would break the commit count.
+            while self.frame_limit > 0 {
+                match self.read_frame(offset, sum) {
+                    Ok((pad, pad_page, next))
+                        if pad.is_commit()
+                            && pad.pgno == fh.pgno
+                            && pad.commit == fh.commit
+                            && pad_page == page =>
+                    {
+                        sum = next;
+                        self.frame_limit -= 1;
+                        offset += frame_size;
+                    }
+                    _ => break,
+                }
+            }
+            let end = Position {
+                offset,
+                checksum: sum,
+                ..self.pos
+            };
+            return Ok(Transaction {
+                frames,
+                commit: fh.commit,
+                end,
+            });
         }
     }
 }
