@@ -22,29 +22,42 @@
 //!
 //! # The protocol
 //!
-//! - The read transaction `R` is only ever (re)started under the fence, after
-//!   reading the WAL to its end. At that moment everything committed has
-//!   been read, so by fact 2 a later restart can only discard frames walsync
-//!   has already read; by fact 1 a pinned `R` allows no restart at all.
+//! - The wal-index is the authority on what is committed. Every read first
+//!   takes a consistent copy of its header (`shm`), then maps the WAL and
+//!   scans it only up to that header's `mxFrame` (frames past it may be
+//!   valid-looking leftovers of a writer that died before publishing).
+//! - `counted` follows `iChange`. Before anything read is shipped, the
+//!   number of transactions read must equal the number SQLite committed
+//!   since the last read (`iChange - counted`). If not, commits were lost
+//!   (e.g. checkpointed and overwritten while walsync held no pin): nothing
+//!   is shipped and the next txid is a full snapshot. So a segment is never
+//!   stored on top of a state that misses a commit.
+//! - The read transaction `R` is established under the fence after reading
+//!   the WAL to its end (start-up, after walsync's own checkpoints, after an
+//!   error). Once everything published has been read and the wal-index
+//!   changed since `R` began, `R` is moved to the newest snapshot without
+//!   the fence (`repin`), so the application's own checkpoints can copy
+//!   frames up to the newest commit; a commit that slips into that gap and
+//!   is checkpointed away is caught by the counter before anything else is
+//!   shipped.
 //! - The WAL is read through the memory map only under the fence or once `R`
 //!   is known to pin it (the wal-index showed `mxFrame > nBackfill` after `R`
 //!   began). In the other state the WAL holds nothing unread, so nothing is
 //!   read; this is also what keeps the map clear of truncated pages.
-//! - `counted` follows `iChange`: it is set under the fence and grows by one
-//!   per transaction read. Whenever walsync has read up to the wal-index's
-//!   `mxFrame` of the current generation, `iChange == counted` must hold; if
-//!   not, commits were lost (e.g. the app's checkpoint raced walsync's own
-//!   TRUNCATE), and the next txid is a snapshot.
-//! - walsync checkpoints itself: once every segment is acknowledged and the
-//!   WAL has grown past a threshold, it takes the fence, checks nothing new
-//!   arrived, ends `R`, runs a PASSIVE checkpoint, starts `R` again and drops
-//!   the fence (the next writer then restarts the WAL). Past a larger
-//!   threshold it runs TRUNCATE after the fence and re-establishes `R` with
-//!   the counter check catching any commit that slipped in between.
+//! - walsync checkpoints itself past a threshold: it takes the fence, ships
+//!   what committed meanwhile, ends `R`, runs a PASSIVE checkpoint, starts `R`
+//!   again and drops the fence (the next writer then restarts the WAL). Past
+//!   a larger threshold it runs TRUNCATE after the fence and re-establishes
+//!   `R`, the counter catching any commit that slipped in between.
+//! - One segment per database is in flight at a time (later ones queue), so
+//!   a crash never leaves a stored txid after a missing one.
 //! - On start-up the position comes from the newest object's header; only a
 //!   WAL of the same generation that still reaches that offset is continued.
 //!   Anything else (the app checkpointed while walsync was down, a new
 //!   database, a replaced file) starts with a snapshot.
+//! - walsync keeps its own descriptor of the database open as long as its
+//!   SQLite connection: closing any descriptor of a file drops every POSIX
+//!   lock the process holds on it, SQLite's included.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -949,12 +962,14 @@ impl Replica {
         Ok(())
     }
 
+    /// Checkpoint once the WAL is past the thresholds. Normally only when
+    /// every segment is acknowledged (the WAL still holds what is in flight);
+    /// under a steady write load, where something is always in flight, once
+    /// the WAL is twice the PASSIVE threshold: the in-flight segment holds
+    /// its own copy of the frames, and a crash before its upload only costs
+    /// a snapshot on restart, never data.
     fn maybe_checkpoint(&mut self) -> Result<()> {
-        if !self.inflight.is_empty()
-            || !self.pending.is_empty()
-            || !self.pinned
-            || self.snapshot_reason.is_some()
-        {
+        if !self.pinned || self.snapshot_reason.is_some() {
             return Ok(());
         }
         let Some(Read::At(p)) = self.read else {
@@ -963,7 +978,14 @@ impl Replica {
         let frame = wal::FRAME_HEADER_SIZE as u64 + u64::from(p.page_size);
         let file_frames = (self.wal.bytes().len() as u64).saturating_sub(32) / frame;
         let truncate = file_frames >= self.cfg.truncate_pages;
-        if p.frame_index() < self.cfg.checkpoint_pages && !truncate {
+        let idle = self.inflight.is_empty() && self.pending.is_empty();
+        let due = if idle {
+            p.frame_index() >= self.cfg.checkpoint_pages || truncate
+        } else {
+            p.frame_index() >= self.cfg.checkpoint_pages.saturating_mul(2)
+                || file_frames >= self.cfg.truncate_pages.saturating_mul(2)
+        };
+        if !due {
             return Ok(());
         }
         self.checkpoint(truncate)
@@ -978,17 +1000,11 @@ impl Replica {
                 return Ok(());
             }
         };
-        let Some(shm) = self.read_shm()? else {
-            return Ok(());
-        };
-        let Some(Read::At(p)) = self.read else {
-            return Ok(());
-        };
-        if (shm.salt1, shm.salt2) != (p.salt1, p.salt2)
-            || u64::from(shm.mx_frame) != p.frame_index()
-        {
-            // Something committed since the last read: ship it first.
-            return Ok(());
+        // Under the fence nothing new can commit: read what did meanwhile.
+        match self.ship_available(true)? {
+            Ship::Lost(reason) => return self.doubt(&reason),
+            Ship::NotReady => return Ok(()),
+            Ship::Nothing | Ship::Shipped => {}
         }
         self.end_read()?;
         let (busy, log_frames, done): (i64, i64, i64) = self
