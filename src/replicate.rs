@@ -898,13 +898,26 @@ impl Replica {
             }
             Ship::Nothing | Ship::Shipped => {}
         }
-        // Everything the wal-index published has been read. Move the read
-        // transaction forward if its mark may be old or a checkpointer made
-        // progress (and may now wait for walsync).
+        // Move the read transaction forward only when nothing committed
+        // since the read: frames not read yet must stay pinned (a read
+        // transaction that starts on a fully backfilled WAL would not keep
+        // them from being overwritten).
         let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        self.repin_if_changed(&shm)?;
+        let caught_up = match self.read {
+            Some(Read::At(p)) => {
+                (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
+                    && u64::from(shm.mx_frame) == p.frame_index()
+            }
+            Some(Read::Empty) => shm.mx_frame == 0,
+            None => false,
+        };
+        if caught_up {
+            self.repin_if_changed(&shm)?;
+        } else {
+            self.settle_later();
+        }
         self.maybe_checkpoint()
     }
 
