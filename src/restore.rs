@@ -573,6 +573,7 @@ pub fn restore(
     }
     let stale = check_output(out, opts.force)?;
     let (dir, name) = split_output(out)?;
+    remove_abandoned_temps(&dir, &name);
     let tmp_path = dir.join(format!(
         ".{name}.walsync-restore-{}-{:x}.tmp",
         std::process::id(),
@@ -632,6 +633,32 @@ pub fn restore(
         elapsed: start.elapsed(),
         output: out.to_path_buf(),
     })
+}
+
+/// A restore killed with SIGKILL cannot remove its temp file
+/// (`.NAME.walsync-restore-PID-….tmp`, never OUT itself). Remove those whose
+/// process is gone, with their SQLite sidecars, before the next restore to
+/// the same output. Best effort: a failure only leaves the file behind.
+fn remove_abandoned_temps(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.walsync-restore-");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // a restore that is still running
+        }
+        let path = entry.path();
+        log::info!("removing {} left by an interrupted restore", path.display());
+        let _ = fs::remove_file(&path);
+    }
 }
 
 /// Refuse an existing output (unless `force`) and stale SQLite sidecars;
@@ -1087,5 +1114,27 @@ mod tests {
         let start = Instant::now();
         assert_eq!(r.chain(n).unwrap().len() as u64, n);
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn abandoned_temps_of_dead_restores_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".out.db.walsync-restore-4000000000-1f.tmp");
+        let dead_wal = dir
+            .path()
+            .join(".out.db.walsync-restore-4000000000-1f.tmp-wal");
+        let live = dir.path().join(format!(
+            ".out.db.walsync-restore-{}-2.tmp",
+            std::process::id()
+        ));
+        let other = dir
+            .path()
+            .join(".other.db.walsync-restore-4000000000-3.tmp");
+        for p in [&dead, &dead_wal, &live, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        remove_abandoned_temps(dir.path(), "out.db");
+        assert!(!dead.exists() && !dead_wal.exists());
+        assert!(live.exists() && other.exists());
     }
 }
