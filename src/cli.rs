@@ -85,6 +85,11 @@ pub struct SyncArgs {
     #[argh(option, default = "16384")]
     pub truncate_pages: u64,
 
+    /// while uploads are stuck, stop holding a database's WAL back once it is
+    /// this many MiB (its next txid is then a snapshot); 0 = never (default 1024)
+    #[argh(option, default = "1024")]
+    pub max_wal_mib: u64,
+
     /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
     #[argh(option, default = "String::from(\"0s\")")]
     pub min_put_interval: String,
@@ -152,6 +157,7 @@ impl SyncArgs {
         db.snapshot_interval = (!snapshot.is_zero()).then_some(snapshot);
         db.checkpoint_pages = self.checkpoint_pages;
         db.truncate_pages = self.truncate_pages;
+        db.max_wal_bytes = self.max_wal_mib.saturating_mul(1 << 20);
         db.min_put_interval = Self::duration("min-put-interval", &self.min_put_interval)?;
         Ok(daemon::Options {
             databases: self.databases.clone(),

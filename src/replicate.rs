@@ -95,6 +95,10 @@ pub struct DbConfig {
     pub min_put_interval: Duration,
     /// How long a fence may wait for the application's writer.
     pub busy_timeout: Duration,
+    /// While uploads are stuck, past this WAL size (bytes) walsync stops
+    /// holding the WAL back: the application's checkpoints proceed and the
+    /// next txid will be a snapshot (0 = never).
+    pub max_wal_bytes: u64,
     /// Directory for temporary snapshot files.
     pub tmp_dir: PathBuf,
 }
@@ -115,6 +119,7 @@ impl DbConfig {
             snapshot_interval: Some(Duration::from_secs(24 * 3600)),
             min_put_interval: Duration::ZERO,
             busy_timeout: Duration::from_secs(5),
+            max_wal_bytes: 1 << 30,
             tmp_dir: std::env::temp_dir(),
         }
     }
@@ -846,7 +851,7 @@ impl Replica {
         }
         if self.inflight.len() + self.pending.len() >= MAX_INFLIGHT {
             log::trace!("{}: step: waiting for an upload", self.cfg.name);
-            return Ok(()); // the ack wakes us; the WAL is the buffer
+            return self.release_if_wal_too_big(); // the WAL is the buffer
         }
         if self.budget.exhausted() {
             // Other databases hold the budget: look again shortly.
@@ -919,6 +924,33 @@ impl Replica {
             self.settle_later();
         }
         self.maybe_checkpoint()
+    }
+
+    /// During a long storage outage the read transaction keeps the WAL from
+    /// being reused, so it grows with every commit. Past `max_wal_bytes`,
+    /// stop holding it: the application's checkpoints work again, nothing is
+    /// lost (the database file has everything), and the next txid is a
+    /// snapshot once the queued segments are stored. Point-in-time history
+    /// between the last stored txid and that snapshot is what is given up.
+    fn release_if_wal_too_big(&mut self) -> Result<()> {
+        if self.cfg.max_wal_bytes == 0 || !self.in_read {
+            return Ok(());
+        }
+        let len = std::fs::metadata(self.wal.path()).map_or(0, |m| m.len());
+        if len <= self.cfg.max_wal_bytes {
+            return Ok(());
+        }
+        let reason = format!(
+            "the WAL reached {} MiB while uploads were stuck; walsync stopped holding it back",
+            len >> 20
+        );
+        log::warn!(
+            "{}: {reason}; the next txid will be a snapshot",
+            self.cfg.name
+        );
+        self.end_read()?;
+        self.snapshot_reason = Some(reason);
+        Ok(())
     }
 
     /// A wake-up can come before what caused it is visible: SQLite writes the

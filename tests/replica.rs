@@ -23,7 +23,11 @@ struct Slow {
 
 impl Storage for Slow {
     fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
-        std::thread::sleep(Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)));
+        // Re-read the delay while waiting, so a test can end an "outage".
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         self.inner.put(key, body, meta)
     }
     fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, ObjectInfo)> {
@@ -338,4 +342,52 @@ fn sustained_writes_still_checkpoint() {
         len < 1000 * 4120,
         "WAL grew to {len} bytes with truncate_pages=400"
     );
+}
+
+/// A long storage outage must not let the WAL grow without bound: past
+/// `max_wal_bytes` walsync stops holding it back (the application's
+/// checkpoints work again), and once storage is back the next txid is a
+/// snapshot, so the replica ends up equal to the source.
+#[test]
+fn a_stuck_outage_releases_the_wal_past_its_limit() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    let mut cfg = w.cfg();
+    cfg.max_wal_bytes = 256 << 10;
+    let run = start(&w, cfg);
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    w.slow.delay_ms.store(3_600_000, Ordering::SeqCst); // storage hangs
+    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
+    let mut released = false;
+    for i in 0..400 {
+        c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
+            .unwrap();
+        run.wake();
+        std::thread::sleep(Duration::from_millis(2));
+        if i % 20 == 19 {
+            let (busy, _, _): (i64, i64, i64) = c
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            if busy == 0 && std::fs::metadata(&wal).map_or(0, |m| m.len()) == 0 {
+                released = true;
+                break;
+            }
+        }
+    }
+    assert!(released, "the WAL was never released during the outage");
+    c.execute("INSERT INTO t VALUES ('after')", []).unwrap();
+    run.wake();
+    w.slow.delay_ms.store(0, Ordering::SeqCst); // storage is back
+    let source = w.source_rows();
+    wait_for("the replica to catch up", || {
+        w.keys()
+            .iter()
+            .any(|k| k.contains("/0009/") && !has_txid(&[k.clone()], 1))
+            && w.rows_at(Target::Latest) == source
+    });
+    run.stop();
 }
