@@ -386,7 +386,7 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
     wait_for("the replica to catch up", || {
         w.keys()
             .iter()
-            .any(|k| k.contains("/0009/") && !has_txid(&[k.clone()], 1))
+            .any(|k| k.contains("/0009/") && !has_txid(std::slice::from_ref(k), 1))
             && w.rows_at(Target::Latest) == source
     });
     run.stop();
