@@ -207,15 +207,18 @@ def create_dbs(dirpath, n, prefix="db"):
 
 
 def fill_db(path, mib):
-    """A database of about `mib` MiB of incompressible rows (random 3000-byte blobs)."""
+    """A database of about `mib` MiB (file size) of incompressible rows (random 1000-byte blobs)."""
     c = sqlite3.connect(path)
     c.execute("PRAGMA journal_mode=WAL")
     c.execute("CREATE TABLE IF NOT EXISTS blob(id INTEGER PRIMARY KEY, data BLOB)")
-    rows = int(mib * 1024 * 1024 / 3000)
-    for _ in range(0, rows, 1000):
-        c.executemany("INSERT INTO blob(data) VALUES (?)", [(os.urandom(3000),) for _ in range(1000)])
+    target = int(mib * 1024 * 1024)
+    while True:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if os.path.getsize(path) >= target:
+            break
+        rows = max(1, min(4000, (target - os.path.getsize(path)) // 1030))
+        c.executemany("INSERT INTO blob(data) VALUES (?)", [(os.urandom(1000),) for _ in range(rows)])
         c.commit()
-    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
     return os.path.getsize(path)
 

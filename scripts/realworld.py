@@ -219,7 +219,8 @@ def test_network(args, s3, base, run_id, tools):
             proxy.up() if proxy.proc.poll() is None else None
             tool.stop()
             proxy.stop()
-            b.cleanup(work)
+            if os.environ.get("WALSYNC_BENCH_KEEP") != "1":
+                b.cleanup(work)
         out[t] = r
     return out
 
@@ -271,7 +272,7 @@ def report(res):
     if "restore" in res:
         for size, r in res["restore"].items():
             lt, ws = g(r, "litestream", "mb_per_s"), g(r, "walsync", "mb_per_s")
-            row(f"restore {size}", "MB/s", f(lt), f(ws), ">= 50 MB/s", None if ws is None else ws >= 50,
+            row(f"restore {size} ({r['db_bytes'] / 1e6:.0f} MB)", "MB/s", f(lt), f(ws), ">= 50 MB/s", None if ws is None else ws >= 50,
                 ">= 3x Litestream", None if ws is None or lt is None else ws >= 3 * lt)
             row("", "seconds", f(g(r, "litestream", "restore_s"), 2), f(g(r, "walsync", "restore_s"), 2), "", None, "", None)
             row("", "restored = source", f(g(r, "litestream", "identical")), f(g(r, "walsync", "identical")), "", None, "", None)
@@ -349,7 +350,10 @@ def main():
         for t in tests:
             doc["results"][t] = fns[t](args, s3, base, run_id, tools)
     finally:
-        b.cleanup(base)
+        if os.environ.get("WALSYNC_BENCH_KEEP") != "1":
+            b.cleanup(base)
+        else:
+            b.log(f"kept {base}")
     doc["host"]["loadavg_end"] = b.loadavg()
     text = report(doc["results"])
     os.makedirs(args.out, exist_ok=True)

@@ -95,6 +95,8 @@ class State:
         self.log = open(os.path.join(spool, "requests.jsonl"), "a", buffering=1 << 16)
         self.puts = open(os.path.join(spool, "puts.bin"), "ab", buffering=1 << 20)
         self.local = threading.local()
+        # WALSYNC_PROXY_TRACE=1: also log when each request starts (debugging).
+        self.trace = open(os.path.join(spool, "trace.log"), "a") if os.environ.get("WALSYNC_PROXY_TRACE") == "1" else None
         if resign:
             import botocore.session
 
@@ -170,6 +172,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         t0 = time.monotonic()
+        if st.trace:
+            with st.lock:
+                st.trace.write(f"{t0:.3f} start {self.command} {self.path}\n")
+                st.trace.flush()
         body = self._read_body()
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP]
         chunked = any(
