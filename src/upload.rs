@@ -281,9 +281,12 @@ fn run(
                 Err(e) => {
                     stats.put_errors.fetch_add(1, Ordering::Relaxed);
                     let retryable = e.storage_kind().is_some_and(|k| k.is_retryable());
+                    // Transient failures retry at least every 5 s, so replication
+                    // catches up soon after S3 returns; permanent ones (403,
+                    // missing bucket) back off to 30 s and are logged as errors.
                     let wait = backoff(
                         attempt,
-                        Duration::from_secs(if retryable { 30 } else { 60 }),
+                        Duration::from_secs(if retryable { 5 } else { 30 }),
                     );
                     if retryable {
                         log::warn!(
