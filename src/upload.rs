@@ -284,10 +284,8 @@ fn run(
                     // Transient failures retry at least every 5 s, so replication
                     // catches up soon after S3 returns; permanent ones (403,
                     // missing bucket) back off to 30 s and are logged as errors.
-                    let wait = backoff(
-                        attempt,
-                        Duration::from_secs(if retryable { 5 } else { 30 }),
-                    );
+                    let wait =
+                        backoff(attempt, Duration::from_secs(if retryable { 5 } else { 30 }));
                     if retryable {
                         log::warn!(
                             "{}: upload failed, retrying in {:.1}s: {e}",
