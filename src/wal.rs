@@ -571,13 +571,18 @@ impl WalMap {
         // SAFETY: the map is read-only and private to this struct. Reading
         // mapped bytes past the end of a file that was truncated after mapping
         // raises SIGBUS, so the invariant is: the WAL is not truncated while
-        // this map is read. SQLite truncates a WAL only in a TRUNCATE
-        // checkpoint (or on close of the last connection), and neither can
-        // complete while walsync holds a read transaction that uses the WAL;
-        // the daemon keeps that read transaction open whenever it reads the
-        // map, and calls `refresh` after its own checkpoints. The bytes may
-        // change under us (a restart overwriting old frames); every frame is
-        // checked against the salts and the checksum chain before use.
+        // this map is read. SQLite shrinks a WAL in a TRUNCATE checkpoint, on
+        // the first commit after a restart when `journal_size_limit` is set
+        // (`walLimitSize`), and when the last connection closes. `replicate`
+        // reads the map only (a) under its fence — a held write lock, so no
+        // checkpoint can restart or truncate and no commit can happen — or
+        // (b) after `refresh` while its read transaction is known to pin the
+        // WAL (the wal-index showed frames not yet backfilled after the read
+        // transaction began), which rules out any restart, hence also
+        // `walLimitSize`, and any TRUNCATE; its open connection means the app
+        // never closes the last one. The bytes may still change (frames past
+        // the published end being rewritten); every frame is checked against
+        // the salts and the checksum chain, and only published frames are used.
         let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(&self.path, e))?;
         self.map = Some(map);
         Ok(())
