@@ -555,6 +555,19 @@ impl WalMap {
     /// Re-map the file at its current length (reopening it if it was
     /// replaced, created or deleted meanwhile).
     pub fn refresh(&mut self) -> Result<()> {
+        // Keep the map when the path still names the mapped file at the
+        // mapped length: a shared map follows the file's pages, and skipping
+        // the munmap/mmap pair spares a TLB shootdown on every wake-up.
+        if let (Some(file), Some(map)) = (&self.file, &self.map) {
+            use std::os::unix::fs::MetadataExt;
+            if let (Ok(now), Ok(open)) = (std::fs::metadata(&self.path), file.metadata()) {
+                if (now.dev(), now.ino()) == (open.dev(), open.ino())
+                    && open.len() == map.len() as u64
+                {
+                    return Ok(());
+                }
+            }
+        }
         self.map = None;
         self.file = match File::open(&self.path) {
             Ok(f) => Some(f),
