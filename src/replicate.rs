@@ -1310,6 +1310,9 @@ pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resum
 
 /// The file with the highest max txid in one level, by exponential then
 /// binary search on the sort field (min txid; max txid for snapshots).
+/// Keys fetched per start-up probe (one LIST request either way).
+const PROBE_PAGE: usize = 100;
+
 fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u64, String)>> {
     let dir = ltx::level_prefix("", db, level);
     let probe = |t: u64| -> Result<Option<String>> {
@@ -1318,11 +1321,18 @@ fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u
         } else {
             format!("{dir}{t:016x}")
         };
+        // Keys that are not LTX names (a stray upload, an editor's backup
+        // file) sort among or after the real ones: skip them, within one
+        // page, instead of letting them wedge start-up.
         Ok(storage
-            .list_page(&dir, Some(&after), 1)?
+            .list_page(&dir, Some(&after), PROBE_PAGE)?
             .into_iter()
-            .next()
-            .map(|o| o.key))
+            .map(|o| o.key)
+            .find(|k| {
+                let name = k.rsplit('/').next().unwrap_or("");
+                ltx::parse_object_name(name)
+                    .is_some_and(|(min, _)| level != SNAPSHOT_LEVEL || min == 1)
+            }))
     };
     let Some(_) = probe(0)? else {
         return Ok(None);
@@ -1350,4 +1360,50 @@ fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u
         return Err(Error::ltx(&key, "unexpected object name in replica"));
     };
     Ok(Some((max, key)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FileStorage, Metadata};
+
+    #[test]
+    fn newest_txid_is_found_past_stray_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::create(dir.path()).unwrap();
+        for t in 1..=37u64 {
+            s.put(
+                &ltx::object_key("", "a.db", 0, t, t),
+                b"x",
+                &Metadata::new(),
+            )
+            .unwrap();
+        }
+        s.put(
+            &ltx::object_key("", "a.db", 9, 1, 20),
+            b"x",
+            &Metadata::new(),
+        )
+        .unwrap();
+        for stray in [
+            "a.db/0000/zz-not-ltx",
+            "a.db/0000/0000000000000003-x.ltx",
+            "a.db/0009/README",
+            "a.db/0009/0000000000000002-0000000000000030.ltx",
+        ] {
+            s.put(stray, b"x", &Metadata::new()).unwrap();
+        }
+        assert_eq!(
+            last_in_level(&s, "a.db", 0).unwrap().map(|(t, _)| t),
+            Some(37)
+        );
+        assert_eq!(
+            last_in_level(&s, "a.db", SNAPSHOT_LEVEL)
+                .unwrap()
+                .map(|(t, _)| t),
+            Some(20)
+        );
+        assert_eq!(last_in_level(&s, "a.db", 1).unwrap(), None);
+        assert_eq!(last_in_level(&s, "b.db", 0).unwrap(), None);
+    }
 }
