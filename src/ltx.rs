@@ -77,11 +77,14 @@ pub const MIN_PAGE_SIZE: u32 = 512;
 pub const MAX_PAGE_SIZE: u32 = 65536;
 
 /// The CRC-64 used for the file checksum (Go's `crc64.ISO` table: reflected
-/// polynomial 0xD800000000000000, init and xor-out all ones).
-pub const CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_GO_ISO);
-static CRC64_STATIC: crc::Crc<u64> = CRC64;
+/// polynomial 0xD800000000000000, init and xor-out all ones). The
+/// slice-by-16 tables: the byte-at-a-time default was a third of a
+/// restore's CPU time.
+pub const CRC64: crc::Crc<u64, crc::Table<16>> =
+    crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_GO_ISO);
+static CRC64_STATIC: crc::Crc<u64, crc::Table<16>> = CRC64;
 
-type Digest = crc::Digest<'static, u64>;
+type Digest = crc::Digest<'static, u64, crc::Table<16>>;
 
 /// The lock page of a database with this page size: it never holds data and
 /// never appears in an LTX file.
