@@ -574,7 +574,11 @@ impl Replica {
             None => return Ok(Ship::Nothing),
             Some(Read::Empty) => {
                 if self.wal.bytes().is_empty() {
-                    return Ok(Ship::Nothing);
+                    // Still empty: nothing may have been committed since.
+                    return Ok(match self.counted {
+                        Some(c) if c != shm.change => Ship::Lost(lost_reason(shm.change, c, 0)),
+                        _ => Ship::Nothing,
+                    });
                 }
                 match wal::resume(self.wal.bytes(), None).map_err(|e| e.at(self.wal.path()))? {
                     Resume::Fresh(p) => p,
@@ -761,17 +765,34 @@ impl Replica {
         let mut commit = None;
         let mut end = None;
         let mut page_size = None;
-        if let Ok(h) = WalHeader::parse(self.wal.bytes()) {
-            let mut s = Scanner::new(self.wal.bytes(), Position::start(&h))
-                .map_err(|e| e.at(self.wal.path()))?;
-            for tx in s.by_ref() {
-                for f in &tx.frames {
-                    frames.insert(f.pgno, *f);
+        // Only frames the wal-index publishes count (a writer that died
+        // before publishing leaves valid-looking frames past `mxFrame`).
+        let published = self.read_shm()?;
+        self.wal.refresh()?;
+        if let (Ok(h), Some(sh)) = (WalHeader::parse(self.wal.bytes()), published) {
+            if (sh.salt1, sh.salt2) == (h.salt1, h.salt2) {
+                let mut s = Scanner::new(self.wal.bytes(), Position::start(&h))
+                    .map_err(|e| e.at(self.wal.path()))?
+                    .with_frame_limit(u64::from(sh.mx_frame));
+                for tx in s.by_ref() {
+                    for f in &tx.frames {
+                        frames.insert(f.pgno, *f);
+                    }
+                    commit = Some(tx.commit);
                 }
-                commit = Some(tx.commit);
+                if s.position().frame_index() != u64::from(sh.mx_frame) {
+                    return Err(Error::wal(
+                        self.wal.path(),
+                        format!(
+                            "holds {} valid frames where the wal-index publishes {}",
+                            s.position().frame_index(),
+                            sh.mx_frame
+                        ),
+                    ));
+                }
+                end = Some(s.position());
+                page_size = Some(h.page_size);
             }
-            end = Some(s.position());
-            page_size = Some(h.page_size);
         }
         self.end_read()?;
         self.begin_read()?;
@@ -933,10 +954,17 @@ impl Replica {
     /// snapshot once the queued segments are stored. Point-in-time history
     /// between the last stored txid and that snapshot is what is given up.
     fn release_if_wal_too_big(&mut self) -> Result<()> {
-        if self.cfg.max_wal_bytes == 0 || !self.in_read {
+        if self.cfg.max_wal_bytes == 0 || !self.in_read || !self.pinned {
             return Ok(());
         }
-        let len = std::fs::metadata(self.wal.path()).map_or(0, |m| m.len());
+        // What the pinned read transaction holds back is the current
+        // generation (it cannot restart while pinned), not the file, whose
+        // length never shrinks without a TRUNCATE.
+        let (Some(shm), Some(Read::At(p))) = (self.read_shm()?, self.read) else {
+            return Ok(());
+        };
+        let frame = wal::FRAME_HEADER_SIZE as u64 + u64::from(p.page_size);
+        let len = u64::from(shm.mx_frame) * frame;
         if len <= self.cfg.max_wal_bytes {
             return Ok(());
         }
@@ -1229,18 +1257,34 @@ impl Replica {
         let deadline = Instant::now() + timeout;
         let mut result = Ok(());
         loop {
+            if Instant::now() >= deadline {
+                break;
+            }
             let idle = self.inflight.is_empty() && self.pending.is_empty();
             if idle {
                 let r = match self.snapshot_reason.clone() {
                     Some(reason) if self.conn.is_some() => self.snapshot(&reason),
-                    _ => self.step(),
+                    Some(_) => break, // the database is gone; nothing to read
+                    None if !self.in_read && self.read.is_some() && self.conn.is_some() => {
+                        // An earlier step failed after ending the read
+                        // transaction: re-establish it (it ships on the way).
+                        let counted_unknown = self.counted.is_none();
+                        self.fence()
+                            .and_then(|f| self.establish(f, counted_unknown))
+                    }
+                    None => self.step(),
                 };
                 if let Err(e) = r {
                     result = Err(e);
                     break;
                 }
-                if self.inflight.is_empty() && self.pending.is_empty() {
+                let settled = self.snapshot_reason.is_none()
+                    && (self.in_read || self.conn.is_none() || self.read.is_none());
+                if self.inflight.is_empty() && self.pending.is_empty() && settled {
                     break; // nothing more to ship
+                }
+                if self.inflight.is_empty() && self.pending.is_empty() {
+                    continue; // a snapshot or re-establish is due: go again
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());

@@ -391,3 +391,110 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
     });
     run.stop();
 }
+
+fn snaps(w: &World) -> usize {
+    w.keys().iter().filter(|k| k.contains("/0009/")).count()
+}
+
+/// After one `--max-wal-mib` release the WAL file stays long (a PASSIVE
+/// checkpoint never shrinks it); later in-flight segments must not trigger
+/// release after release (a snapshot per commit).
+#[test]
+fn one_outage_release_does_not_cause_a_snapshot_storm() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    let mut cfg = w.cfg();
+    cfg.max_wal_bytes = 256 << 10;
+    let run = start(&w, cfg);
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    w.slow.delay_ms.store(3_600_000, Ordering::SeqCst);
+    for i in 0..200 {
+        c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
+            .unwrap();
+        run.wake();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // app's own PASSIVE checkpoint (does not shrink the file)
+    let _: (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    w.slow.delay_ms.store(100, Ordering::SeqCst); // storage back (100 ms per PUT)
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = snaps(&w);
+    for i in 0..40 {
+        c.execute("INSERT INTO u VALUES (?1)", [format!("x{i}")])
+            .unwrap();
+        run.wake();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = snaps(&w);
+    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
+    eprintln!(
+        "snapshots before steady phase: {before}, after: {after}; wal len {}",
+        std::fs::metadata(&wal).unwrap().len()
+    );
+    let keys = w.keys();
+    eprintln!(
+        "L0 objects: {}",
+        keys.iter().filter(|k| k.contains("/0000/")).count()
+    );
+    run.stop();
+    assert!(
+        after - before <= 1,
+        "{} snapshots during 40 small commits after the outage",
+        after - before
+    );
+}
+
+/// A snapshot taken while unpublished frames (a writer that died before
+/// publishing them) sit in the WAL must not contain them.
+#[test]
+fn snapshots_leave_out_unpublished_frames() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
+    let orig = std::fs::read(&wal).unwrap();
+    let cdir = w.dir.path().join("copy");
+    std::fs::create_dir(&cdir).unwrap();
+    let cdb = cdir.join("r.db");
+    std::fs::copy(&w.db, &cdb).unwrap();
+    std::fs::write(format!("{}-wal", cdb.display()), &orig).unwrap();
+    {
+        let cc = Connection::open(&cdb).unwrap();
+        cc.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .unwrap();
+        cc.execute("INSERT INTO t VALUES ('phantom')", []).unwrap();
+        let cw = std::fs::read(format!("{}-wal", cdb.display())).unwrap();
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+        f.write_all_at(&cw[orig.len()..], orig.len() as u64)
+            .unwrap();
+    }
+    assert_eq!(w.source_rows(), vec!["t:a"]);
+    let mut cfg = w.cfg();
+    cfg.checkpoint_pages = 1 << 30;
+    cfg.truncate_pages = 1 << 30;
+    let run = start(&w, cfg); // first snapshot is taken with the orphan present
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let latest = w.rows_at(Target::Latest);
+    let n = snaps(&w);
+    eprintln!("objects: {:?}\nlatest: {latest:?}", w.keys());
+    run.stop();
+    assert_eq!(
+        latest,
+        vec!["t:a"],
+        "snapshot contains an uncommitted transaction"
+    );
+    assert!(n <= 1, "{n} snapshots");
+}
