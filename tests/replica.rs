@@ -203,30 +203,7 @@ fn frames_past_the_published_wal_index_are_never_shipped() {
     wait_for("snapshot 1", || has_txid(&w.keys(), 1));
     std::thread::sleep(Duration::from_millis(300));
 
-    // Build the orphan: the same WAL, one more committed transaction, made
-    // on a copy (its own wal-index), appended to the real WAL only.
-    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
-    let orig = std::fs::read(&wal).unwrap();
-    let cdir = w.dir.path().join("copy");
-    std::fs::create_dir(&cdir).unwrap();
-    let cdb = cdir.join("r.db");
-    std::fs::copy(&w.db, &cdb).unwrap();
-    std::fs::write(format!("{}-wal", cdb.display()), &orig).unwrap();
-    {
-        let cc = Connection::open(&cdb).unwrap();
-        cc.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .unwrap();
-        cc.execute("INSERT INTO t VALUES ('phantom')", []).unwrap();
-        let cw = std::fs::read(format!("{}-wal", cdb.display())).unwrap();
-        assert_eq!(&cw[..orig.len()], &orig[..]);
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
-        f.write_all_at(&cw[orig.len()..], orig.len() as u64)
-            .unwrap();
-    }
+    append_unpublished_commit(&w);
     assert_eq!(
         w.source_rows(),
         vec!["t:a"],
@@ -392,6 +369,34 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
     run.stop();
 }
 
+/// Append to the real WAL the frames of one more committed transaction
+/// (`INSERT INTO t VALUES ('phantom')`) without publishing it in the
+/// wal-index: what a writer that died between writing its frames and
+/// updating the wal-index leaves behind. Made on a copy with its own
+/// wal-index, so SQLite never sees the transaction as committed.
+fn append_unpublished_commit(w: &World) {
+    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
+    let orig = std::fs::read(&wal).unwrap();
+    let cdir = w.dir.path().join("copy");
+    std::fs::create_dir(&cdir).unwrap();
+    let cdb = cdir.join("r.db");
+    std::fs::copy(&w.db, &cdb).unwrap();
+    std::fs::write(format!("{}-wal", cdb.display()), &orig).unwrap();
+    let cc = Connection::open(&cdb).unwrap();
+    cc.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
+    cc.execute("INSERT INTO t VALUES ('phantom')", []).unwrap();
+    let cw = std::fs::read(format!("{}-wal", cdb.display())).unwrap();
+    assert_eq!(&cw[..orig.len()], &orig[..]);
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+    f.write_all_at(&cw[orig.len()..], orig.len() as u64)
+        .unwrap();
+}
+
 fn snaps(w: &World) -> usize {
     w.keys().iter().filter(|k| k.contains("/0009/")).count()
 }
@@ -459,27 +464,7 @@ fn snapshots_leave_out_unpublished_frames() {
     let c = app(&w.db);
     c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
         .unwrap();
-    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
-    let orig = std::fs::read(&wal).unwrap();
-    let cdir = w.dir.path().join("copy");
-    std::fs::create_dir(&cdir).unwrap();
-    let cdb = cdir.join("r.db");
-    std::fs::copy(&w.db, &cdb).unwrap();
-    std::fs::write(format!("{}-wal", cdb.display()), &orig).unwrap();
-    {
-        let cc = Connection::open(&cdb).unwrap();
-        cc.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .unwrap();
-        cc.execute("INSERT INTO t VALUES ('phantom')", []).unwrap();
-        let cw = std::fs::read(format!("{}-wal", cdb.display())).unwrap();
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
-        f.write_all_at(&cw[orig.len()..], orig.len() as u64)
-            .unwrap();
-    }
+    append_unpublished_commit(&w);
     assert_eq!(w.source_rows(), vec!["t:a"]);
     let mut cfg = w.cfg();
     cfg.checkpoint_pages = 1 << 30;
