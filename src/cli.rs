@@ -517,10 +517,7 @@ pub fn exit(result: Result<()>) -> ! {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("walsync: error: {e}");
-            std::process::exit(match e {
-                Error::Unimplemented(_) => 2,
-                _ => 1,
-            })
+            std::process::exit(1)
         }
     }
 }

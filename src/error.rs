@@ -80,11 +80,6 @@ pub enum Error {
     /// A flag, URL or configuration value is invalid.
     #[error("{0}")]
     Config(String),
-
-    /// The requested feature is not built yet. Commands that are planned but
-    /// not written say so instead of pretending to succeed.
-    #[error("`{0}` is not implemented yet")]
-    Unimplemented(&'static str),
 }
 
 fn kind_text(kind: StorageErrorKind) -> &'static str {
