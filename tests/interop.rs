@@ -235,35 +235,8 @@ fn assert_same_file(what: &str, a: &Path, b: &Path) {
     }
 }
 
-/// Tiny deterministic PRNG (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("WALSYNC_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("{test}: seed {seed} (WALSYNC_TEST_SEED={seed} to repeat)");
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 /// `n` distinct txids in `lo..=hi` plus `hi`, sorted.
-fn pick_txids(rng: &mut Rng, lo: u64, hi: u64, n: usize) -> Vec<u64> {
+fn pick_txids(rng: &mut common::Rng, lo: u64, hi: u64, n: usize) -> Vec<u64> {
     let mut t: Vec<u64> = (0..n).map(|_| rng.range(lo, hi)).collect();
     t.push(hi);
     t.push(lo);
@@ -277,7 +250,7 @@ fn litestream_restores_walsync_daemon_backup() {
     let Some(env) = Env::new("ls_restores_ws") else {
         return;
     };
-    let mut rng = Rng::new("ls_restores_ws");
+    let mut rng = common::Rng::new("ls_restores_ws");
     let db = env.path("app.db");
     let mut w = Writer::create(&db, 3);
     w.commit(20);
@@ -352,7 +325,7 @@ fn walsync_restores_litestream_backup() {
     let Some(env) = Env::new("ws_restores_ls") else {
         return;
     };
-    let mut rng = Rng::new("ws_restores_ls");
+    let mut rng = common::Rng::new("ws_restores_ls");
     let db = env.path("lsrc.db");
     let mut w = Writer::create(&db, 5);
     w.commit(10);

@@ -31,27 +31,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-struct Rng(u64);
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("WALSYNC_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| now_ms() as u64);
-        eprintln!("{test}: seed {seed} (WALSYNC_TEST_SEED={seed} to repeat)");
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 fn restore_cli(bucket: &str, name: &str, out: &Path, flag: &str, value: &str) -> (i64, i64) {
     let o = Command::new(WALSYNC_BIN)
         .args(["restore", name, "--bucket", bucket, flag, value, "-o"])
@@ -80,7 +59,7 @@ fn point_in_time_by_txid_and_timestamp() {
     let Some(config) = common::s3_config_or_skip(name) else {
         return;
     };
-    let mut rng = Rng::new(name);
+    let mut rng = common::Rng::new(name);
     let bucket_spec = format!("s3://{}/{}", config.bucket, config.prefix);
     let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(config.clone()).unwrap());
     let dir = tempfile::tempdir().unwrap();

@@ -443,6 +443,19 @@ fn metadata_from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) 
 }
 
 impl S3Storage {
+    /// An error naming `key` unless `status` is 2xx (with `fail-on-err` most
+    /// failures already come back as errors; this catches the rest).
+    fn expect_success(&self, key: &str, status: u16) -> Result<()> {
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        Err(err(
+            self.location(key),
+            status_kind(status, ""),
+            format!("HTTP {status}"),
+        ))
+    }
+
     /// `x-amz-meta-*` headers for `meta`, validated.
     fn meta_headers(&self, key: &str, meta: &Metadata) -> Result<HeaderMap> {
         meta.validate()
@@ -490,14 +503,7 @@ impl Storage for S3Storage {
         let status = bucket
             .put_object_stream_with_content_type(&mut file, &full, "application/octet-stream")
             .map_err(|e| self.map_err(self.location(key), e))?;
-        if !(200..300).contains(&status) {
-            return Err(err(
-                self.location(key),
-                status_kind(status, ""),
-                format!("multipart upload failed with HTTP {status}"),
-            ));
-        }
-        Ok(())
+        self.expect_success(key, status)
     }
 
     fn list_page(
@@ -552,14 +558,7 @@ impl Storage for S3Storage {
             )
             .map_err(|e| self.map_err(self.location(key), e))?;
         let status = response.status_code();
-        if !(200..300).contains(&status) {
-            return Err(err(
-                self.location(key),
-                status_kind(status, ""),
-                format!("HTTP {status}"),
-            ));
-        }
-        Ok(())
+        self.expect_success(key, status)
     }
 
     fn get_with_info(&self, key: &str) -> Result<(Vec<u8>, ObjectInfo)> {
@@ -569,13 +568,7 @@ impl Storage for S3Storage {
             .get_object(&full)
             .map_err(|e| self.map_err(self.location(key), e))?;
         let status = response.status_code();
-        if !(200..300).contains(&status) {
-            return Err(err(
-                self.location(key),
-                status_kind(status, ""),
-                format!("HTTP {status}"),
-            ));
-        }
+        self.expect_success(key, status)?;
         let headers = response.headers();
         let last_modified = headers
             .iter()
@@ -640,13 +633,7 @@ impl Storage for S3Storage {
         if status == 404 {
             return Ok(None);
         }
-        if !(200..300).contains(&status) {
-            return Err(err(
-                self.location(key),
-                status_kind(status, ""),
-                format!("HTTP {status}"),
-            ));
-        }
+        self.expect_success(key, status)?;
         let metadata: Metadata = head.metadata.unwrap_or_default().into_iter().collect();
         Ok(Some(ObjectInfo {
             key: key.to_string(),
