@@ -37,6 +37,7 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     List(ListArgs),
     Verify(VerifyArgs),
+    Compact(CompactArgs),
 }
 
 /// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
@@ -101,6 +102,22 @@ pub struct SyncArgs {
     /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
     #[argh(option, default = "String::from(\"30s\")")]
     pub shutdown_timeout: String,
+
+    /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
+    #[argh(option, default = "String::from(\"24h\")")]
+    pub retention: String,
+
+    /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
+    #[argh(option, default = "String::from(\"5m\")")]
+    pub retention_grace: String,
+
+    /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
+    #[argh(option, default = "String::from(\"30s,5m,1h\")")]
+    pub compaction: String,
+
+    /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
+    #[argh(option, default = "0")]
+    pub max_requests_per_sec: u32,
 }
 
 impl SyncArgs {
@@ -159,14 +176,103 @@ impl SyncArgs {
         db.truncate_pages = self.truncate_pages;
         db.max_wal_bytes = self.max_wal_mib.saturating_mul(1 << 20);
         db.min_put_interval = Self::duration("min-put-interval", &self.min_put_interval)?;
+        let retention = Self::duration("retention", &self.retention)?;
+        db.retention = (!retention.is_zero()).then_some(retention);
+        let compaction = crate::compact::Policy {
+            intervals: parse_compaction(&self.compaction)?,
+            grace: Self::duration("retention-grace", &self.retention_grace)?,
+            tmp_dir: std::env::temp_dir(),
+        };
         Ok(daemon::Options {
             databases: self.databases.clone(),
             db,
             uploaders: self.uploaders,
             memory_budget: self.memory_mib << 20,
             shutdown_timeout: Self::duration("shutdown-timeout", &self.shutdown_timeout)?,
+            compaction,
         })
     }
+}
+
+/// `--compaction 30s,5m,1h`: three intervals (levels 1–3); `0` turns a
+/// level off, `off` turns all off.
+pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok([None; 3]);
+    }
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let bad = |why: String| {
+        Error::Config(format!(
+            "--compaction {value:?}: {why} (expected three intervals for levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all)"
+        ))
+    };
+    if parts.len() != 3 {
+        return Err(bad(format!("{} value(s)", parts.len())));
+    }
+    let mut out = [None; 3];
+    for (slot, p) in out.iter_mut().zip(&parts) {
+        if *p == "0" {
+            continue;
+        }
+        let d = humantime::parse_duration(p).map_err(|e| bad(format!("{p:?}: {e}")))?;
+        if d < Duration::from_millis(100) {
+            return Err(bad(format!("{p:?} is shorter than 100ms")));
+        }
+        *slot = Some(d);
+    }
+    Ok(out)
+}
+
+/// Compact a database's replica now and apply retention (what the daemon does on its own).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "compact")]
+pub struct CompactArgs {
+    /// database name in the bucket
+    #[argh(positional)]
+    pub name: String,
+
+    /// bucket name, `s3://bucket/prefix` or `file:///dir`
+    #[argh(option)]
+    pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// retention window: objects no restore inside it needs are deleted; 0 = delete nothing (default 24h)
+    #[argh(option, default = "String::from(\"24h\")")]
+    pub retention: String,
+
+    /// print what would be merged and deleted, and why, without changing anything
+    #[argh(switch)]
+    pub dry_run: bool,
+}
+
+/// Run `walsync compact`.
+pub fn run_compact(a: CompactArgs) -> Result<()> {
+    let retention = SyncArgs::duration("retention", &a.retention)?;
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage = storage::open(&a.bucket, &opts)?;
+    let mut out = std::io::stdout().lock();
+    crate::compact::compact_by_hand(
+        &*storage,
+        &a.name,
+        (!retention.is_zero()).then_some(retention),
+        a.dry_run,
+        crate::compact::now_ms(),
+        &std::env::temp_dir(),
+        &mut out,
+    )?;
+    Ok(())
 }
 
 /// Restore a database from its replica.
@@ -325,6 +431,7 @@ pub fn run(args: Walsync) -> Result<()> {
         Command::Snapshot(a) => run_snapshot(a),
         Command::List(a) => run_list(a),
         Command::Verify(a) => run_verify(a),
+        Command::Compact(a) => run_compact(a),
     }
 }
 
@@ -332,7 +439,11 @@ pub fn run(args: Walsync) -> Result<()> {
 pub fn run_sync(args: SyncArgs) -> Result<()> {
     let opts = args.options()?;
     let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
-    let storage: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec(), &s3)?);
+    let inner = storage::open(&args.storage_spec(), &s3)?;
+    let storage: Arc<dyn Storage> = match args.max_requests_per_sec {
+        0 => Arc::from(inner),
+        n => Arc::new(storage::RateLimited::new(inner, n)),
+    };
     daemon::run(opts, storage)
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::compact::{Compactor, DbEntry, Policy};
 use crate::error::{Error, Result};
 use crate::replicate::{DbConfig, Event, Replica};
 use crate::storage::Storage;
@@ -35,6 +36,8 @@ pub struct Options {
     pub memory_budget: u64,
     /// How long a clean shutdown may take to ship what is committed.
     pub shutdown_timeout: Duration,
+    /// Compaction levels and retention grace (see [`crate::compact`]).
+    pub compaction: Policy,
 }
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
@@ -148,6 +151,7 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     raise_fd_limit(targets.files.len());
 
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
+    let compactor = Compactor::start(storage.clone(), opts.compaction.clone())?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
     for (dir, pattern) in &targets.patterns {
@@ -160,6 +164,7 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         opts,
         storage,
         uploader,
+        compactor: compactor.sender(),
         router,
         stop: stop_rx,
         running: HashMap::new(),
@@ -183,6 +188,7 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     }
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
     drop(stop_tx); // broadcast: every watcher drains and stops
+    compactor.stop(); // a merge in progress stops between objects
     let watchdog = std::thread::spawn(move || {
         if signals.recv().is_ok() {
             eprintln!("walsync: second signal, exiting now");
@@ -217,6 +223,7 @@ struct Daemon {
     opts: Options,
     storage: Arc<dyn Storage>,
     uploader: Uploader,
+    compactor: Sender<DbEntry>,
     router: Router,
     stop: Receiver<()>,
     running: HashMap<PathBuf, Running>,
@@ -258,6 +265,7 @@ impl Daemon {
         let stop = self.stop.clone();
         let drain = self.opts.shutdown_timeout;
         let router = self.router.clone();
+        let compactor = self.compactor.clone();
         let db_path = path.to_path_buf();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
@@ -321,6 +329,12 @@ impl Daemon {
                         recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
+                let _ = compactor.send(DbEntry {
+                    name: cfg.name.clone(),
+                    stats: rep.stats(),
+                    level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
+                    retention: cfg.retention,
+                });
                 let result = rep.run(ev_rx, stop, drain);
                 drop(lock);
                 result

@@ -78,6 +78,8 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Objects at least this large are streamed to a temporary file with ranged
 /// GETs instead of being held in memory.
 pub const SPOOL_THRESHOLD: u64 = 64 << 20;
+/// Times a restore plans again after a planned object disappeared.
+const MAX_REPLANS: usize = 3;
 /// Size of one ranged GET when spooling a large object.
 const RANGE_CHUNK: u64 = 16 << 20;
 
@@ -321,7 +323,7 @@ impl Replica {
     }
 
     /// Greedy chain ending exactly at `target` (see the module docs).
-    fn chain(&self, target: u64) -> Result<Vec<ReplicaObject>> {
+    pub(crate) fn chain(&self, target: u64) -> Result<Vec<ReplicaObject>> {
         let mut files: Vec<&ReplicaObject> = self
             .objects
             .iter()
@@ -420,13 +422,40 @@ impl Replica {
     }
 
     /// `s3://bucket/prefix/<key>` for messages.
-    fn full(&self, key: &str) -> String {
+    pub(crate) fn full(&self, key: &str) -> String {
         format!("{}/{key}", storage_root(&self.location, &self.db))
     }
 
     /// The newest txid whose object timestamp is at or before `ms`: a binary
     /// search per level over header timestamps (see the module docs).
-    fn txid_at(&self, storage: &dyn Storage, ms: i64) -> Result<u64> {
+    pub(crate) fn txid_at(&self, storage: &dyn Storage, ms: i64) -> Result<u64> {
+        match self.newest_at(storage, ms)? {
+            Ok(txid) => Ok(txid),
+            Err(oldest) => {
+                let when = ltx::format_timestamp_ms(ms).unwrap_or_else(|_| format!("{ms} ms"));
+                let oldest = oldest
+                    .map(|(ts, key)| {
+                        let t = ltx::format_timestamp_ms(ts).unwrap_or_else(|_| format!("{ts} ms"));
+                        format!("; the oldest object, {}, is from {t}", self.full(&key))
+                    })
+                    .unwrap_or_default();
+                Err(Error::Restore(format!(
+                    "{}: nothing in the replica is as old as {when}{oldest}",
+                    self.db
+                )))
+            }
+        }
+    }
+
+    /// [`Replica::txid_at`] without the error: `Ok(Ok(txid))`, or
+    /// `Ok(Err(oldest))` when no object is that old (`oldest` = timestamp
+    /// and key of the oldest object, if any).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn newest_at(
+        &self,
+        storage: &dyn Storage,
+        ms: i64,
+    ) -> Result<std::result::Result<u64, Option<(i64, String)>>> {
         let mut by_level: BTreeMap<u8, Vec<&ReplicaObject>> = BTreeMap::new();
         for o in &self.objects {
             by_level.entry(o.level).or_default().push(o);
@@ -457,22 +486,7 @@ impl Replica {
                 }
             }
         }
-        match best {
-            Some(txid) => Ok(txid),
-            None => {
-                let when = ltx::format_timestamp_ms(ms).unwrap_or_else(|_| format!("{ms} ms"));
-                let oldest = oldest
-                    .map(|(ts, key)| {
-                        let t = ltx::format_timestamp_ms(ts).unwrap_or_else(|_| format!("{ts} ms"));
-                        format!("; the oldest object, {}, is from {t}", self.full(&key))
-                    })
-                    .unwrap_or_default();
-                Err(Error::Restore(format!(
-                    "{}: nothing in the replica is as old as {when}{oldest}",
-                    self.db
-                )))
-            }
-        }
+        Ok(best.ok_or(oldest))
     }
 
     fn timestamp_of(
@@ -502,7 +516,7 @@ fn storage_root<'a>(location: &'a str, db: &str) -> &'a str {
         .unwrap_or(location)
 }
 
-fn check_header_matches(h: &Header, o: &ReplicaObject, name: &str) -> Result<()> {
+pub(crate) fn check_header_matches(h: &Header, o: &ReplicaObject, name: &str) -> Result<()> {
     if h.min_txid != o.min_txid || h.max_txid != o.max_txid {
         return Err(Error::ltx(
             name,
@@ -554,8 +568,19 @@ enum Body {
     Spooled(File),
 }
 
-struct Fetched {
+/// A downloaded object whose `walsync-sha256` (when present) matched.
+pub(crate) struct Fetched {
     body: Body,
+}
+
+impl Fetched {
+    /// Its bytes, from memory or from the spool file.
+    pub(crate) fn reader(self) -> Box<dyn Read + Send> {
+        match self.body {
+            Body::Memory(bytes) => Box::new(io::Cursor::new(bytes)),
+            Body::Spooled(f) => Box::new(BufReader::with_capacity(1 << 20, f)),
+        }
+    }
 }
 
 /// Restore `plan` into the file `out`. See the module docs for the steps and
@@ -598,7 +623,32 @@ pub fn restore(
         armed: true,
     };
 
-    let (page_size, pages) = download_and_apply(storage, plan, &file, &tmp_path, &dir, opts)?;
+    // An object deleted meanwhile (retention or `walsync compact` replaced
+    // it by a compacted one) is no reason to fail: plan the same txid again
+    // from a fresh listing and start over, a bounded number of times.
+    let mut current = plan.clone();
+    let mut replans = 0;
+    let (page_size, pages) = loop {
+        match download_and_apply(storage, &current, &file, &tmp_path, &dir, opts) {
+            Ok(r) => break r,
+            Err(e)
+                if e.storage_kind() == Some(StorageErrorKind::NotFound)
+                    && replans < MAX_REPLANS =>
+            {
+                replans += 1;
+                log::warn!(
+                    "{}: {e}; planning txid {} again (objects change while retention runs)",
+                    plan.db,
+                    plan.txid
+                );
+                file.set_len(0).map_err(|e| Error::io(&tmp_path, e))?;
+                current =
+                    list_replica(storage, &plan.db)?.plan(storage, Target::Txid(plan.txid))?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let plan = &current;
     file.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
     drop(file);
     integrity_check(&tmp_path, plan)?;
@@ -755,7 +805,7 @@ fn integrity_check(path: &Path, plan: &Plan) -> Result<()> {
 }
 
 /// Fetch one object, check its SHA-256 metadata when present.
-fn fetch(
+pub(crate) fn fetch(
     storage: &dyn Storage,
     o: &ReplicaObject,
     name: &str,
