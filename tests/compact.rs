@@ -363,13 +363,15 @@ fn compact_by_hand_keeps_exactly_the_window() {
     assert_eq!(again.deleted, 0, "{}", String::from_utf8_lossy(&out));
 }
 
+type Meddle = Box<dyn FnOnce(&dyn Storage) + Send>;
+
 /// A storage that, on the first GET of `victim`, first replaces the
 /// objects of the plan by compacting them and deletes the originals (what
 /// a concurrent `walsync compact` does).
 struct Meddler {
     inner: Arc<dyn Storage>,
     victim: String,
-    on_victim: std::sync::Mutex<Option<Box<dyn FnOnce(&dyn Storage) + Send>>>,
+    on_victim: std::sync::Mutex<Option<Meddle>>,
 }
 
 impl Storage for Meddler {
@@ -553,7 +555,7 @@ fn daemon_compacts_and_retention_never_breaks_a_restore() {
             "--snapshot-interval",
             "4s",
         ],
-        &[db.clone()],
+        std::slice::from_ref(&db),
         &dir.path().join("daemon.log"),
         &[],
     );
