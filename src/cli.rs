@@ -503,16 +503,23 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
     let storage = storage::open(&a.bucket, &opts)?;
-    let replica = restore::list_replica(&*storage, &a.name)?;
-    if replica.is_empty() && a.if_replica_exists {
-        log::info!(
-            "{}: no replica in {}, nothing restored (--if-replica-exists)",
-            a.name,
-            storage.describe()
-        );
-        return Ok(());
-    }
-    let plan = replica.plan(&*storage, target)?;
+    // The newest state or a txid: a few listing pages per level; else (or
+    // when that finds no chain) the full listing, which explains failures.
+    let plan = match restore::plan_by_level(&*storage, &a.name, target)? {
+        Some(plan) => plan,
+        None => {
+            let replica = restore::list_replica(&*storage, &a.name)?;
+            if replica.is_empty() && a.if_replica_exists {
+                log::info!(
+                    "{}: no replica in {}, nothing restored (--if-replica-exists)",
+                    a.name,
+                    storage.describe()
+                );
+                return Ok(());
+            }
+            replica.plan(&*storage, target)?
+        }
+    };
     let ropts = RestoreOptions {
         parallel: a.parallel,
         force: a.force,

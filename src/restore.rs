@@ -214,9 +214,110 @@ impl Summary {
 // Plan
 // ---------------------------------------------------------------------------
 
-/// List and plan in one call: [`list_replica`] then [`Replica::plan`].
+/// List and plan in one call: [`plan_by_level`] for the newest state or a
+/// txid, falling back to [`list_replica`] then [`Replica::plan`] (which
+/// also explains why no chain exists).
 pub fn plan(storage: &dyn Storage, db: &str, target: Target) -> Result<Plan> {
+    if let Some(plan) = plan_by_level(storage, db, target)? {
+        return Ok(plan);
+    }
     list_replica(storage, db)?.plan(storage, target)
+}
+
+/// Plan without listing the whole replica: list the snapshots, take the
+/// newest one at or before the target, then list each level from the top
+/// (3, 2, 1, 0) only after the position reached so far. A busy database
+/// keeps a day of level-0 objects for point-in-time restores; restoring the
+/// newest state this way reads a handful of listing pages instead of all of
+/// them. `Ok(None)` when this finds no exact chain (or the target is a
+/// timestamp): the caller then plans from the full listing, which finds
+/// every chain that exists and explains a missing one.
+pub fn plan_by_level(storage: &dyn Storage, db: &str, target: Target) -> Result<Option<Plan>> {
+    let db = db.trim_matches('/');
+    let limit = match target {
+        Target::Latest => u64::MAX,
+        Target::Txid(t) if t >= 1 => t,
+        _ => return Ok(None),
+    };
+    let level_objects = |level: u8, after: Option<String>| -> Result<Vec<ReplicaObject>> {
+        let dir = ltx::level_prefix("", db, level);
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let page = storage.list_page(&dir, after.as_deref(), 1000)?;
+            let full = page.len() == 1000;
+            after = page.last().map(|o| o.key.clone());
+            for info in page {
+                let k = ltx::parse_object_key("", &info.key)
+                    .filter(|k| k.db == db && k.level == level)
+                    .ok_or_else(|| {
+                        Error::Restore(format!(
+                            "{db}: unparseable object name {}/{} under the database prefix \
+                             (expected {db}/<level %04x>/<min txid %016x>-<max txid %016x>.ltx)",
+                            storage.describe(),
+                            info.key
+                        ))
+                    })?;
+                out.push(ReplicaObject {
+                    key: info.key,
+                    level,
+                    min_txid: k.min_txid,
+                    max_txid: k.max_txid,
+                    size: info.size,
+                });
+            }
+            // Past the target: later pages cannot help.
+            if !full || out.last().is_some_and(|o| o.min_txid > limit) {
+                return Ok(out);
+            }
+        }
+    };
+    let snapshots = level_objects(ltx::SNAPSHOT_LEVEL, None)?;
+    if snapshots.iter().any(|o| o.min_txid != 1) {
+        return Ok(None); // list_replica reports it
+    }
+    let mut newest = snapshots.iter().map(|o| o.max_txid).max().unwrap_or(0);
+    let Some(base) = snapshots
+        .iter()
+        .filter(|o| o.max_txid <= limit)
+        .max_by_key(|o| (o.max_txid, Reverse(o.size)))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let mut pos = base.max_txid;
+    let mut objects = vec![base];
+    for level in [3u8, 2, 1, 0] {
+        let after = format!(
+            "{}{pos:016x}-ffffffffffffffff.ltx",
+            ltx::level_prefix("", db, level)
+        );
+        let found = level_objects(level, Some(after))?;
+        newest = newest.max(found.iter().map(|o| o.max_txid).max().unwrap_or(0));
+        loop {
+            let next = found
+                .iter()
+                .filter(|o| o.min_txid <= pos + 1 && o.max_txid > pos && o.max_txid <= limit)
+                .max_by_key(|o| (o.max_txid, Reverse(o.size)));
+            match next {
+                Some(o) => {
+                    pos = o.max_txid;
+                    objects.push(o.clone());
+                }
+                None => break,
+            }
+        }
+    }
+    let txid = if limit == u64::MAX { newest } else { limit };
+    if pos != txid {
+        return Ok(None);
+    }
+    Ok(Some(Plan {
+        db: db.to_string(),
+        location: format!("{}/{db}", storage.describe()),
+        txid,
+        objects,
+    }))
 }
 
 /// Lists every object under `<db>/` with one (paginated) listing.

@@ -257,7 +257,13 @@ fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng)
 /// Restore's plan for `txid`, applied (synthetic pages are not a SQLite
 /// database, so the plan is applied here rather than by `restore`).
 fn restore_image(storage: &dyn Storage, db: &str, txid: u64) -> Vec<u8> {
-    let plan = restore::plan(storage, db, Target::Txid(txid)).unwrap();
+    apply_plan(
+        storage,
+        &restore::plan(storage, db, Target::Txid(txid)).unwrap(),
+    )
+}
+
+fn apply_plan(storage: &dyn Storage, plan: &restore::Plan) -> Vec<u8> {
     let mut image = Vec::new();
     for o in &plan.objects {
         apply(&mut image, &storage.get(&o.key).unwrap());
@@ -276,14 +282,32 @@ fn compact_by_hand_keeps_exactly_the_window() {
     for l in [0, 1, 2, 3, 9] {
         assert!(levels.contains(&l), "history has level {l}");
     }
-    // Every state restores before retention, through the compacted chain.
-    for t in (1..=s.txid).step_by(7) {
-        assert_eq!(
-            restore_image(&*storage, "h.db", t),
-            s.states[&t],
-            "txid {t}"
-        );
+    // Every state restores before retention, through the compacted chain,
+    // planned from the full listing and level by level.
+    let replica = restore::list_replica(&*storage, "h.db").unwrap();
+    let mut by_level = 0;
+    for t in 1..=s.txid {
+        let full = replica.plan(&*storage, Target::Txid(t)).unwrap();
+        assert_eq!(apply_plan(&*storage, &full), s.states[&t], "txid {t}");
+        if let Some(p) = restore::plan_by_level(&*storage, "h.db", Target::Txid(t)).unwrap() {
+            assert_eq!(p.txid, t);
+            assert!(
+                p.objects.len() <= full.objects.len() + 3,
+                "txid {t}: {p:?} vs {full:?}"
+            );
+            assert_eq!(apply_plan(&*storage, &p), s.states[&t], "txid {t} by level");
+            by_level += 1;
+        }
     }
+    assert!(
+        by_level >= s.txid as usize * 9 / 10,
+        "only {by_level} txids planned by level"
+    );
+    let latest = restore::plan_by_level(&*storage, "h.db", Target::Latest)
+        .unwrap()
+        .expect("the newest state plans by level");
+    assert_eq!(latest.txid, s.txid);
+    assert_eq!(apply_plan(&*storage, &latest), s.states[&s.txid]);
     // Window: everything newer than step 150's time (txid 151).
     // A fixed "now" whose window starts 500 ms after step 150's time.
     let window = Duration::from_secs(10);
