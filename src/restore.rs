@@ -225,8 +225,9 @@ pub fn plan(storage: &dyn Storage, db: &str, target: Target) -> Result<Plan> {
 }
 
 /// Plan without listing the whole replica: list the snapshots, take the
-/// newest one at or before the target, then list each level from the top
-/// (3, 2, 1, 0) only after the position reached so far. A busy database
+/// newest one at or before the target, extend the chain through levels 3, 2
+/// and 1 (listed whole: they are small), then list level 0 only after the
+/// position reached. A busy database
 /// keeps a day of level-0 objects for point-in-time restores; restoring the
 /// newest state this way reads a handful of listing pages instead of all of
 /// them. `Ok(None)` when this finds no exact chain (or the target is a
@@ -288,11 +289,16 @@ pub fn plan_by_level(storage: &dyn Storage, db: &str, target: Target) -> Result<
     let mut pos = base.max_txid;
     let mut objects = vec![base];
     for level in [3u8, 2, 1, 0] {
-        let after = format!(
-            "{}{pos:016x}-ffffffffffffffff.ltx",
-            ltx::level_prefix("", db, level)
-        );
-        let found = level_objects(level, Some(after))?;
+        // Compacted levels are small (retention trims them too) and may hold
+        // an object that starts before the snapshot and ends after it:
+        // list them whole. Level 0 is the big one: only after the position.
+        let after = (level == 0).then(|| {
+            format!(
+                "{}{pos:016x}-ffffffffffffffff.ltx",
+                ltx::level_prefix("", db, 0)
+            )
+        });
+        let found = level_objects(level, after)?;
         newest = newest.max(found.iter().map(|o| o.max_txid).max().unwrap_or(0));
         loop {
             let next = found
