@@ -182,6 +182,7 @@ impl SyncArgs {
             intervals: parse_compaction(&self.compaction)?,
             grace: Self::duration("retention-grace", &self.retention_grace)?,
             tmp_dir: std::env::temp_dir(),
+            recent: None,
         };
         Ok(daemon::Options {
             databases: self.databases.clone(),

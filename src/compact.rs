@@ -96,6 +96,114 @@ pub const MAX_INPUTS: usize = 10_000;
 const DELETE_BATCH: usize = 1000;
 
 // ---------------------------------------------------------------------------
+// Recently stored objects
+// ---------------------------------------------------------------------------
+
+/// Bodies of objects just stored that the next compaction will merge
+/// (level-0 segments from the uploaders, level-1 and -2 merges from the
+/// compactor), so that merging them costs no GET: without it a busy
+/// database pays one GET for every PUT. Bounded by a byte capacity (oldest
+/// first out; a miss is just a GET), and off (capacity 0) unless the daemon
+/// compacts.
+pub struct Recent {
+    inner: std::sync::Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    capacity: usize,
+    bytes: usize,
+    order: std::collections::VecDeque<String>,
+    bodies: HashMap<String, Vec<u8>>,
+}
+
+impl Recent {
+    /// An empty cache holding at most `capacity` bytes (0 = off).
+    pub fn new(capacity: usize) -> Recent {
+        Recent {
+            inner: std::sync::Mutex::new(RecentInner {
+                capacity,
+                ..RecentInner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Change the capacity (evicting as needed).
+    pub fn set_capacity(&self, capacity: usize) {
+        let mut g = self.lock();
+        g.capacity = capacity;
+        g.evict();
+    }
+
+    /// Remember the body stored under `key`, if it is an object a
+    /// compaction will read (levels 0..MAX_LEVEL-1) and fits.
+    pub fn offer(&self, key: &str, body: Vec<u8>) {
+        let wanted = ltx::parse_object_key("", key).is_some_and(|k| k.level < MAX_LEVEL);
+        let mut g = self.lock();
+        if !wanted || body.len() > g.capacity {
+            return;
+        }
+        g.bytes += body.len();
+        if let Some(old) = g.bodies.insert(key.to_string(), body) {
+            g.bytes -= old.len();
+        } else {
+            g.order.push_back(key.to_string());
+        }
+        g.evict();
+    }
+
+    /// Take the body of `key` out of the cache.
+    pub fn take(&self, key: &str) -> Option<Vec<u8>> {
+        let mut g = self.lock();
+        let body = g.bodies.remove(key)?;
+        g.bytes -= body.len();
+        // Its key stays in `order` until it reaches the front (cheap).
+        Some(body)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.lock();
+        f.debug_struct("Recent")
+            .field("capacity", &g.capacity)
+            .field("bytes", &g.bytes)
+            .field("objects", &g.bodies.len())
+            .finish()
+    }
+}
+
+impl RecentInner {
+    fn evict(&mut self) {
+        while self.bytes > self.capacity {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.bodies.remove(&k) {
+                self.bytes -= b.len();
+            }
+        }
+        // Keys of taken bodies: drop them once they are most of the queue.
+        if self.order.len() > 2 * self.bodies.len() + 64 {
+            let bodies = &self.bodies;
+            self.order.retain(|k| bodies.contains_key(k));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Merge
 // ---------------------------------------------------------------------------
 
@@ -171,6 +279,18 @@ impl PageStore {
     }
 }
 
+/// Where a merge works: temporary files, a flag that stops it between
+/// objects, and the cache of just-stored bodies.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Directory for temporary files.
+    pub tmp_dir: &'a Path,
+    /// Set to stop between objects (shutdown).
+    pub cancel: &'a AtomicBool,
+    /// Bodies read instead of GETs, when the daemon keeps them.
+    pub recent: Option<&'a Recent>,
+}
+
 /// Merge `inputs` — a chain (each starting at or before the txid after the
 /// previous one's end, ending after it) of one database — into one object at
 /// `level`. Every input is verified (SHA-256 metadata, header against name,
@@ -180,9 +300,9 @@ pub fn merge(
     storage: &dyn Storage,
     root: &str,
     inputs: &[ReplicaObject],
-    tmp_dir: &Path,
-    cancel: &AtomicBool,
+    ctx: &Ctx<'_>,
 ) -> Result<Encoded> {
+    let (tmp_dir, cancel, recent) = (ctx.tmp_dir, ctx.cancel, ctx.recent);
     let (Some(first_obj), Some(_)) = (inputs.first(), inputs.last()) else {
         return Err(Error::Config("internal: nothing to merge".into()));
     };
@@ -196,8 +316,11 @@ pub fn merge(
             return Err(Error::Config("compaction stopped (shutting down)".into()));
         }
         let name = format!("{root}/{}", o.key);
-        let fetched = restore::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?;
-        let mut dec = Decoder::new(fetched.reader(), name.clone())?;
+        let reader: Box<dyn std::io::Read + Send> = match recent.and_then(|r| r.take(&o.key)) {
+            Some(bytes) => Box::new(std::io::Cursor::new(bytes)),
+            None => restore::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?.reader(),
+        };
+        let mut dec = Decoder::new(reader, name.clone())?;
         let h = *dec.header();
         restore::check_header_matches(&h, o, &name)?;
         if let Some(prev) = last {
@@ -278,9 +401,21 @@ pub fn merge(
 
 /// Store an encoded object under `key` (streamed from its temp file when it
 /// has one).
-fn put_encoded(storage: &dyn Storage, key: &str, enc: &Encoded) -> Result<u64> {
+fn put_encoded(
+    storage: &dyn Storage,
+    key: &str,
+    enc: Encoded,
+    recent: Option<&Recent>,
+) -> Result<u64> {
     match &enc.body {
-        Body::Memory(b) => storage.put(key, b, &enc.meta).map(|()| b.len() as u64),
+        Body::Memory(b) => {
+            storage.put(key, b, &enc.meta)?;
+            let n = b.len() as u64;
+            if let (Some(r), Body::Memory(b)) = (recent, enc.body) {
+                r.offer(key, b);
+            }
+            Ok(n)
+        }
         Body::File(p) => {
             let n = enc.body.len()?;
             storage.put_file(key, p, &enc.meta).map(|()| n)
@@ -396,8 +531,7 @@ pub fn compact_level(
     level: u8,
     pos: u64,
     snapshot_txid: u64,
-    tmp_dir: &Path,
-    cancel: &AtomicBool,
+    ctx: &Ctx<'_>,
 ) -> Result<Option<ReplicaObject>> {
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(Error::Config(format!("internal: compaction level {level}")));
@@ -406,10 +540,10 @@ pub fn compact_level(
         return Ok(None);
     };
     let root = storage.describe();
-    let enc = merge(storage, &root, &inputs, tmp_dir, cancel)?;
+    let enc = merge(storage, &root, &inputs, ctx)?;
     let h = enc.header;
     let key = ltx::object_key("", db, level, h.min_txid, h.max_txid);
-    let size = put_encoded(storage, &key, &enc)?;
+    let size = put_encoded(storage, &key, enc, ctx.recent)?;
     log::debug!(
         "{db}: compacted {} level-{} object(s) into {key} (txids {}..{}, {size} bytes)",
         inputs.len(),
@@ -547,6 +681,8 @@ pub struct Policy {
     pub grace: Duration,
     /// Directory for temporary files.
     pub tmp_dir: PathBuf,
+    /// Bodies just stored, read instead of GETs (see [`Recent`]).
+    pub recent: Option<Arc<Recent>>,
 }
 
 impl Default for Policy {
@@ -555,6 +691,7 @@ impl Default for Policy {
             intervals: DEFAULT_INTERVALS.map(Some),
             grace: DEFAULT_GRACE,
             tmp_dir: std::env::temp_dir(),
+            recent: None,
         }
     }
 }
@@ -768,15 +905,12 @@ impl DbState {
                 }
                 let pos = self.end[level];
                 let snap = self.entry.stats.snapshot_txid.load(Ordering::Relaxed);
-                let r = compact_level(
-                    storage,
-                    &name,
-                    level as u8,
-                    pos,
-                    snap,
-                    &policy.tmp_dir,
-                    stop,
-                );
+                let ctx = Ctx {
+                    tmp_dir: &policy.tmp_dir,
+                    cancel: stop,
+                    recent: policy.recent.as_deref(),
+                };
+                let r = compact_level(storage, &name, level as u8, pos, snap, &ctx);
                 match r {
                     Ok(Some(o)) => {
                         self.failures = 0;
@@ -934,7 +1068,12 @@ pub fn compact_by_hand(
                 }
                 break;
             }
-            match compact_level(storage, db, level, pos, snap, tmp_dir, &cancel)? {
+            let ctx = Ctx {
+                tmp_dir,
+                cancel: &cancel,
+                recent: None,
+            };
+            match compact_level(storage, db, level, pos, snap, &ctx)? {
                 Some(o) => {
                     writeln!(
                         out,
@@ -981,4 +1120,35 @@ pub fn compact_by_hand(
     }
     .map_err(io)?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_what_compaction_reads_within_its_capacity() {
+        let r = Recent::new(100);
+        let k = |l: u8, t: u64| ltx::object_key("", "a.db", l, t, t);
+        r.offer(&k(0, 1), vec![1; 40]);
+        r.offer(&k(0, 2), vec![2; 40]);
+        r.offer(&k(3, 3), vec![3; 10]); // level 3 is never merged: not kept
+        r.offer("a.db/0000/not-ltx", vec![4; 10]);
+        assert_eq!(r.bytes(), 80);
+        r.offer(&k(0, 3), vec![5; 40]); // evicts the oldest
+        assert_eq!(r.bytes(), 80);
+        assert_eq!(r.take(&k(0, 1)), None);
+        assert_eq!(r.take(&k(0, 2)), Some(vec![2; 40]));
+        assert_eq!(r.take(&k(0, 2)), None, "taken once");
+        r.offer(&k(1, 9), vec![6; 101]); // larger than the capacity
+        assert_eq!(r.bytes(), 40);
+        r.set_capacity(0);
+        assert_eq!(r.bytes(), 0);
+        for t in 10..1000 {
+            r.set_capacity(10);
+            r.offer(&k(0, t), vec![0; 5]);
+            let _ = r.take(&k(0, t));
+        }
+        assert!(r.lock().order.len() < 100, "taken keys do not pile up");
+    }
 }

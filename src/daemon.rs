@@ -40,6 +40,10 @@ pub struct Options {
     pub compaction: Policy,
 }
 
+/// Bytes of just-stored objects kept for the compactor (see
+/// [`crate::compact::Recent`]): 30 s of level 0 for a few busy databases.
+const RECENT_BYTES: usize = 8 << 20;
+
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
 const DB_THREAD_STACK: usize = 512 * 1024;
@@ -151,7 +155,15 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     raise_fd_limit(targets.files.len());
 
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
-    let compactor = Compactor::start(storage.clone(), opts.compaction.clone())?;
+    let mut policy = opts.compaction.clone();
+    if policy.intervals[0].is_some() {
+        // Level 1 merges what the uploaders just stored: keep those bodies
+        // (bounded) so merging them costs no GET.
+        let recent = uploader.recent();
+        recent.set_capacity(RECENT_BYTES);
+        policy.recent = Some(recent);
+    }
+    let compactor = Compactor::start(storage.clone(), policy)?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
     for (dir, pattern) in &targets.patterns {

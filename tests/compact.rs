@@ -61,6 +61,8 @@ struct Synth {
     states: BTreeMap<u64, Vec<u8>>,
     /// Txid of the newest snapshot.
     last_snapshot: u64,
+    /// Where level-0 bodies go as the uploaders would put them.
+    recent: Option<Arc<compact::Recent>>,
 }
 
 impl Synth {
@@ -72,6 +74,7 @@ impl Synth {
             txid: 0,
             states: BTreeMap::new(),
             last_snapshot: 0,
+            recent: None,
         }
     }
 
@@ -91,6 +94,9 @@ impl Synth {
             .with(META_SHA256, sha);
         let key = ltx::object_key("", &self.db, level, h.min_txid, h.max_txid);
         self.storage.put(&key, &bytes, &meta).unwrap();
+        if let Some(r) = &self.recent {
+            r.offer(&key, bytes);
+        }
         key
     }
 
@@ -189,7 +195,17 @@ fn merge_equals_sequential_application() {
             keys.push(ltx::object_key("", &db, 0, s.txid, s.txid));
         }
         let inputs: Vec<ReplicaObject> = keys.iter().map(|k| object(&*storage, k)).collect();
-        let enc = compact::merge(&*storage, "test", &inputs, dir.path(), &cancel).unwrap();
+        let enc = compact::merge(
+            &*storage,
+            "test",
+            &inputs,
+            &compact::Ctx {
+                tmp_dir: dir.path(),
+                cancel: &cancel,
+                recent: None,
+            },
+        )
+        .unwrap();
         let merged = match enc.body {
             walsync::upload::Body::Memory(b) => b,
             walsync::upload::Body::File(p) => std::fs::read(&p).unwrap(),
@@ -218,6 +234,9 @@ fn merge_equals_sequential_application() {
 /// A synthetic history with compactions, as the daemon would leave it.
 fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng) -> Synth {
     let mut s = Synth::new(storage.clone(), db);
+    // Small enough that some merges read from the cache, some from storage.
+    let recent = Arc::new(compact::Recent::new(24 << 10));
+    s.recent = Some(recent.clone());
     s.image = vec![common::pseudo_random(PS as usize, 1); 3];
     let cancel = AtomicBool::new(false);
     let tmp = std::env::temp_dir();
@@ -235,16 +254,14 @@ fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng)
         for (level, every) in [(1usize, 5), (2, 20), (3, 60)] {
             if step % every == 0 {
                 let snap = s.last_snapshot;
-                while let Some(o) = compact::compact_level(
-                    &*storage,
-                    db,
-                    level as u8,
-                    ends[level],
-                    snap,
-                    &tmp,
-                    &cancel,
-                )
-                .unwrap()
+                let ctx = compact::Ctx {
+                    tmp_dir: &tmp,
+                    cancel: &cancel,
+                    recent: Some(&recent),
+                };
+                while let Some(o) =
+                    compact::compact_level(&*storage, db, level as u8, ends[level], snap, &ctx)
+                        .unwrap()
                 {
                     ends[level] = o.max_txid;
                 }
