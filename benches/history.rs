@@ -348,8 +348,7 @@ fn main() {
                     recent: None,
                 };
                 while let Some(o) =
-                    compact::compact_level(&*storage, &db, level as u8, ends[level], 1, &ctx)
-                        .unwrap()
+                    compact::compact_level(&*storage, &db, level as u8, ends[level], &ctx).unwrap()
                 {
                     ends[level] = o.max_txid;
                     compactions[level] += 1;

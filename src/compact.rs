@@ -454,57 +454,49 @@ fn parse_level_objects(
 
 /// The chain of level-`level - 1` objects a level-`level` object would
 /// merge next, starting right after txid `pos` (at most [`MAX_INPUTS`]).
-/// When the objects after `pos` do not continue it, they may continue a
-/// snapshot stored under the txid just before them: the chain then starts
-/// there. `snapshot_txid` (the newest snapshot known) is the fallback start
-/// when `pos` is stale (its successors were deleted). `Ok(None)`: nothing
-/// to merge.
+/// `Ok(None)`: nothing to merge.
+///
+/// When nothing continues `pos` exactly, the chain starts at the first
+/// object after the hole. That is always safe: a merged object is exactly
+/// its inputs, and a restore uses it only where a chain reaches its first
+/// txid, as it would use the inputs. Holes are normal: a snapshot's own txid
+/// (level 9 only), or a level left empty by retention after a long idle
+/// spell (the chain then continues from a higher level's object).
 pub fn next_inputs(
     storage: &dyn Storage,
     db: &str,
     level: u8,
     pos: u64,
-    snapshot_txid: u64,
 ) -> Result<Option<Vec<ReplicaObject>>> {
     let src = level - 1;
     let dir = ltx::level_prefix("", db, src);
     let after = format!("{dir}{pos:016x}-ffffffffffffffff.ltx");
     let objects = parse_level_objects(db, src, storage.list(&dir, Some(&after))?);
-    if let Some(chain) = chain_after(storage, db, &objects, pos)? {
-        return Ok(Some(chain));
+    let continues = |objs: &[ReplicaObject]| {
+        objs.iter()
+            .any(|o| o.min_txid <= pos + 1 && o.max_txid > pos)
+    };
+    if objects.is_empty() {
+        return Ok(None);
     }
-    if snapshot_txid > pos {
-        return chain_after(storage, db, &objects, snapshot_txid);
+    if !continues(&objects) && src > 0 {
+        // Compacted levels are small: an object that starts before `pos`
+        // and ends after it (two compactors wrote overlapping merges) is
+        // only found in the whole listing.
+        let all = parse_level_objects(db, src, storage.list(&dir, None)?);
+        if continues(&all) {
+            return Ok(chain_after(&all, pos));
+        }
     }
-    Ok(None)
+    Ok(chain_after(&objects, pos))
 }
 
-/// Greedy chain (furthest reach first) through `objects` from `pos`.
-fn chain_after(
-    storage: &dyn Storage,
-    db: &str,
-    objects: &[ReplicaObject],
-    pos: u64,
-) -> Result<Option<Vec<ReplicaObject>>> {
+/// Greedy chain (furthest reach first) through `objects` from `pos`, or
+/// from the first object after `pos` when none continues it.
+fn chain_after(objects: &[ReplicaObject], pos: u64) -> Option<Vec<ReplicaObject>> {
     let candidates: Vec<&ReplicaObject> = objects.iter().filter(|o| o.max_txid > pos).collect();
-    let Some(first_min) = candidates.iter().map(|o| o.min_txid).min() else {
-        return Ok(None);
-    };
-    let mut cur = pos;
-    if first_min > pos + 1 {
-        // A hole after `pos`: fine only when a snapshot ends right before
-        // the next object (its txid is the hole).
-        let snap = ltx::object_key("", db, SNAPSHOT_LEVEL, 1, first_min - 1);
-        if storage.head(&snap)?.is_none() {
-            log::debug!(
-                "{db}: level {} objects after txid {pos} start at txid {first_min} and no snapshot ends at txid {}",
-                candidates[0].level,
-                first_min - 1
-            );
-            return Ok(None);
-        }
-        cur = first_min - 1;
-    }
+    let first_min = candidates.iter().map(|o| o.min_txid).min()?;
+    let mut cur = pos.max(first_min - 1);
     let mut chain: Vec<ReplicaObject> = Vec::new();
     while chain.len() < MAX_INPUTS {
         let next = candidates
@@ -519,7 +511,7 @@ fn chain_after(
             None => break,
         }
     }
-    Ok((!chain.is_empty()).then_some(chain))
+    (!chain.is_empty()).then_some(chain)
 }
 
 /// Merge the next chain of level-`level - 1` objects after `pos` into one
@@ -530,13 +522,12 @@ pub fn compact_level(
     db: &str,
     level: u8,
     pos: u64,
-    snapshot_txid: u64,
     ctx: &Ctx<'_>,
 ) -> Result<Option<ReplicaObject>> {
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(Error::Config(format!("internal: compaction level {level}")));
     }
-    let Some(inputs) = next_inputs(storage, db, level, pos, snapshot_txid)? else {
+    let Some(inputs) = next_inputs(storage, db, level, pos)? else {
         return Ok(None);
     };
     let root = storage.describe();
@@ -904,13 +895,12 @@ impl DbState {
                     return;
                 }
                 let pos = self.end[level];
-                let snap = self.entry.stats.snapshot_txid.load(Ordering::Relaxed);
                 let ctx = Ctx {
                     tmp_dir: &policy.tmp_dir,
                     cancel: stop,
                     recent: policy.recent.as_deref(),
                 };
-                let r = compact_level(storage, &name, level as u8, pos, snap, &ctx);
+                let r = compact_level(storage, &name, level as u8, pos, &ctx);
                 match r {
                     Ok(Some(o)) => {
                         self.failures = 0;
@@ -1042,7 +1032,6 @@ pub fn compact_by_hand(
             storage.describe()
         )));
     }
-    let snap = ends[usize::from(SNAPSHOT_LEVEL)];
     let cancel = AtomicBool::new(false);
     let io = |e: std::io::Error| Error::io("stdout", e);
     let mut done = ByHand::default();
@@ -1052,7 +1041,7 @@ pub fn compact_by_hand(
         // Bounded: each round consumes at least one object.
         for _ in 0..100_000 {
             if dry_run {
-                if let Some(inputs) = next_inputs(storage, db, level, pos, snap)? {
+                if let Some(inputs) = next_inputs(storage, db, level, pos)? {
                     let (a, b) = (inputs[0].min_txid, inputs[inputs.len() - 1].max_txid);
                     writeln!(
                         out,
@@ -1073,7 +1062,7 @@ pub fn compact_by_hand(
                 cancel: &cancel,
                 recent: None,
             };
-            match compact_level(storage, db, level, pos, snap, &ctx)? {
+            match compact_level(storage, db, level, pos, &ctx)? {
                 Some(o) => {
                     writeln!(
                         out,

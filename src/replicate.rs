@@ -1453,12 +1453,24 @@ pub fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Optio
             hi = mid;
         }
     }
-    let Some(info) = probe(lo)? else {
-        return Ok(None);
+    // Every LTX key after `lo` has the same (largest) min txid; of those
+    // (two compactions can start at one txid) the one reaching furthest.
+    let after = if level == SNAPSHOT_LEVEL {
+        format!("{dir}{:016x}-{lo:016x}", 1)
+    } else {
+        format!("{dir}{lo:016x}")
     };
-    let name = info.key.rsplit('/').next().unwrap_or("");
-    let Some((_, max)) = ltx::parse_object_name(name) else {
-        return Err(Error::ltx(&info.key, "unexpected object name in replica"));
+    let best = storage
+        .list_page(&dir, Some(&after), PROBE_PAGE)?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            let (min, max) = ltx::parse_object_name(name)?;
+            (level != SNAPSHOT_LEVEL || min == 1).then_some((max, o))
+        })
+        .max_by_key(|(max, _)| *max);
+    let Some((max, info)) = best else {
+        return Ok(None);
     };
     Ok(Some(LastInLevel {
         max_txid: max,

@@ -253,15 +253,13 @@ fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng)
         // Levels every 5, 20 and 60 steps.
         for (level, every) in [(1usize, 5), (2, 20), (3, 60)] {
             if step % every == 0 {
-                let snap = s.last_snapshot;
                 let ctx = compact::Ctx {
                     tmp_dir: &tmp,
                     cancel: &cancel,
                     recent: Some(&recent),
                 };
                 while let Some(o) =
-                    compact::compact_level(&*storage, db, level as u8, ends[level], snap, &ctx)
-                        .unwrap()
+                    compact::compact_level(&*storage, db, level as u8, ends[level], &ctx).unwrap()
                 {
                     ends[level] = o.max_txid;
                 }
@@ -898,8 +896,14 @@ fn review_level1_compaction_resumes_after_idle_retention() {
         s.txn(&mut rng, ts);
     }
     let mut out = Vec::new();
-    let first = compact::compact_by_hand(&*storage, db, None, false, ts, dir.path(), &mut out).unwrap();
-    assert_eq!(first.written[1..], [1, 1, 1], "{}", String::from_utf8_lossy(&out));
+    let first =
+        compact::compact_by_hand(&*storage, db, None, false, ts, dir.path(), &mut out).unwrap();
+    assert_eq!(
+        first.written[1..],
+        [1, 1, 1],
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     // Idle for two hours with a one-hour window.
     let idle_end = ts + 2 * 3600 * 1000;
     let mut out = Vec::new();
@@ -929,6 +933,11 @@ fn review_level1_compaction_resumes_after_idle_retention() {
         .unwrap()
         .unwrap();
     eprintln!("level ends after restart: {:?}", res.level_ends);
+    // `walsync compact --dry-run` first (it changes nothing), then the
+    // restarted daemon's pass.
+    let mut out = Vec::new();
+    let by_hand =
+        compact::compact_by_hand(&*storage, db, None, true, ts, dir.path(), &mut out).unwrap();
     let cancel = AtomicBool::new(false);
     let tmp = dir.path().to_path_buf();
     let r = compact::compact_level(
@@ -936,13 +945,10 @@ fn review_level1_compaction_resumes_after_idle_retention() {
         db,
         1,
         res.level_ends[1],
-        res.level_ends[usize::from(SNAPSHOT_LEVEL)],
         &review_ctx(&tmp, &cancel),
     )
     .unwrap();
-    let mut out = Vec::new();
-    let by_hand =
-        compact::compact_by_hand(&*storage, db, None, true, ts, dir.path(), &mut out).unwrap();
+
     assert!(
         r.is_some() && by_hand.written[1] > 0,
         "level 1 finds nothing to merge although 10 level-0 objects follow the level-3 object \
@@ -980,24 +986,36 @@ fn review_level2_stalls_after_overlapping_merges() {
         }
     };
     txns(&mut s, 9, &mut rng); // L0 2..10
-    // Daemon: level 1 from txid 1.
-    let d1 = compact::compact_level(&*storage, db, 1, 1, 1, &ctx).unwrap().unwrap();
+                               // Daemon: level 1 from txid 1.
+    let d1 = compact::compact_level(&*storage, db, 1, 1, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((d1.min_txid, d1.max_txid), (2, 10));
     txns(&mut s, 10, &mut rng); // L0 11..20
-    // `walsync compact`, started at the same moment (same position, txid 1),
-    // lists level 0 a little later; then its level 2.
-    let h1 = compact::compact_level(&*storage, db, 1, 1, 1, &ctx).unwrap().unwrap();
+                                // `walsync compact`, started at the same moment (same position, txid 1),
+                                // lists level 0 a little later; then its level 2.
+    let h1 = compact::compact_level(&*storage, db, 1, 1, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((h1.min_txid, h1.max_txid), (2, 20));
-    let h2 = compact::compact_level(&*storage, db, 2, 1, 1, &ctx).unwrap().unwrap();
+    let h2 = compact::compact_level(&*storage, db, 2, 1, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((h2.min_txid, h2.max_txid), (2, 20));
     txns(&mut s, 5, &mut rng); // L0 21..25
-    // Daemon: level 1 from its own end (10), then level 2 from its own (1).
-    let d1b = compact::compact_level(&*storage, db, 1, 10, 1, &ctx).unwrap().unwrap();
+                               // Daemon: level 1 from its own end (10), then level 2 from its own (1).
+    let d1b = compact::compact_level(&*storage, db, 1, 10, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((d1b.min_txid, d1b.max_txid), (11, 25));
-    let d2 = compact::compact_level(&*storage, db, 2, 1, 1, &ctx).unwrap().unwrap();
+    let d2 = compact::compact_level(&*storage, db, 2, 1, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((d2.min_txid, d2.max_txid), (2, 25));
     txns(&mut s, 5, &mut rng); // L0 26..30
-    let d1c = compact::compact_level(&*storage, db, 1, 25, 1, &ctx).unwrap().unwrap();
+    let d1c = compact::compact_level(&*storage, db, 1, 25, &ctx)
+        .unwrap()
+        .unwrap();
     assert_eq!((d1c.min_txid, d1c.max_txid), (26, 30));
     // Every state still restores.
     for t in 1..=s.txid {
@@ -1008,15 +1026,7 @@ fn review_level2_stalls_after_overlapping_merges() {
         .unwrap()
         .unwrap();
     eprintln!("level ends after restart: {:?}", res.level_ends);
-    let r = compact::compact_level(
-        &*storage,
-        db,
-        2,
-        res.level_ends[2],
-        res.level_ends[usize::from(SNAPSHOT_LEVEL)],
-        &ctx,
-    )
-    .unwrap();
+    let r = compact::compact_level(&*storage, db, 2, res.level_ends[2], &ctx).unwrap();
     assert!(
         r.is_some(),
         "level 2 resumes at txid {} (the newest level-2 object ends at 25) and finds nothing \
