@@ -460,6 +460,23 @@ enum Expect {
     /// converges to what SQLite now reads — and say so in a line naming the
     /// victim and containing this.
     FollowsSqlite(&'static str),
+    /// Like `FollowsSqlite`, for a break within the WAL generation walsync
+    /// stored (the application's connection stays open, leaked, so this
+    /// process cannot act as an independent reader: only the line naming
+    /// the victim and containing this, and a new txid, are checked).
+    SameGeneration(&'static str),
+}
+
+/// Wait (bounded) until `replica` stores a txid above `t`.
+fn wait_newer(replica: &Replica, t: u64) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < CATCH_UP {
+        if replica.newest().is_some_and(|n| n > t) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 /// The daemon scenario: `good.db` and `victim.db` are replicated; walsync
@@ -499,8 +516,17 @@ fn daemon_row(row: &str, corrupt: Corrupt, expect: Expect) -> String {
     // The writing must happen in another process: SQLite shares one
     // wal-index per file among the connections of a process, and a leaked
     // connection here would keep serving the old one to the oracle.
-    drop(victim);
-    crash_commits(&victim_path, 3);
+    if let Expect::SameGeneration(_) = expect {
+        // Keep the WAL generation walsync stored: more commits on the same
+        // connection, which is then leaked (no checkpoint on close).
+        for _ in 0..3 {
+            victim.commit(5);
+        }
+        std::mem::forget(victim);
+    } else {
+        drop(victim);
+        crash_commits(&victim_path, 3);
+    }
     let _ = std::fs::remove_file(dir.path().join("victim.db-shm"));
     corrupt(dir.path(), &victim_path);
 
@@ -514,6 +540,14 @@ fn daemon_row(row: &str, corrupt: Corrupt, expect: Expect) -> String {
         Expect::Refused(needle) => {
             let line = d.wait_log_line("victim.db", CATCH_UP);
             assert!(line.contains(needle), "expected {needle:?} in: {line}");
+            line
+        }
+        Expect::SameGeneration(needle) => {
+            let line = d.wait_line(|l| l.contains("victim.db") && l.contains(needle), CATCH_UP);
+            assert!(
+                wait_newer(&victim_rep, t1),
+                "nothing new was stored for the victim"
+            );
             line
         }
         Expect::FollowsSqlite(needle) => {
@@ -808,6 +842,16 @@ fn bad_input_table() {
                     "bi-walpsz",
                     corrupt_page_size,
                     Expect::FollowsSqlite("WAL generation changed"),
+                )
+            }),
+        ),
+        (
+            "page size change within the stored WAL generation",
+            Box::new(|| {
+                daemon_row(
+                    "bi-walpsz2",
+                    corrupt_page_size,
+                    Expect::SameGeneration("WAL page size changed from 4096 to 1024"),
                 )
             }),
         ),
