@@ -103,6 +103,11 @@ struct Outcome {
 
 /// Run `bin args` (RUST_LOG unset: what a user sees), bounded to 30 s.
 fn run(bin: &str, args: &[String], as_nobody: bool) -> Outcome {
+    run_env(bin, args, as_nobody, &[])
+}
+
+/// `run` with extra environment variables.
+fn run_env(bin: &str, args: &[String], as_nobody: bool, envs: &[(&str, &str)]) -> Outcome {
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
         c.args([
@@ -119,6 +124,7 @@ fn run(bin: &str, args: &[String], as_nobody: bool) -> Outcome {
     };
     cmd.args(args)
         .env_remove("RUST_LOG")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -908,24 +914,16 @@ fn bad_input_table() {
             "wrong credentials",
             Box::new(|| {
                 let before = src.place.contents();
-                let mut cmd = Command::new(WALSYNC);
                 let work = tempfile::tempdir().unwrap();
                 let out = work.path().join("o.db");
-                cmd.args(restore_cmd(&src.place, db, &out, &[]))
-                    .env_remove("RUST_LOG")
-                    .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null());
-                let o = cmd.output().unwrap();
-                let text = String::from_utf8_lossy(&o.stderr);
-                let lines: Vec<String> = text.lines().map(str::to_string).collect();
-                let line = assert_one_line(
-                    &Outcome {
-                        status: o.status,
-                        lines,
-                    },
-                    &[&bucket, "access denied"],
+                let secret = "0".repeat(64);
+                let o = run_env(
+                    WALSYNC,
+                    &restore_cmd(&src.place, db, &out, &[]),
+                    false,
+                    &[("AWS_SECRET_ACCESS_KEY", &secret)],
                 );
+                let line = assert_one_line(&o, &[&bucket, "access denied"]);
                 assert!(!out.exists());
                 assert_eq!(src.place.contents(), before);
                 line
