@@ -503,13 +503,29 @@ impl Replica {
             }
             Err(e) => return Err(e.at(self.wal.path())),
         };
-        if (header.salt1, header.salt2, header.page_size) != (res.salt1, res.salt2, res.page_size)
-            || (data.len() as u64) < res.offset
-        {
-            self.snapshot_reason = Some(format!(
+        // Say which of the three it was: a message blaming the salts when
+        // they are equal sends the user looking in the wrong place.
+        let changed = if (header.salt1, header.salt2) != (res.salt1, res.salt2) {
+            Some(format!(
                 "WAL generation changed while walsync was not running (salts {:08x}/{:08x} → {:08x}/{:08x})",
                 res.salt1, res.salt2, header.salt1, header.salt2
-            ));
+            ))
+        } else if header.page_size != res.page_size {
+            Some(format!(
+                "WAL page size changed from {} to {} while walsync was not running",
+                res.page_size, header.page_size
+            ))
+        } else if (data.len() as u64) < res.offset {
+            Some(format!(
+                "WAL shrank to {} bytes, below the stored offset {}, while walsync was not running",
+                data.len(),
+                res.offset
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = changed {
+            self.snapshot_reason = Some(reason);
             return Ok(());
         }
         let frame = header.frame_size();
