@@ -567,6 +567,10 @@ pub struct RetentionPlan {
     /// Objects kept only because they end after the window's first state
     /// (they become deletable later, as the window moves).
     pub in_window: usize,
+    /// When the window's first state can next move: the oldest store time
+    /// of an object inside the window, plus the window (`None`: nothing
+    /// inside the window — until new objects arrive nothing can change).
+    pub next_change: Option<SystemTime>,
 }
 
 /// Decide what retention may delete for `db` at wall-clock `now_ms`.
@@ -576,12 +580,23 @@ pub fn plan_retention(
     retention: Duration,
     now_ms: i64,
 ) -> Result<RetentionPlan> {
-    let replica = restore::list_replica(storage, db)?;
+    let (replica, times) = restore::list_replica_with_times(storage, db)?;
     if replica.is_empty() {
         return Ok(RetentionPlan::default());
     }
     let window_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let cutoff = now_ms.saturating_sub(window_ms);
+    // An object's timestamp is at or before its store time, so the window
+    // cannot move past it before `stored + retention`.
+    let next_change = |after: u64| {
+        replica
+            .objects
+            .iter()
+            .filter(|o| o.max_txid > after)
+            .filter_map(|o| times.get(&o.key))
+            .min()
+            .map(|t| *t + retention)
+    };
     let t0 = match replica.newest_at(storage, cutoff)? {
         Ok(t0) => t0,
         Err(_) => {
@@ -590,6 +605,7 @@ pub fn plan_retention(
                 delete: Vec::new(),
                 keep: replica.objects.len(),
                 in_window: replica.objects.len(),
+                next_change: next_change(0),
             })
         }
     };
@@ -605,6 +621,7 @@ pub fn plan_retention(
                 delete: Vec::new(),
                 keep: replica.objects.len(),
                 in_window: 0,
+                next_change: None,
             });
         }
     };
@@ -612,6 +629,7 @@ pub fn plan_retention(
     let first = chain.first().map(|o| o.key.clone()).unwrap_or_default();
     let mut plan = RetentionPlan {
         t0: Some(t0),
+        next_change: next_change(t0),
         ..RetentionPlan::default()
     };
     for o in &replica.objects {
@@ -709,8 +727,9 @@ struct DbState {
     /// Source position when the last retention pass ran (`None`: never).
     retention_seen: Option<[u64; 4]>,
     retention_due: Instant,
-    /// Objects in the window at the last pass: they expire later.
-    retention_pending: bool,
+    /// When objects inside the window at the last pass can start to leave
+    /// it (`None`: nothing will, until new objects arrive).
+    retention_next: Option<Instant>,
     /// Deletable objects and when they were first seen deletable.
     marks: HashMap<String, Instant>,
     failures: u32,
@@ -824,7 +843,7 @@ impl DbState {
             retention_seen: None,
             // Not in the first seconds: start-up has enough to do.
             retention_due: now + policy.intervals[0].unwrap_or(DEFAULT_INTERVALS[0]),
-            retention_pending: true,
+            retention_next: None,
             marks: HashMap::new(),
             failures: 0,
         }
@@ -874,7 +893,7 @@ impl DbState {
     fn retention_wanted(&self) -> bool {
         self.entry.retention.is_some()
             && (self.retention_seen != Some(self.positions())
-                || self.retention_pending
+                || self.retention_next.is_some()
                 || !self.marks.is_empty())
     }
 
@@ -954,7 +973,13 @@ impl DbState {
             }
         };
         self.retention_seen = Some(positions);
-        self.retention_pending = plan.in_window > 0 && plan.t0 != Some(positions[0]);
+        // Wall-clock time of the next possible change, as an Instant.
+        self.retention_next = plan
+            .next_change
+            .map(|t| match t.duration_since(SystemTime::now()) {
+                Ok(ahead) => now + ahead,
+                Err(_) => now,
+            });
         let deletable: std::collections::HashSet<&str> =
             plan.delete.iter().map(|(o, _)| o.key.as_str()).collect();
         self.marks.retain(|k, _| deletable.contains(k.as_str()));
@@ -981,12 +1006,17 @@ impl DbState {
                 Err(e) => log::warn!("{name}: retention could not delete: {e}"),
             }
         }
-        self.retention_due = match self.marks.values().min() {
-            Some(first) => (*first + policy.grace)
-                .min(now + check)
-                .max(now + Duration::from_millis(100)),
-            None => now + check,
-        };
+        // Next pass: when marked objects are ripe; else when the window can
+        // move (an idle database); while the database changes, at least
+        // every `check` (the positions differ then).
+        let mut due = now + check;
+        if let Some(next) = self.retention_next {
+            due = due.max(next);
+        }
+        if let Some(first) = self.marks.values().min() {
+            due = due.min(*first + policy.grace);
+        }
+        self.retention_due = due.max(now + Duration::from_millis(100));
     }
 }
 

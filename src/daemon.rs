@@ -199,8 +199,6 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         }
     }
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
-    drop(stop_tx); // broadcast: every watcher drains and stops
-    compactor.stop(); // a merge in progress stops between objects
     let watchdog = std::thread::spawn(move || {
         if signals.recv().is_ok() {
             eprintln!("walsync: second signal, exiting now");
@@ -208,6 +206,8 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         }
     });
     let _ = watchdog;
+    drop(stop_tx); // broadcast: every watcher drains and stops
+    compactor.stop(); // a merge in progress stops between objects
     let mut failed = 0;
     for (_, r) in daemon.running.drain() {
         match r.handle.join() {

@@ -1220,7 +1220,15 @@ impl Replica {
         if self.snapshot_reason.is_none() {
             if let Some(iv) = self.cfg.snapshot_interval {
                 if self.last_snapshot.elapsed() >= iv {
-                    self.snapshot_reason = Some("periodic snapshot".into());
+                    let snap = self.stats.snapshot_txid.load(Ordering::Relaxed);
+                    if snap > 0 && snap + 1 == self.next_txid && self.pending.is_empty() {
+                        // Nothing was shipped since the newest snapshot: it
+                        // is the current state already. An idle database
+                        // costs no upload (and its replica nothing to trim).
+                        self.last_snapshot = Instant::now();
+                    } else {
+                        self.snapshot_reason = Some("periodic snapshot".into());
+                    }
                 }
             }
         }

@@ -387,6 +387,15 @@ fn compact_by_hand_keeps_exactly_the_window() {
     assert_eq!(old.last().unwrap().max_txid, t0, "{old:?}");
     // A txid before the window is gone (the point of retention).
     assert!(restore::plan(&*storage, "h.db", Target::Txid(10)).is_err());
+    // The next moment the window can move: the oldest store time of an
+    // object inside it, plus the window (an idle daemon sleeps until then).
+    let p = compact::plan_retention(&*storage, "h.db", window, now).unwrap();
+    let next = p.next_change.expect("objects inside the window");
+    let stored_ago = next
+        .duration_since(SystemTime::now())
+        .map(|ahead| window.saturating_sub(ahead))
+        .unwrap_or(window);
+    assert!(stored_ago < Duration::from_secs(120), "{stored_ago:?}");
     // A second run has nothing left to delete.
     let mut out = Vec::new();
     let again = compact::compact_by_hand(
@@ -819,7 +828,16 @@ fn idle_daemon_makes_no_requests() {
     }
     let bucket = format!("s3://{}/{}", config.bucket, config.prefix);
     let daemon = spawn_daemon(
-        &["--bucket", &bucket, "--compaction", "1s,2s,3s"],
+        // Short intervals: an idle database must not be snapshotted,
+        // compacted or trimmed again and again.
+        &[
+            "--bucket",
+            &bucket,
+            "--compaction",
+            "1s,2s,3s",
+            "--snapshot-interval",
+            "2s",
+        ],
         &dbs,
         &dir.path().join("daemon.log"),
         &[("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{port}"))],
