@@ -16,16 +16,24 @@
 //! - [`lock`]: the advisory lock that keeps one process shipping a database.
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
+//! - [`config`]: the `--config` file (databases, overrides, settings).
+//! - [`metrics`]: database registry, Prometheus endpoint, request log.
+//! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
 //! There is no async runtime anywhere: the daemon is a fixed set of threads.
 
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod heartbeat;
 pub mod lock;
 pub mod ltx;
+pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod replicate;
 pub mod restore;

@@ -15,7 +15,9 @@
 //! the way back, so callers work with keys such as
 //! `db/0000/0000000000000001-0000000000000001.ltx` (DESIGN.md §4).
 
+pub mod counting;
 mod file;
+pub mod routed;
 mod s3;
 
 use std::collections::BTreeMap;
@@ -23,7 +25,9 @@ use std::time::SystemTime;
 
 use crate::error::{Error, Result, StorageErrorKind};
 
+pub use counting::CountingStorage;
 pub use file::FileStorage;
+pub use routed::RoutedStorage;
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
 
 /// User metadata of an object: a small map of lower-case names to values.
