@@ -97,13 +97,17 @@ fn run(cfg: &Config, registry: &Registry) {
     // most once per interval.
     let poll = cfg.interval.min(Duration::from_secs(1));
     let mut last_ping: Option<Instant> = None;
-    let mut last_reason: Option<String> = None;
+    // Log transitions only: withheld (with the first reason) and resumed.
+    let mut withheld = false;
     loop {
         let due = last_ping.is_none_or(|t| t.elapsed() >= cfg.interval);
         if due {
             match registry.caught_up(cfg.max_lag) {
                 Ok(()) => {
-                    last_reason = None;
+                    if withheld {
+                        log::info!("heartbeat resumed: every database is caught up");
+                        withheld = false;
+                    }
                     last_ping = Some(Instant::now());
                     match agent.get(&cfg.url).call() {
                         Ok(_) => log::debug!("heartbeat sent to {shown}"),
@@ -114,9 +118,11 @@ fn run(cfg: &Config, registry: &Registry) {
                     }
                 }
                 Err(reason) => {
-                    if last_reason.as_deref() != Some(reason.as_str()) {
+                    if !withheld {
                         log::info!("heartbeat withheld: {reason}");
-                        last_reason = Some(reason);
+                        withheld = true;
+                    } else {
+                        log::trace!("heartbeat still withheld: {reason}");
                     }
                 }
             }
