@@ -634,8 +634,14 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
 /// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).
 pub fn init_logging() {
     let env = env_logger::Env::default().default_filter_or("walsync=info");
+    // ureq logs each request's full URL at debug level; for the heartbeat
+    // that URL is a secret (its token), so ureq is capped at info whatever
+    // RUST_LOG says (a later directive for the same module wins).
     // A second call (tests) is harmless; ignore its error.
-    let _ = env_logger::Builder::from_env(env).try_init();
+    let _ = env_logger::Builder::from_env(env)
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
+        .try_init();
 }
 
 /// Print `result`'s error as one line and exit with a non-zero status.
