@@ -485,6 +485,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_log_reports_only_changes() {
+        use crate::storage::{FileStorage, Metadata, Storage};
+        let dir = tempfile::tempdir().unwrap();
+        let files: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path()).unwrap());
+        let counting = Arc::new(CountingStorage::new(files));
+        let storage: Arc<dyn Storage> = counting.clone();
+        let uploader = crate::upload::Uploader::start(storage.clone(), 1, 1 << 20);
+        let reg = Registry::new(
+            counting,
+            uploader.stats(),
+            uploader.queue_probe(),
+            uploader.budget(),
+        );
+        let mut last = BTreeMap::new();
+        assert!(reg.request_log(&mut last).is_empty());
+        storage
+            .put("a.db/0000/x.ltx", b"abc", &Metadata::new())
+            .unwrap();
+        let lines = reg.request_log(&mut last);
+        assert_eq!(
+            lines,
+            ["a.db: requests PUT=1 GET=0 LIST=0 HEAD=0 DELETE=0 errors=0 uploaded=3 bytes in 1 objects"]
+        );
+        assert!(
+            reg.request_log(&mut last).is_empty(),
+            "unchanged counts logged again"
+        );
+        storage.get("a.db/0000/x.ltx").unwrap();
+        assert_eq!(reg.request_log(&mut last).len(), 1);
+        let page = reg.render();
+        assert!(
+            page.contains("walsync_storage_requests_total{db=\"a.db\",kind=\"GET\"} 1\n"),
+            "{page}"
+        );
+        assert!(page.contains("walsync_uploader_queue_depth 0\n"), "{page}");
+        uploader.join();
+    }
+
+    #[test]
     fn labels_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
