@@ -275,10 +275,8 @@ pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
         let name = rest.split('/').next().unwrap_or(rest);
         return format!("s3://{name}/{}", prefix.trim_matches('/'));
     }
-    if bucket.starts_with("file://") {
-        // A directory has no separate prefix: nest under it.
-        return prefixed_spec(bucket, Some(prefix));
-    }
+    // A bucket name gets the prefix; a directory (`file:///dir`) has no
+    // prefix of its own, so the database's prefix nests under it.
     prefixed_spec(bucket, Some(prefix))
 }
 

@@ -158,8 +158,17 @@ pub fn run(
     for (i, spec) in opts.databases.iter().enumerate() {
         let t = expand(std::slice::from_ref(&spec.pattern))?;
         for f in t.files {
-            if !files.iter().any(|(g, _)| *g == f) {
-                files.push((f, i));
+            match files.iter_mut().find(|(g, _)| *g == f) {
+                // A plain path names its database more precisely than a
+                // pattern that also matches it: its overrides win.
+                Some(entry)
+                    if !is_pattern(&spec.pattern)
+                        && is_pattern(&opts.databases[entry.1].pattern) =>
+                {
+                    entry.1 = i;
+                }
+                Some(_) => {}
+                None => files.push((f, i)),
             }
         }
         patterns.extend(t.patterns);
@@ -317,12 +326,18 @@ struct Daemon {
 
 impl Daemon {
     /// The configured database (index into `opts.databases`) a newly
-    /// discovered file belongs to: the first whose pattern matches.
+    /// discovered file belongs to: a plain path naming it, else the first
+    /// pattern that matches.
     fn spec_for(&self, path: &Path) -> Option<usize> {
-        self.opts
-            .databases
+        let specs = &self.opts.databases;
+        specs
             .iter()
-            .position(|s| glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path)))
+            .position(|s| !is_pattern(&s.pattern) && Path::new(&s.pattern) == path)
+            .or_else(|| {
+                specs.iter().position(|s| {
+                    glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path))
+                })
+            })
     }
 
     fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {

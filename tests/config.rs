@@ -1,7 +1,8 @@
 //! `--config FILE`: unknown keys are an error naming key and line; flags win
 //! over the file; `[[database]]` entries with a glob, a name and a prefix of
 //! their own replicate to the right keys of the bucket (one daemon, one
-//! uploader pool) and restore from there.
+//! uploader pool) and restore from there; a plain-path entry wins over a
+//! glob that matches the same file.
 
 mod common;
 
@@ -139,8 +140,9 @@ bucket = "s3://{bucket}/{prefix_a}"
 snapshot-interval = "0"
 shutdown-timeout = "10s"
 
+# Matches billing.db too: the plain-path entry below wins for it.
 [[database]]
-path = "{dir}/app-*.db"
+path = "{dir}/*.db"
 
 [[database]]
 path = "{billing}"
