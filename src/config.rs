@@ -48,6 +48,10 @@ pub struct FileConfig {
     pub min_put_interval: Option<String>,
     pub memory_mib: Option<u64>,
     pub shutdown_timeout: Option<String>,
+    pub retention: Option<String>,
+    pub retention_grace: Option<String>,
+    pub compaction: Option<String>,
+    pub max_requests_per_sec: Option<u32>,
     pub metrics_addr: Option<String>,
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Option<String>,
@@ -70,7 +74,8 @@ pub struct DatabaseEntry {
     pub prefix: Option<String>,
     /// Snapshot interval for this database (`0` = only when needed).
     pub snapshot_interval: Option<String>,
-    /// How long to keep this database's history (compaction and retention).
+    /// How long to keep this database's history exactly restorable (`0` =
+    /// keep everything).
     pub retention: Option<String>,
     /// File holding this database's encryption key.
     pub encryption_key_file: Option<PathBuf>,
@@ -87,8 +92,8 @@ pub struct DbSpec {
     pub prefix: Option<String>,
     /// `Some(None)`: no periodic snapshots; `None`: the global setting.
     pub snapshot_interval: Option<Option<Duration>>,
-    /// Retention override, passed through to the database's settings.
-    pub retention: Option<Duration>,
+    /// `Some(None)`: keep everything; `None`: the global `retention`.
+    pub retention: Option<Option<Duration>>,
     /// Encryption key file override, passed through to the database's settings.
     pub encryption_key_file: Option<PathBuf>,
 }
@@ -174,10 +179,7 @@ impl FileConfig {
                 None => None,
                 Some(v) => {
                     let d = duration(&format!("{at}: retention"), v)?;
-                    if d.is_zero() {
-                        return Err(Error::Config(format!("{at}: retention must be above 0")));
-                    }
-                    Some(d)
+                    Some((!d.is_zero()).then_some(d))
                 }
             };
             if let Some(k) = &d.encryption_key_file {
@@ -235,7 +237,7 @@ mod tests {
         )
         .unwrap();
         let d = &f.databases(Path::new("c.toml")).unwrap()[0];
-        assert_eq!(d.retention, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(d.retention, Some(Some(Duration::from_secs(7 * 86400))));
         assert_eq!(d.snapshot_interval, Some(None));
         assert_eq!(d.encryption_key_file.as_deref(), Some(Path::new("/k")));
 

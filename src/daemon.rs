@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::compact::{Compactor, DbEntry, Policy};
 use crate::config::DbSpec;
 use crate::error::{Error, Result};
 use crate::metrics::{DbState, Registry};
 use crate::replicate::{DbConfig, Event, Replica};
-use crate::storage::{CountingStorage, RoutedStorage, Storage};
+use crate::storage::{CountingStorage, RateLimited, RoutedStorage, Storage};
 use crate::upload::Uploader;
 use crate::watch::{self, Discovery, Router};
 
@@ -41,6 +42,10 @@ pub struct Options {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Push heartbeats while healthy.
     pub heartbeat: Option<crate::heartbeat::Config>,
+    /// Compaction levels and retention grace (see [`crate::compact`]).
+    pub compaction: Policy,
+    /// Cap on storage requests per second, shared by all databases (0 = none).
+    pub max_requests_per_sec: u32,
 }
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
@@ -194,7 +199,12 @@ pub fn run(
     raise_fd_limit(files.len());
 
     let routed = Arc::new(RoutedStorage::new(default));
-    let counting = Arc::new(CountingStorage::new(routed.clone()));
+    // One request cap for every database, whichever prefix it stores under.
+    let limited: Arc<dyn Storage> = match opts.max_requests_per_sec {
+        0 => routed.clone(),
+        n => Arc::new(RateLimited::new(routed.clone(), n)),
+    };
+    let counting = Arc::new(CountingStorage::new(limited));
     let storage: Arc<dyn Storage> = counting.clone();
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
     let registry = Arc::new(Registry::new(
@@ -210,6 +220,7 @@ pub fn run(
         crate::heartbeat::spawn(hb.clone(), registry.clone())?;
     }
     crate::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
+    let compactor = Compactor::start(storage.clone(), opts.compaction.clone())?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
     for (dir, pattern) in &patterns {
@@ -225,6 +236,7 @@ pub fn run(
         own,
         registry,
         uploader,
+        compactor: compactor.sender(),
         router,
         stop: stop_rx,
         running: HashMap::new(),
@@ -272,6 +284,7 @@ pub fn run(
     crate::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
     drop(stop_tx); // broadcast: every watcher drains and stops
+    compactor.stop(); // a merge in progress stops between objects
     let second_signal = std::thread::spawn(move || {
         if signals.recv().is_ok() {
             eprintln!("walsync: second signal, exiting now");
@@ -318,6 +331,7 @@ struct Daemon {
     own: Vec<Option<Arc<dyn Storage>>>,
     registry: Arc<Registry>,
     uploader: Uploader,
+    compactor: Sender<DbEntry>,
     router: Router,
     stop: Receiver<()>,
     running: HashMap<PathBuf, Running>,
@@ -361,14 +375,16 @@ impl Daemon {
             );
             return;
         }
-        // Per-database overrides from the config file. `spec.retention` and
-        // `spec.encryption_key_file` are validated there and carried here
-        // for the settings that consume them.
+        // Per-database overrides from the config file. `spec.encryption_key_file`
+        // is validated there and carried here for the setting that consumes it.
         let mut cfg = self.opts.db.clone();
         cfg.path = path.to_path_buf();
         cfg.name = name.clone();
         if let Some(interval) = spec.snapshot_interval {
             cfg.snapshot_interval = interval;
+        }
+        if let Some(retention) = spec.retention {
+            cfg.retention = retention;
         }
         if let Some(Some(own)) = self.own.get(spec_index) {
             self.routed.route(&name, own.clone());
@@ -387,6 +403,7 @@ impl Daemon {
         let registry = self.registry.clone();
         registry.add(&name, path, initial);
         let reg_name = name.clone();
+        let compactor = self.compactor.clone();
         let db_path = path.to_path_buf();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
@@ -453,6 +470,12 @@ impl Daemon {
                         recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
+                let _ = compactor.send(DbEntry {
+                    name: cfg.name.clone(),
+                    stats: rep.stats(),
+                    level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
+                    retention: cfg.retention,
+                });
                 let result = rep.run(ev_rx, stop, drain);
                 drop(lock);
                 result

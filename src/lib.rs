@@ -15,6 +15,7 @@
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
 //! - [`lock`]: the advisory lock that keeps one process shipping a database.
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
+//! - [`compact`]: merge level-0 objects into levels 1–3; retention that never breaks a restore.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
 //! - [`config`]: the `--config` file (databases, overrides, settings).
 //! - [`metrics`]: database registry, Prometheus endpoint, request log.
@@ -26,6 +27,7 @@
 //! There is no async runtime anywhere: the daemon is a fixed set of threads.
 
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -101,6 +101,9 @@ pub struct DbConfig {
     pub max_wal_bytes: u64,
     /// Directory for temporary snapshot files.
     pub tmp_dir: PathBuf,
+    /// Retention window of the replica (`None`: keep everything); see
+    /// [`crate::compact`].
+    pub retention: Option<Duration>,
 }
 
 impl DbConfig {
@@ -121,6 +124,7 @@ impl DbConfig {
             busy_timeout: Duration::from_secs(5),
             max_wal_bytes: 1 << 30,
             tmp_dir: std::env::temp_dir(),
+            retention: Some(crate::compact::DEFAULT_RETENTION),
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct DbStats {
     pub snapshots: std::sync::atomic::AtomicU64,
     /// Checkpoints run by walsync.
     pub checkpoints: std::sync::atomic::AtomicU64,
+    /// Txid of the newest snapshot known durable (0 = none yet).
+    pub snapshot_txid: std::sync::atomic::AtomicU64,
     /// Passes of the watcher loop finished (start-up readiness: ≥ 1).
     pub passes: std::sync::atomic::AtomicU64,
     /// Unix time (ms) the last snapshot was handed to the uploaders; 0 = none yet.
@@ -192,6 +198,10 @@ pub struct Resumed {
     pub offset: u64,
     /// Page size.
     pub page_size: u32,
+    /// Highest max txid stored in each level (index = level; 0 = none).
+    pub level_ends: [u64; 10],
+    /// When the newest snapshot was stored (from the listing), if any.
+    pub snapshot_time: Option<std::time::SystemTime>,
 }
 
 /// Segments of one database in flight at once. One: a crash can then never
@@ -274,6 +284,10 @@ pub struct Replica {
     pending: std::collections::VecDeque<(Encoded, u8)>,
     last_put: Option<Instant>,
     last_snapshot: Instant,
+    /// Txid of the snapshot in flight, if one is.
+    snapshot_inflight: Option<u64>,
+    /// What storage held at start-up (level ends for the compactor).
+    resumed: Option<Resumed>,
     snapshot_reason: Option<String>,
     deferred_until: Option<Instant>,
 }
@@ -322,11 +336,14 @@ impl Replica {
             pending: std::collections::VecDeque::new(),
             last_put: None,
             last_snapshot: Instant::now(),
+            snapshot_inflight: None,
+            resumed: None,
             snapshot_reason: None,
             deferred_until: None,
         };
         r.connect()?;
         let resumed = find_resume_point(&*r.storage, &r.cfg.name)?;
+        r.resumed = resumed;
         r.resume_from(resumed)?;
         Ok(r)
     }
@@ -339,6 +356,11 @@ impl Replica {
     /// Shared counters.
     pub fn stats(&self) -> Arc<DbStats> {
         self.stats.clone()
+    }
+
+    /// What storage held when replication started (`None`: nothing).
+    pub fn resumed(&self) -> Option<Resumed> {
+        self.resumed
     }
 
     fn open_conn(&self) -> Result<Connection> {
@@ -487,6 +509,16 @@ impl Replica {
         };
         self.next_txid = res.txid + 1;
         self.stats.durable_txid.store(res.txid, Ordering::Relaxed);
+        let snap = res.level_ends[usize::from(SNAPSHOT_LEVEL)];
+        self.stats.snapshot_txid.store(snap, Ordering::Relaxed);
+        // The periodic snapshot timer runs from the newest stored snapshot,
+        // not from process start: a daemon restarted more often than the
+        // interval must still take them.
+        if let Some(age) = res.snapshot_time.and_then(|t| t.elapsed().ok()) {
+            if let Some(t) = Instant::now().checked_sub(age) {
+                self.last_snapshot = t;
+            }
+        }
         if res.offset == 0 {
             self.snapshot_reason = Some("newest replica object records no WAL position".into());
             return Ok(());
@@ -743,6 +775,9 @@ impl Replica {
             })
             .map_err(|_| Error::Config("uploader pool stopped".into()))?;
         self.inflight.insert(txid);
+        if level == SNAPSHOT_LEVEL {
+            self.snapshot_inflight = Some(txid);
+        }
         self.last_put = Some(Instant::now());
         Ok(())
     }
@@ -1161,6 +1196,10 @@ impl Replica {
 
     fn on_ack(&mut self, ack: Ack) {
         self.inflight.remove(&ack.txid);
+        if self.snapshot_inflight == Some(ack.txid) {
+            self.snapshot_inflight = None;
+            self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);
+        }
         let durable = match (self.inflight.first(), self.pending.front()) {
             (Some(t), _) => t - 1,
             (None, Some((e, _))) => e.header.max_txid - 1,
@@ -1365,10 +1404,16 @@ impl Drop for Fence {
 /// in O(log txid) small LIST requests per level (no full listing).
 pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resumed>> {
     let mut best: Option<(u64, String)> = None;
+    let mut level_ends = [0u64; 10];
+    let mut snapshot_time = None;
     for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
-        if let Some((max, key)) = last_in_level(storage, db, level)? {
-            if best.as_ref().is_none_or(|(b, _)| max > *b) {
-                best = Some((max, key));
+        if let Some(last) = last_in_level(storage, db, level)? {
+            level_ends[usize::from(level)] = last.max_txid;
+            if level == SNAPSHOT_LEVEL {
+                snapshot_time = last.modified;
+            }
+            if best.as_ref().is_none_or(|(b, _)| last.max_txid > *b) {
+                best = Some((last.max_txid, last.key));
             }
         }
     }
@@ -1388,7 +1433,20 @@ pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resum
         salt2: h.wal_salt2,
         offset,
         page_size: h.page_size,
+        level_ends,
+        snapshot_time,
     }))
+}
+
+/// The newest object of one level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastInLevel {
+    /// Its max txid.
+    pub max_txid: u64,
+    /// Its key.
+    pub key: String,
+    /// When it was stored, if the listing says.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// The file with the highest max txid in one level, by exponential then
@@ -1396,9 +1454,9 @@ pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resum
 /// Keys fetched per start-up probe (one LIST request either way).
 const PROBE_PAGE: usize = 100;
 
-fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u64, String)>> {
+pub fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<LastInLevel>> {
     let dir = ltx::level_prefix("", db, level);
-    let probe = |t: u64| -> Result<Option<String>> {
+    let probe = |t: u64| -> Result<Option<crate::storage::ObjectInfo>> {
         let after = if level == SNAPSHOT_LEVEL {
             format!("{dir}{:016x}-{t:016x}", 1)
         } else {
@@ -1410,9 +1468,8 @@ fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u
         Ok(storage
             .list_page(&dir, Some(&after), PROBE_PAGE)?
             .into_iter()
-            .map(|o| o.key)
-            .find(|k| {
-                let name = k.rsplit('/').next().unwrap_or("");
+            .find(|o| {
+                let name = o.key.rsplit('/').next().unwrap_or("");
                 ltx::parse_object_name(name)
                     .is_some_and(|(min, _)| level != SNAPSHOT_LEVEL || min == 1)
             }))
@@ -1435,14 +1492,18 @@ fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<(u
             hi = mid;
         }
     }
-    let Some(key) = probe(lo)? else {
+    let Some(info) = probe(lo)? else {
         return Ok(None);
     };
-    let name = key.rsplit('/').next().unwrap_or("");
+    let name = info.key.rsplit('/').next().unwrap_or("");
     let Some((_, max)) = ltx::parse_object_name(name) else {
-        return Err(Error::ltx(&key, "unexpected object name in replica"));
+        return Err(Error::ltx(&info.key, "unexpected object name in replica"));
     };
-    Ok(Some((max, key)))
+    Ok(Some(LastInLevel {
+        max_txid: max,
+        key: info.key,
+        modified: info.last_modified,
+    }))
 }
 
 #[cfg(test)]
@@ -1477,13 +1538,13 @@ mod tests {
             s.put(stray, b"x", &Metadata::new()).unwrap();
         }
         assert_eq!(
-            last_in_level(&s, "a.db", 0).unwrap().map(|(t, _)| t),
+            last_in_level(&s, "a.db", 0).unwrap().map(|l| l.max_txid),
             Some(37)
         );
         assert_eq!(
             last_in_level(&s, "a.db", SNAPSHOT_LEVEL)
                 .unwrap()
-                .map(|(t, _)| t),
+                .map(|l| l.max_txid),
             Some(20)
         );
         assert_eq!(last_in_level(&s, "a.db", 1).unwrap(), None);

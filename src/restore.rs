@@ -78,6 +78,8 @@ pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Objects at least this large are streamed to a temporary file with ranged
 /// GETs instead of being held in memory.
 pub const SPOOL_THRESHOLD: u64 = 64 << 20;
+/// Times a restore plans again after a planned object disappeared.
+const MAX_REPLANS: usize = 3;
 /// Size of one ranged GET when spooling a large object.
 const RANGE_CHUNK: u64 = 16 << 20;
 
@@ -212,9 +214,116 @@ impl Summary {
 // Plan
 // ---------------------------------------------------------------------------
 
-/// List and plan in one call: [`list_replica`] then [`Replica::plan`].
+/// List and plan in one call: [`plan_by_level`] for the newest state or a
+/// txid, falling back to [`list_replica`] then [`Replica::plan`] (which
+/// also explains why no chain exists).
 pub fn plan(storage: &dyn Storage, db: &str, target: Target) -> Result<Plan> {
+    if let Some(plan) = plan_by_level(storage, db, target)? {
+        return Ok(plan);
+    }
     list_replica(storage, db)?.plan(storage, target)
+}
+
+/// Plan without listing the whole replica: list the snapshots, take the
+/// newest one at or before the target, extend the chain through levels 3, 2
+/// and 1 (listed whole: they are small), then list level 0 only after the
+/// position reached. A busy database
+/// keeps a day of level-0 objects for point-in-time restores; restoring the
+/// newest state this way reads a handful of listing pages instead of all of
+/// them. `Ok(None)` when this finds no exact chain (or the target is a
+/// timestamp): the caller then plans from the full listing, which finds
+/// every chain that exists and explains a missing one.
+pub fn plan_by_level(storage: &dyn Storage, db: &str, target: Target) -> Result<Option<Plan>> {
+    let db = db.trim_matches('/');
+    let limit = match target {
+        Target::Latest => u64::MAX,
+        Target::Txid(t) if t >= 1 => t,
+        _ => return Ok(None),
+    };
+    let level_objects = |level: u8, after: Option<String>| -> Result<Vec<ReplicaObject>> {
+        let dir = ltx::level_prefix("", db, level);
+        let mut out = Vec::new();
+        let mut after = after;
+        loop {
+            let page = storage.list_page(&dir, after.as_deref(), 1000)?;
+            let full = page.len() == 1000;
+            after = page.last().map(|o| o.key.clone());
+            for info in page {
+                let k = ltx::parse_object_key("", &info.key)
+                    .filter(|k| k.db == db && k.level == level)
+                    .ok_or_else(|| {
+                        Error::Restore(format!(
+                            "{db}: unparseable object name {}/{} under the database prefix \
+                             (expected {db}/<level %04x>/<min txid %016x>-<max txid %016x>.ltx)",
+                            storage.describe(),
+                            info.key
+                        ))
+                    })?;
+                out.push(ReplicaObject {
+                    key: info.key,
+                    level,
+                    min_txid: k.min_txid,
+                    max_txid: k.max_txid,
+                    size: info.size,
+                });
+            }
+            // Past the target: later pages cannot help.
+            if !full || out.last().is_some_and(|o| o.min_txid > limit) {
+                return Ok(out);
+            }
+        }
+    };
+    let snapshots = level_objects(ltx::SNAPSHOT_LEVEL, None)?;
+    if snapshots.iter().any(|o| o.min_txid != 1) {
+        return Ok(None); // list_replica reports it
+    }
+    let mut newest = snapshots.iter().map(|o| o.max_txid).max().unwrap_or(0);
+    let Some(base) = snapshots
+        .iter()
+        .filter(|o| o.max_txid <= limit)
+        .max_by_key(|o| (o.max_txid, Reverse(o.size)))
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let mut pos = base.max_txid;
+    let mut objects = vec![base];
+    for level in [3u8, 2, 1, 0] {
+        // Compacted levels are small (retention trims them too) and may hold
+        // an object that starts before the snapshot and ends after it:
+        // list them whole. Level 0 is the big one: only after the position.
+        let after = (level == 0).then(|| {
+            format!(
+                "{}{pos:016x}-ffffffffffffffff.ltx",
+                ltx::level_prefix("", db, 0)
+            )
+        });
+        let found = level_objects(level, after)?;
+        newest = newest.max(found.iter().map(|o| o.max_txid).max().unwrap_or(0));
+        loop {
+            let next = found
+                .iter()
+                .filter(|o| o.min_txid <= pos + 1 && o.max_txid > pos && o.max_txid <= limit)
+                .max_by_key(|o| (o.max_txid, Reverse(o.size)));
+            match next {
+                Some(o) => {
+                    pos = o.max_txid;
+                    objects.push(o.clone());
+                }
+                None => break,
+            }
+        }
+    }
+    let txid = if limit == u64::MAX { newest } else { limit };
+    if pos != txid {
+        return Ok(None);
+    }
+    Ok(Some(Plan {
+        db: db.to_string(),
+        location: format!("{}/{db}", storage.describe()),
+        txid,
+        objects,
+    }))
 }
 
 /// Lists every object under `<db>/` with one (paginated) listing.
@@ -321,7 +430,7 @@ impl Replica {
     }
 
     /// Greedy chain ending exactly at `target` (see the module docs).
-    fn chain(&self, target: u64) -> Result<Vec<ReplicaObject>> {
+    pub(crate) fn chain(&self, target: u64) -> Result<Vec<ReplicaObject>> {
         let mut files: Vec<&ReplicaObject> = self
             .objects
             .iter()
@@ -420,13 +529,40 @@ impl Replica {
     }
 
     /// `s3://bucket/prefix/<key>` for messages.
-    fn full(&self, key: &str) -> String {
+    pub(crate) fn full(&self, key: &str) -> String {
         format!("{}/{key}", storage_root(&self.location, &self.db))
     }
 
     /// The newest txid whose object timestamp is at or before `ms`: a binary
     /// search per level over header timestamps (see the module docs).
-    fn txid_at(&self, storage: &dyn Storage, ms: i64) -> Result<u64> {
+    pub(crate) fn txid_at(&self, storage: &dyn Storage, ms: i64) -> Result<u64> {
+        match self.newest_at(storage, ms)? {
+            Ok(txid) => Ok(txid),
+            Err(oldest) => {
+                let when = ltx::format_timestamp_ms(ms).unwrap_or_else(|_| format!("{ms} ms"));
+                let oldest = oldest
+                    .map(|(ts, key)| {
+                        let t = ltx::format_timestamp_ms(ts).unwrap_or_else(|_| format!("{ts} ms"));
+                        format!("; the oldest object, {}, is from {t}", self.full(&key))
+                    })
+                    .unwrap_or_default();
+                Err(Error::Restore(format!(
+                    "{}: nothing in the replica is as old as {when}{oldest}",
+                    self.db
+                )))
+            }
+        }
+    }
+
+    /// [`Replica::txid_at`] without the error: `Ok(Ok(txid))`, or
+    /// `Ok(Err(oldest))` when no object is that old (`oldest` = timestamp
+    /// and key of the oldest object, if any).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn newest_at(
+        &self,
+        storage: &dyn Storage,
+        ms: i64,
+    ) -> Result<std::result::Result<u64, Option<(i64, String)>>> {
         let mut by_level: BTreeMap<u8, Vec<&ReplicaObject>> = BTreeMap::new();
         for o in &self.objects {
             by_level.entry(o.level).or_default().push(o);
@@ -457,22 +593,7 @@ impl Replica {
                 }
             }
         }
-        match best {
-            Some(txid) => Ok(txid),
-            None => {
-                let when = ltx::format_timestamp_ms(ms).unwrap_or_else(|_| format!("{ms} ms"));
-                let oldest = oldest
-                    .map(|(ts, key)| {
-                        let t = ltx::format_timestamp_ms(ts).unwrap_or_else(|_| format!("{ts} ms"));
-                        format!("; the oldest object, {}, is from {t}", self.full(&key))
-                    })
-                    .unwrap_or_default();
-                Err(Error::Restore(format!(
-                    "{}: nothing in the replica is as old as {when}{oldest}",
-                    self.db
-                )))
-            }
-        }
+        Ok(best.ok_or(oldest))
     }
 
     fn timestamp_of(
@@ -502,7 +623,7 @@ fn storage_root<'a>(location: &'a str, db: &str) -> &'a str {
         .unwrap_or(location)
 }
 
-fn check_header_matches(h: &Header, o: &ReplicaObject, name: &str) -> Result<()> {
+pub(crate) fn check_header_matches(h: &Header, o: &ReplicaObject, name: &str) -> Result<()> {
     if h.min_txid != o.min_txid || h.max_txid != o.max_txid {
         return Err(Error::ltx(
             name,
@@ -554,8 +675,19 @@ enum Body {
     Spooled(File),
 }
 
-struct Fetched {
+/// A downloaded object whose `walsync-sha256` (when present) matched.
+pub(crate) struct Fetched {
     body: Body,
+}
+
+impl Fetched {
+    /// Its bytes, from memory or from the spool file.
+    pub(crate) fn reader(self) -> Box<dyn Read + Send> {
+        match self.body {
+            Body::Memory(bytes) => Box::new(io::Cursor::new(bytes)),
+            Body::Spooled(f) => Box::new(BufReader::with_capacity(1 << 20, f)),
+        }
+    }
 }
 
 /// Restore `plan` into the file `out`. See the module docs for the steps and
@@ -598,7 +730,32 @@ pub fn restore(
         armed: true,
     };
 
-    let (page_size, pages) = download_and_apply(storage, plan, &file, &tmp_path, &dir, opts)?;
+    // An object deleted meanwhile (retention or `walsync compact` replaced
+    // it by a compacted one) is no reason to fail: plan the same txid again
+    // from a fresh listing and start over, a bounded number of times.
+    let mut current = plan.clone();
+    let mut replans = 0;
+    let (page_size, pages) = loop {
+        match download_and_apply(storage, &current, &file, &tmp_path, &dir, opts) {
+            Ok(r) => break r,
+            Err(e)
+                if e.storage_kind() == Some(StorageErrorKind::NotFound)
+                    && replans < MAX_REPLANS =>
+            {
+                replans += 1;
+                log::warn!(
+                    "{}: {e}; planning txid {} again (objects change while retention runs)",
+                    plan.db,
+                    plan.txid
+                );
+                file.set_len(0).map_err(|e| Error::io(&tmp_path, e))?;
+                current =
+                    list_replica(storage, &plan.db)?.plan(storage, Target::Txid(plan.txid))?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let plan = &current;
     file.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
     drop(file);
     integrity_check(&tmp_path, plan)?;
@@ -755,7 +912,7 @@ fn integrity_check(path: &Path, plan: &Plan) -> Result<()> {
 }
 
 /// Fetch one object, check its SHA-256 metadata when present.
-fn fetch(
+pub(crate) fn fetch(
     storage: &dyn Storage,
     o: &ReplicaObject,
     name: &str,

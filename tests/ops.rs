@@ -104,17 +104,24 @@ fn snapshot_command_and_the_daemon_lock() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
+    // The daemon logs this once it holds the lock and opened the database.
+    // (Probing with try_lock here would itself hold the lock for a moment
+    // and could make the daemon's first attempt fail.)
     loop {
-        match walsync::lock::try_lock(&db) {
-            Ok(l) => drop(l), // the daemon has not taken it yet
-            Err(_) => break,
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        if log.contains("s.db: resuming after txid") || log.contains("s.db: snapshot as txid") {
+            break;
         }
         assert!(
             t0.elapsed() < Duration::from_secs(15),
-            "the daemon never took the lock"
+            "the daemon never took the lock:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        walsync::lock::try_lock(&db).is_err(),
+        "the daemon holds the lock"
+    );
     w.commit(3);
     let o = walsync(&["snapshot", db_arg, "--bucket", &bucket]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

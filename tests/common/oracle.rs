@@ -44,6 +44,9 @@ pub struct Replica {
     cache: HashMap<String, Arc<Vec<u8>>>,
     shas: HashMap<String, String>,
     tmp: tempfile::TempDir,
+    /// Skip compacted objects (levels 1–8) and start each restore at the
+    /// newest snapshot before the first target (see `allow_compaction`).
+    compaction: bool,
 }
 
 /// A restored database, open.
@@ -65,7 +68,17 @@ impl Replica {
             cache: HashMap::new(),
             shas: HashMap::new(),
             tmp: tempfile::tempdir().expect("tempdir"),
+            compaction: false,
         }
+    }
+
+    /// For replicas the daemon compacts and retention trims: ignore levels
+    /// 1–8 (the oracle restores from snapshots and level 0 only, so it stays
+    /// independent of the compactor) and start from the newest snapshot at
+    /// or before the first target (older objects may have been deleted).
+    pub fn allow_compaction(mut self) -> Replica {
+        self.compaction = true;
+        self
     }
 
     pub fn db(&self) -> &str {
@@ -226,6 +239,7 @@ impl Replica {
                         );
                     }
                 }
+                _ if self.compaction => {}
                 l => panic!(
                     "unexpected level {l} object {} (walsync does not compact)",
                     o.key
@@ -243,12 +257,20 @@ impl Replica {
             }
         }
         let newest = objs.iter().map(|o| o.max).max().unwrap_or(0);
-        let first = *snapshots
+        let mut first = *snapshots
             .keys()
             .next()
             .unwrap_or_else(|| panic!("{}: no snapshot stored", self.db));
+        if self.compaction {
+            let lowest = targets
+                .and_then(|ts| ts.iter().copied().min())
+                .unwrap_or(first);
+            if let Some((t, _)) = snapshots.range(..=lowest).next_back() {
+                first = *t;
+            }
+        }
         assert!(
-            l0.range(..first).next().is_none(),
+            self.compaction || l0.range(..first).next().is_none(),
             "{}: level-0 files before the first snapshot (txid {first}) can never be restored",
             self.db
         );
