@@ -36,6 +36,9 @@ fn metrics_move_with_writes() {
         addr.clone(),
         "--snapshot-interval".into(),
         "0".into(),
+        // Only replication's own requests: the exact PUT count below.
+        "--compaction".into(),
+        "off".into(),
     ]);
     let mut d = Proc::start(BIN, &args, &[], &log_path("metrics"));
 
