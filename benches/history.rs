@@ -342,16 +342,13 @@ fn main() {
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                while let Some(o) = compact::compact_level(
-                    &*storage,
-                    &db,
-                    level as u8,
-                    ends[level],
-                    1,
-                    tmp.path(),
-                    &cancel,
-                )
-                .unwrap()
+                let ctx = compact::Ctx {
+                    tmp_dir: tmp.path(),
+                    cancel: &cancel,
+                    recent: None,
+                };
+                while let Some(o) =
+                    compact::compact_level(&*storage, &db, level as u8, ends[level], &ctx).unwrap()
                 {
                     ends[level] = o.max_txid;
                     compactions[level] += 1;

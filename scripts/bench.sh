@@ -5,6 +5,7 @@
 #   scripts/bench.sh compare   [compare.py arguments]
 #   scripts/bench.sh realworld [realworld.py arguments]
 #   scripts/bench.sh history   [benches/history.rs arguments, e.g. --hours 6]
+#   scripts/bench.sh requests  [requests.py arguments, e.g. --duration 600]
 #
 #   1. scripts/venv.sh — .venv (psutil, boto3, matplotlib, lz4, Litestream 0.5.17)
 #   2. cargo build --release --bins (walsync, walsync-sync)
@@ -17,9 +18,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-name=${1:?usage: scripts/bench.sh compare|realworld|history [args]}
+name=${1:?usage: scripts/bench.sh compare|realworld|history|requests [args]}
 shift
-case "$name" in compare | realworld | history) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
+case "$name" in compare | realworld | history | requests) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
 
 say() { echo "bench.sh: $*" >&2; }
 

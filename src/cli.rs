@@ -272,6 +272,7 @@ impl SyncArgs {
                 self.retention_grace.as_deref().unwrap_or("5m"),
             )?,
             tmp_dir: std::env::temp_dir(),
+            recent: None,
         };
         Ok(daemon::Options {
             databases,
@@ -634,11 +635,23 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     let storage = storage::open(&a.bucket, &opts)?;
     // The newest state or a txid: a few listing pages per level; else (or
     // when that finds no chain) the full listing, which explains failures.
-    let plan = match restore::plan_by_level(&*storage, &a.name, target)? {
-        Some(plan) => plan,
-        None => {
-            let replica = restore::list_replica(&*storage, &a.name)?;
-            if replica.is_empty() && a.if_replica_exists {
+    // An object listed a moment ago can be gone when its header is read
+    // (retention, `walsync compact`): plan again, a bounded number of times.
+    let plan_once = || -> Result<Option<restore::Plan>> {
+        if let Some(plan) = restore::plan_by_level(&*storage, &a.name, target)? {
+            return Ok(Some(plan));
+        }
+        let replica = restore::list_replica(&*storage, &a.name)?;
+        if replica.is_empty() && a.if_replica_exists {
+            return Ok(None);
+        }
+        replica.plan(&*storage, target).map(Some)
+    };
+    let mut attempt = 0;
+    let plan = loop {
+        match plan_once() {
+            Ok(Some(plan)) => break plan,
+            Ok(None) => {
                 log::info!(
                     "{}: no replica in {}, nothing restored (--if-replica-exists)",
                     a.name,
@@ -646,7 +659,13 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
                 );
                 return Ok(());
             }
-            replica.plan(&*storage, target)?
+            Err(e)
+                if e.storage_kind() == Some(crate::StorageErrorKind::NotFound) && attempt < 3 =>
+            {
+                attempt += 1;
+                log::warn!("{}: {e}; planning again", a.name);
+            }
+            Err(e) => return Err(e),
         }
     };
     let ropts = RestoreOptions {

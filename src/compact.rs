@@ -96,6 +96,114 @@ pub const MAX_INPUTS: usize = 10_000;
 const DELETE_BATCH: usize = 1000;
 
 // ---------------------------------------------------------------------------
+// Recently stored objects
+// ---------------------------------------------------------------------------
+
+/// Bodies of objects just stored that the next compaction will merge
+/// (level-0 segments from the uploaders, level-1 and -2 merges from the
+/// compactor), so that merging them costs no GET: without it a busy
+/// database pays one GET for every PUT. Bounded by a byte capacity (oldest
+/// first out; a miss is just a GET), and off (capacity 0) unless the daemon
+/// compacts.
+pub struct Recent {
+    inner: std::sync::Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    capacity: usize,
+    bytes: usize,
+    order: std::collections::VecDeque<String>,
+    bodies: HashMap<String, Vec<u8>>,
+}
+
+impl Recent {
+    /// An empty cache holding at most `capacity` bytes (0 = off).
+    pub fn new(capacity: usize) -> Recent {
+        Recent {
+            inner: std::sync::Mutex::new(RecentInner {
+                capacity,
+                ..RecentInner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Change the capacity (evicting as needed).
+    pub fn set_capacity(&self, capacity: usize) {
+        let mut g = self.lock();
+        g.capacity = capacity;
+        g.evict();
+    }
+
+    /// Remember the body stored under `key`, if it is an object a
+    /// compaction will read (levels 0..MAX_LEVEL-1) and fits.
+    pub fn offer(&self, key: &str, body: Vec<u8>) {
+        let wanted = ltx::parse_object_key("", key).is_some_and(|k| k.level < MAX_LEVEL);
+        let mut g = self.lock();
+        if !wanted || body.len() > g.capacity {
+            return;
+        }
+        g.bytes += body.len();
+        if let Some(old) = g.bodies.insert(key.to_string(), body) {
+            g.bytes -= old.len();
+        } else {
+            g.order.push_back(key.to_string());
+        }
+        g.evict();
+    }
+
+    /// Take the body of `key` out of the cache.
+    pub fn take(&self, key: &str) -> Option<Vec<u8>> {
+        let mut g = self.lock();
+        let body = g.bodies.remove(key)?;
+        g.bytes -= body.len();
+        // Its key stays in `order` until it reaches the front (cheap).
+        Some(body)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.lock();
+        f.debug_struct("Recent")
+            .field("capacity", &g.capacity)
+            .field("bytes", &g.bytes)
+            .field("objects", &g.bodies.len())
+            .finish()
+    }
+}
+
+impl RecentInner {
+    fn evict(&mut self) {
+        while self.bytes > self.capacity {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.bodies.remove(&k) {
+                self.bytes -= b.len();
+            }
+        }
+        // Keys of taken bodies: drop them once they are most of the queue.
+        if self.order.len() > 2 * self.bodies.len() + 64 {
+            let bodies = &self.bodies;
+            self.order.retain(|k| bodies.contains_key(k));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Merge
 // ---------------------------------------------------------------------------
 
@@ -171,6 +279,18 @@ impl PageStore {
     }
 }
 
+/// Where a merge works: temporary files, a flag that stops it between
+/// objects, and the cache of just-stored bodies.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Directory for temporary files.
+    pub tmp_dir: &'a Path,
+    /// Set to stop between objects (shutdown).
+    pub cancel: &'a AtomicBool,
+    /// Bodies read instead of GETs, when the daemon keeps them.
+    pub recent: Option<&'a Recent>,
+}
+
 /// Merge `inputs` — a chain (each starting at or before the txid after the
 /// previous one's end, ending after it) of one database — into one object at
 /// `level`. Every input is verified (SHA-256 metadata, header against name,
@@ -180,9 +300,9 @@ pub fn merge(
     storage: &dyn Storage,
     root: &str,
     inputs: &[ReplicaObject],
-    tmp_dir: &Path,
-    cancel: &AtomicBool,
+    ctx: &Ctx<'_>,
 ) -> Result<Encoded> {
+    let (tmp_dir, cancel, recent) = (ctx.tmp_dir, ctx.cancel, ctx.recent);
     let (Some(first_obj), Some(_)) = (inputs.first(), inputs.last()) else {
         return Err(Error::Config("internal: nothing to merge".into()));
     };
@@ -196,8 +316,11 @@ pub fn merge(
             return Err(Error::Config("compaction stopped (shutting down)".into()));
         }
         let name = format!("{root}/{}", o.key);
-        let fetched = restore::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?;
-        let mut dec = Decoder::new(fetched.reader(), name.clone())?;
+        let reader: Box<dyn std::io::Read + Send> = match recent.and_then(|r| r.take(&o.key)) {
+            Some(bytes) => Box::new(std::io::Cursor::new(bytes)),
+            None => restore::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?.reader(),
+        };
+        let mut dec = Decoder::new(reader, name.clone())?;
         let h = *dec.header();
         restore::check_header_matches(&h, o, &name)?;
         if let Some(prev) = last {
@@ -278,9 +401,21 @@ pub fn merge(
 
 /// Store an encoded object under `key` (streamed from its temp file when it
 /// has one).
-fn put_encoded(storage: &dyn Storage, key: &str, enc: &Encoded) -> Result<u64> {
+fn put_encoded(
+    storage: &dyn Storage,
+    key: &str,
+    enc: Encoded,
+    recent: Option<&Recent>,
+) -> Result<u64> {
     match &enc.body {
-        Body::Memory(b) => storage.put(key, b, &enc.meta).map(|()| b.len() as u64),
+        Body::Memory(b) => {
+            storage.put(key, b, &enc.meta)?;
+            let n = b.len() as u64;
+            if let (Some(r), Body::Memory(b)) = (recent, enc.body) {
+                r.offer(key, b);
+            }
+            Ok(n)
+        }
         Body::File(p) => {
             let n = enc.body.len()?;
             storage.put_file(key, p, &enc.meta).map(|()| n)
@@ -319,57 +454,49 @@ fn parse_level_objects(
 
 /// The chain of level-`level - 1` objects a level-`level` object would
 /// merge next, starting right after txid `pos` (at most [`MAX_INPUTS`]).
-/// When the objects after `pos` do not continue it, they may continue a
-/// snapshot stored under the txid just before them: the chain then starts
-/// there. `snapshot_txid` (the newest snapshot known) is the fallback start
-/// when `pos` is stale (its successors were deleted). `Ok(None)`: nothing
-/// to merge.
+/// `Ok(None)`: nothing to merge.
+///
+/// When nothing continues `pos` exactly, the chain starts at the first
+/// object after the hole. That is always safe: a merged object is exactly
+/// its inputs, and a restore uses it only where a chain reaches its first
+/// txid, as it would use the inputs. Holes are normal: a snapshot's own txid
+/// (level 9 only), or a level left empty by retention after a long idle
+/// spell (the chain then continues from a higher level's object).
 pub fn next_inputs(
     storage: &dyn Storage,
     db: &str,
     level: u8,
     pos: u64,
-    snapshot_txid: u64,
 ) -> Result<Option<Vec<ReplicaObject>>> {
     let src = level - 1;
     let dir = ltx::level_prefix("", db, src);
     let after = format!("{dir}{pos:016x}-ffffffffffffffff.ltx");
     let objects = parse_level_objects(db, src, storage.list(&dir, Some(&after))?);
-    if let Some(chain) = chain_after(storage, db, &objects, pos)? {
-        return Ok(Some(chain));
+    let continues = |objs: &[ReplicaObject]| {
+        objs.iter()
+            .any(|o| o.min_txid <= pos + 1 && o.max_txid > pos)
+    };
+    if objects.is_empty() {
+        return Ok(None);
     }
-    if snapshot_txid > pos {
-        return chain_after(storage, db, &objects, snapshot_txid);
+    if !continues(&objects) && src > 0 {
+        // Compacted levels are small: an object that starts before `pos`
+        // and ends after it (two compactors wrote overlapping merges) is
+        // only found in the whole listing.
+        let all = parse_level_objects(db, src, storage.list(&dir, None)?);
+        if continues(&all) {
+            return Ok(chain_after(&all, pos));
+        }
     }
-    Ok(None)
+    Ok(chain_after(&objects, pos))
 }
 
-/// Greedy chain (furthest reach first) through `objects` from `pos`.
-fn chain_after(
-    storage: &dyn Storage,
-    db: &str,
-    objects: &[ReplicaObject],
-    pos: u64,
-) -> Result<Option<Vec<ReplicaObject>>> {
+/// Greedy chain (furthest reach first) through `objects` from `pos`, or
+/// from the first object after `pos` when none continues it.
+fn chain_after(objects: &[ReplicaObject], pos: u64) -> Option<Vec<ReplicaObject>> {
     let candidates: Vec<&ReplicaObject> = objects.iter().filter(|o| o.max_txid > pos).collect();
-    let Some(first_min) = candidates.iter().map(|o| o.min_txid).min() else {
-        return Ok(None);
-    };
-    let mut cur = pos;
-    if first_min > pos + 1 {
-        // A hole after `pos`: fine only when a snapshot ends right before
-        // the next object (its txid is the hole).
-        let snap = ltx::object_key("", db, SNAPSHOT_LEVEL, 1, first_min - 1);
-        if storage.head(&snap)?.is_none() {
-            log::debug!(
-                "{db}: level {} objects after txid {pos} start at txid {first_min} and no snapshot ends at txid {}",
-                candidates[0].level,
-                first_min - 1
-            );
-            return Ok(None);
-        }
-        cur = first_min - 1;
-    }
+    let first_min = candidates.iter().map(|o| o.min_txid).min()?;
+    let mut cur = pos.max(first_min - 1);
     let mut chain: Vec<ReplicaObject> = Vec::new();
     while chain.len() < MAX_INPUTS {
         let next = candidates
@@ -384,7 +511,7 @@ fn chain_after(
             None => break,
         }
     }
-    Ok((!chain.is_empty()).then_some(chain))
+    (!chain.is_empty()).then_some(chain)
 }
 
 /// Merge the next chain of level-`level - 1` objects after `pos` into one
@@ -395,21 +522,19 @@ pub fn compact_level(
     db: &str,
     level: u8,
     pos: u64,
-    snapshot_txid: u64,
-    tmp_dir: &Path,
-    cancel: &AtomicBool,
+    ctx: &Ctx<'_>,
 ) -> Result<Option<ReplicaObject>> {
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(Error::Config(format!("internal: compaction level {level}")));
     }
-    let Some(inputs) = next_inputs(storage, db, level, pos, snapshot_txid)? else {
+    let Some(inputs) = next_inputs(storage, db, level, pos)? else {
         return Ok(None);
     };
     let root = storage.describe();
-    let enc = merge(storage, &root, &inputs, tmp_dir, cancel)?;
+    let enc = merge(storage, &root, &inputs, ctx)?;
     let h = enc.header;
     let key = ltx::object_key("", db, level, h.min_txid, h.max_txid);
-    let size = put_encoded(storage, &key, &enc)?;
+    let size = put_encoded(storage, &key, enc, ctx.recent)?;
     log::debug!(
         "{db}: compacted {} level-{} object(s) into {key} (txids {}..{}, {size} bytes)",
         inputs.len(),
@@ -442,6 +567,10 @@ pub struct RetentionPlan {
     /// Objects kept only because they end after the window's first state
     /// (they become deletable later, as the window moves).
     pub in_window: usize,
+    /// When the window's first state can next move: the oldest store time
+    /// of an object inside the window, plus the window (`None`: nothing
+    /// inside the window — until new objects arrive nothing can change).
+    pub next_change: Option<SystemTime>,
 }
 
 /// Decide what retention may delete for `db` at wall-clock `now_ms`.
@@ -451,12 +580,23 @@ pub fn plan_retention(
     retention: Duration,
     now_ms: i64,
 ) -> Result<RetentionPlan> {
-    let replica = restore::list_replica(storage, db)?;
+    let (replica, times) = restore::list_replica_with_times(storage, db)?;
     if replica.is_empty() {
         return Ok(RetentionPlan::default());
     }
     let window_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let cutoff = now_ms.saturating_sub(window_ms);
+    // An object's timestamp is at or before its store time, so the window
+    // cannot move past it before `stored + retention`.
+    let next_change = |after: u64| {
+        replica
+            .objects
+            .iter()
+            .filter(|o| o.max_txid > after)
+            .filter_map(|o| times.get(&o.key))
+            .min()
+            .map(|t| *t + retention)
+    };
     let t0 = match replica.newest_at(storage, cutoff)? {
         Ok(t0) => t0,
         Err(_) => {
@@ -465,6 +605,7 @@ pub fn plan_retention(
                 delete: Vec::new(),
                 keep: replica.objects.len(),
                 in_window: replica.objects.len(),
+                next_change: next_change(0),
             })
         }
     };
@@ -480,6 +621,7 @@ pub fn plan_retention(
                 delete: Vec::new(),
                 keep: replica.objects.len(),
                 in_window: 0,
+                next_change: None,
             });
         }
     };
@@ -487,6 +629,7 @@ pub fn plan_retention(
     let first = chain.first().map(|o| o.key.clone()).unwrap_or_default();
     let mut plan = RetentionPlan {
         t0: Some(t0),
+        next_change: next_change(t0),
         ..RetentionPlan::default()
     };
     for o in &replica.objects {
@@ -547,6 +690,8 @@ pub struct Policy {
     pub grace: Duration,
     /// Directory for temporary files.
     pub tmp_dir: PathBuf,
+    /// Bodies just stored, read instead of GETs (see [`Recent`]).
+    pub recent: Option<Arc<Recent>>,
 }
 
 impl Default for Policy {
@@ -555,6 +700,7 @@ impl Default for Policy {
             intervals: DEFAULT_INTERVALS.map(Some),
             grace: DEFAULT_GRACE,
             tmp_dir: std::env::temp_dir(),
+            recent: None,
         }
     }
 }
@@ -581,8 +727,9 @@ struct DbState {
     /// Source position when the last retention pass ran (`None`: never).
     retention_seen: Option<[u64; 4]>,
     retention_due: Instant,
-    /// Objects in the window at the last pass: they expire later.
-    retention_pending: bool,
+    /// When objects inside the window at the last pass can start to leave
+    /// it (`None`: nothing will, until new objects arrive).
+    retention_next: Option<Instant>,
     /// Deletable objects and when they were first seen deletable.
     marks: HashMap<String, Instant>,
     failures: u32,
@@ -696,7 +843,7 @@ impl DbState {
             retention_seen: None,
             // Not in the first seconds: start-up has enough to do.
             retention_due: now + policy.intervals[0].unwrap_or(DEFAULT_INTERVALS[0]),
-            retention_pending: true,
+            retention_next: None,
             marks: HashMap::new(),
             failures: 0,
         }
@@ -746,7 +893,7 @@ impl DbState {
     fn retention_wanted(&self) -> bool {
         self.entry.retention.is_some()
             && (self.retention_seen != Some(self.positions())
-                || self.retention_pending
+                || self.retention_next.is_some()
                 || !self.marks.is_empty())
     }
 
@@ -767,16 +914,12 @@ impl DbState {
                     return;
                 }
                 let pos = self.end[level];
-                let snap = self.entry.stats.snapshot_txid.load(Ordering::Relaxed);
-                let r = compact_level(
-                    storage,
-                    &name,
-                    level as u8,
-                    pos,
-                    snap,
-                    &policy.tmp_dir,
-                    stop,
-                );
+                let ctx = Ctx {
+                    tmp_dir: &policy.tmp_dir,
+                    cancel: stop,
+                    recent: policy.recent.as_deref(),
+                };
+                let r = compact_level(storage, &name, level as u8, pos, &ctx);
                 match r {
                     Ok(Some(o)) => {
                         self.failures = 0;
@@ -830,7 +973,13 @@ impl DbState {
             }
         };
         self.retention_seen = Some(positions);
-        self.retention_pending = plan.in_window > 0 && plan.t0 != Some(positions[0]);
+        // Wall-clock time of the next possible change, as an Instant.
+        self.retention_next = plan
+            .next_change
+            .map(|t| match t.duration_since(SystemTime::now()) {
+                Ok(ahead) => now + ahead,
+                Err(_) => now,
+            });
         let deletable: std::collections::HashSet<&str> =
             plan.delete.iter().map(|(o, _)| o.key.as_str()).collect();
         self.marks.retain(|k, _| deletable.contains(k.as_str()));
@@ -857,12 +1006,17 @@ impl DbState {
                 Err(e) => log::warn!("{name}: retention could not delete: {e}"),
             }
         }
-        self.retention_due = match self.marks.values().min() {
-            Some(first) => (*first + policy.grace)
-                .min(now + check)
-                .max(now + Duration::from_millis(100)),
-            None => now + check,
-        };
+        // Next pass: when marked objects are ripe; else when the window can
+        // move (an idle database); while the database changes, at least
+        // every `check` (the positions differ then).
+        let mut due = now + check;
+        if let Some(next) = self.retention_next {
+            due = due.max(next);
+        }
+        if let Some(first) = self.marks.values().min() {
+            due = due.min(*first + policy.grace);
+        }
+        self.retention_due = due.max(now + Duration::from_millis(100));
     }
 }
 
@@ -908,7 +1062,6 @@ pub fn compact_by_hand(
             storage.describe()
         )));
     }
-    let snap = ends[usize::from(SNAPSHOT_LEVEL)];
     let cancel = AtomicBool::new(false);
     let io = |e: std::io::Error| Error::io("stdout", e);
     let mut done = ByHand::default();
@@ -918,7 +1071,7 @@ pub fn compact_by_hand(
         // Bounded: each round consumes at least one object.
         for _ in 0..100_000 {
             if dry_run {
-                if let Some(inputs) = next_inputs(storage, db, level, pos, snap)? {
+                if let Some(inputs) = next_inputs(storage, db, level, pos)? {
                     let (a, b) = (inputs[0].min_txid, inputs[inputs.len() - 1].max_txid);
                     writeln!(
                         out,
@@ -934,7 +1087,12 @@ pub fn compact_by_hand(
                 }
                 break;
             }
-            match compact_level(storage, db, level, pos, snap, tmp_dir, &cancel)? {
+            let ctx = Ctx {
+                tmp_dir,
+                cancel: &cancel,
+                recent: None,
+            };
+            match compact_level(storage, db, level, pos, &ctx)? {
                 Some(o) => {
                     writeln!(
                         out,
@@ -981,4 +1139,35 @@ pub fn compact_by_hand(
     }
     .map_err(io)?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_what_compaction_reads_within_its_capacity() {
+        let r = Recent::new(100);
+        let k = |l: u8, t: u64| ltx::object_key("", "a.db", l, t, t);
+        r.offer(&k(0, 1), vec![1; 40]);
+        r.offer(&k(0, 2), vec![2; 40]);
+        r.offer(&k(3, 3), vec![3; 10]); // level 3 is never merged: not kept
+        r.offer("a.db/0000/not-ltx", vec![4; 10]);
+        assert_eq!(r.bytes(), 80);
+        r.offer(&k(0, 3), vec![5; 40]); // evicts the oldest
+        assert_eq!(r.bytes(), 80);
+        assert_eq!(r.take(&k(0, 1)), None);
+        assert_eq!(r.take(&k(0, 2)), Some(vec![2; 40]));
+        assert_eq!(r.take(&k(0, 2)), None, "taken once");
+        r.offer(&k(1, 9), vec![6; 101]); // larger than the capacity
+        assert_eq!(r.bytes(), 40);
+        r.set_capacity(0);
+        assert_eq!(r.bytes(), 0);
+        for t in 10..1000 {
+            r.set_capacity(10);
+            r.offer(&k(0, t), vec![0; 5]);
+            let _ = r.take(&k(0, t));
+        }
+        assert!(r.lock().order.len() < 100, "taken keys do not pile up");
+    }
 }

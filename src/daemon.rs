@@ -48,6 +48,10 @@ pub struct Options {
     pub max_requests_per_sec: u32,
 }
 
+/// Bytes of just-stored objects kept for the compactor (see
+/// [`crate::compact::Recent`]): 30 s of level 0 for a few busy databases.
+const RECENT_BYTES: usize = 8 << 20;
+
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
 const DB_THREAD_STACK: usize = 512 * 1024;
@@ -220,7 +224,15 @@ pub fn run(
         crate::heartbeat::spawn(hb.clone(), registry.clone())?;
     }
     crate::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
-    let compactor = Compactor::start(storage.clone(), opts.compaction.clone())?;
+    let mut policy = opts.compaction.clone();
+    if policy.intervals[0].is_some() {
+        // Level 1 merges what the uploaders just stored: keep those bodies
+        // (bounded) so merging them costs no GET.
+        let recent = uploader.recent();
+        recent.set_capacity(RECENT_BYTES);
+        policy.recent = Some(recent);
+    }
+    let compactor = Compactor::start(storage.clone(), policy)?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
     for (dir, pattern) in &patterns {
@@ -283,8 +295,6 @@ pub fn run(
     }
     crate::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
-    drop(stop_tx); // broadcast: every watcher drains and stops
-    compactor.stop(); // a merge in progress stops between objects
     let second_signal = std::thread::spawn(move || {
         if signals.recv().is_ok() {
             eprintln!("walsync: second signal, exiting now");
@@ -292,6 +302,8 @@ pub fn run(
         }
     });
     let _ = second_signal;
+    drop(stop_tx); // broadcast: every watcher drains and stops
+    compactor.stop(); // a merge in progress stops between objects
     let mut failed = 0;
     for (_, r) in daemon.running.drain() {
         match r.handle.join() {

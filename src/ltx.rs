@@ -1055,7 +1055,11 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<ObjectKey> {
     };
     let (dir, name) = rest.rsplit_once('/')?;
     let (db, level) = dir.rsplit_once('/')?;
-    if db.is_empty() {
+    // `object_key` never writes an empty path segment (it trims the slashes
+    // around prefix and name), so `a//b`, `/db` or `db/` are no keys of
+    // ours: accepting them named databases (`/app.db`) that `restore` and
+    // `list` then could not find (found by fuzzing, tests/fuzz_regressions.rs).
+    if db.split('/').any(str::is_empty) {
         return None;
     }
     let level = u8::try_from(parse_hex_fixed(level, 4)?).ok()?;

@@ -535,13 +535,29 @@ impl Replica {
             }
             Err(e) => return Err(e.at(self.wal.path())),
         };
-        if (header.salt1, header.salt2, header.page_size) != (res.salt1, res.salt2, res.page_size)
-            || (data.len() as u64) < res.offset
-        {
-            self.snapshot_reason = Some(format!(
+        // Say which of the three it was: a message blaming the salts when
+        // they are equal sends the user looking in the wrong place.
+        let changed = if (header.salt1, header.salt2) != (res.salt1, res.salt2) {
+            Some(format!(
                 "WAL generation changed while walsync was not running (salts {:08x}/{:08x} → {:08x}/{:08x})",
                 res.salt1, res.salt2, header.salt1, header.salt2
-            ));
+            ))
+        } else if header.page_size != res.page_size {
+            Some(format!(
+                "WAL page size changed from {} to {} while walsync was not running",
+                res.page_size, header.page_size
+            ))
+        } else if (data.len() as u64) < res.offset {
+            Some(format!(
+                "WAL shrank to {} bytes, below the stored offset {}, while walsync was not running",
+                data.len(),
+                res.offset
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = changed {
+            self.snapshot_reason = Some(reason);
             return Ok(());
         }
         let frame = header.frame_size();
@@ -1242,7 +1258,15 @@ impl Replica {
         if self.snapshot_reason.is_none() {
             if let Some(iv) = self.cfg.snapshot_interval {
                 if self.last_snapshot.elapsed() >= iv {
-                    self.snapshot_reason = Some("periodic snapshot".into());
+                    let snap = self.stats.snapshot_txid.load(Ordering::Relaxed);
+                    if snap > 0 && snap + 1 == self.next_txid && self.pending.is_empty() {
+                        // Nothing was shipped since the newest snapshot: it
+                        // is the current state already. An idle database
+                        // costs no upload (and its replica nothing to trim).
+                        self.last_snapshot = Instant::now();
+                    } else {
+                        self.snapshot_reason = Some("periodic snapshot".into());
+                    }
                 }
             }
         }
@@ -1492,12 +1516,24 @@ pub fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Optio
             hi = mid;
         }
     }
-    let Some(info) = probe(lo)? else {
-        return Ok(None);
+    // Every LTX key after `lo` has the same (largest) min txid; of those
+    // (two compactions can start at one txid) the one reaching furthest.
+    let after = if level == SNAPSHOT_LEVEL {
+        format!("{dir}{:016x}-{lo:016x}", 1)
+    } else {
+        format!("{dir}{lo:016x}")
     };
-    let name = info.key.rsplit('/').next().unwrap_or("");
-    let Some((_, max)) = ltx::parse_object_name(name) else {
-        return Err(Error::ltx(&info.key, "unexpected object name in replica"));
+    let best = storage
+        .list_page(&dir, Some(&after), PROBE_PAGE)?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            let (min, max) = ltx::parse_object_name(name)?;
+            (level != SNAPSHOT_LEVEL || min == 1).then_some((max, o))
+        })
+        .max_by_key(|(max, _)| *max);
+    let Some((max, info)) = best else {
+        return Ok(None);
     };
     Ok(Some(LastInLevel {
         max_txid: max,

@@ -334,6 +334,15 @@ pub fn plan_by_level(storage: &dyn Storage, db: &str, target: Target) -> Result<
 /// naming the key: restoring around objects nobody can explain is how data
 /// gets lost quietly.
 pub fn list_replica(storage: &dyn Storage, db: &str) -> Result<Replica> {
+    list_replica_with_times(storage, db).map(|(r, _)| r)
+}
+
+/// [`list_replica`], also returning when each object was stored (from the
+/// listing; retention uses it to know when to look again).
+pub(crate) fn list_replica_with_times(
+    storage: &dyn Storage,
+    db: &str,
+) -> Result<(Replica, HashMap<String, SystemTime>)> {
     let db = db.trim_matches('/');
     if db.is_empty() {
         return Err(Error::Config("empty database name".into()));
@@ -341,6 +350,7 @@ pub fn list_replica(storage: &dyn Storage, db: &str) -> Result<Replica> {
     let location = format!("{}/{db}", storage.describe());
     let prefix = format!("{db}/");
     let mut objects = Vec::new();
+    let mut times = HashMap::new();
     for info in storage.list(&prefix, None)? {
         match ltx::parse_object_key("", &info.key) {
             Some(k) if k.db == db => {
@@ -351,6 +361,9 @@ pub fn list_replica(storage: &dyn Storage, db: &str) -> Result<Replica> {
                         info.key,
                         k.min_txid
                     )));
+                }
+                if let Some(t) = info.last_modified {
+                    times.insert(info.key.clone(), t);
                 }
                 objects.push(ReplicaObject {
                     key: info.key,
@@ -371,11 +384,14 @@ pub fn list_replica(storage: &dyn Storage, db: &str) -> Result<Replica> {
             }
         }
     }
-    Ok(Replica {
-        db: db.to_string(),
-        location,
-        objects,
-    })
+    Ok((
+        Replica {
+            db: db.to_string(),
+            location,
+            objects,
+        },
+        times,
+    ))
 }
 
 impl Replica {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::compact::Recent;
 use crate::error::{Error, Result};
 use crate::storage::{Metadata, Storage};
 
@@ -169,6 +170,7 @@ pub struct Uploader {
     budget: Arc<Budget>,
     abort: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    recent: Arc<Recent>,
 }
 
 /// Capped exponential backoff with jitter for attempt `n` (0-based).
@@ -202,6 +204,7 @@ impl Uploader {
         let budget = Arc::new(Budget::new(budget));
         let abort = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
+        let recent = Arc::new(Recent::new(0));
         let handles = (0..threads.max(1))
             .map(|i| {
                 let rx = rx.clone();
@@ -209,10 +212,11 @@ impl Uploader {
                 let budget = budget.clone();
                 let abort = abort.clone();
                 let stats = stats.clone();
+                let recent = recent.clone();
                 std::thread::Builder::new()
                     .name(format!("uploader-{i}"))
                     .stack_size(256 * 1024)
-                    .spawn(move || run(rx, &*storage, &budget, &abort, &stats))
+                    .spawn(move || run(rx, &*storage, &budget, &abort, &stats, &recent))
                     .unwrap_or_else(|e| {
                         // Without its threads the daemon cannot work at all.
                         log::error!("cannot start uploader thread: {e}");
@@ -227,7 +231,14 @@ impl Uploader {
             budget,
             abort,
             stats,
+            recent,
         }
+    }
+
+    /// Bodies of stored segments kept for the compactor (off until its
+    /// capacity is set; see [`Recent`]).
+    pub fn recent(&self) -> Arc<Recent> {
+        self.recent.clone()
     }
 
     /// A sender for watchers.
@@ -272,8 +283,10 @@ fn run(
     budget: &Budget,
     abort: &AtomicBool,
     stats: &Stats,
+    recent: &Recent,
 ) {
     while let Ok(seg) = rx.recv() {
+        let mut stored = false;
         let mut attempt = 0u32;
         loop {
             if abort.load(Ordering::SeqCst) {
@@ -295,6 +308,7 @@ fn run(
                         txid: seg.txid,
                         bytes,
                     });
+                    stored = true;
                     break;
                 }
                 Err(e) => {
@@ -324,6 +338,9 @@ fn run(
             }
         }
         budget.release(seg.charge);
+        if let (true, Body::Memory(b)) = (stored, seg.body) {
+            recent.offer(&seg.key, b);
+        }
     }
 }
 

@@ -61,6 +61,8 @@ struct Synth {
     states: BTreeMap<u64, Vec<u8>>,
     /// Txid of the newest snapshot.
     last_snapshot: u64,
+    /// Where level-0 bodies go as the uploaders would put them.
+    recent: Option<Arc<compact::Recent>>,
 }
 
 impl Synth {
@@ -72,6 +74,7 @@ impl Synth {
             txid: 0,
             states: BTreeMap::new(),
             last_snapshot: 0,
+            recent: None,
         }
     }
 
@@ -91,6 +94,9 @@ impl Synth {
             .with(META_SHA256, sha);
         let key = ltx::object_key("", &self.db, level, h.min_txid, h.max_txid);
         self.storage.put(&key, &bytes, &meta).unwrap();
+        if let Some(r) = &self.recent {
+            r.offer(&key, bytes);
+        }
         key
     }
 
@@ -189,7 +195,17 @@ fn merge_equals_sequential_application() {
             keys.push(ltx::object_key("", &db, 0, s.txid, s.txid));
         }
         let inputs: Vec<ReplicaObject> = keys.iter().map(|k| object(&*storage, k)).collect();
-        let enc = compact::merge(&*storage, "test", &inputs, dir.path(), &cancel).unwrap();
+        let enc = compact::merge(
+            &*storage,
+            "test",
+            &inputs,
+            &compact::Ctx {
+                tmp_dir: dir.path(),
+                cancel: &cancel,
+                recent: None,
+            },
+        )
+        .unwrap();
         let merged = match enc.body {
             walsync::upload::Body::Memory(b) => b,
             walsync::upload::Body::File(p) => std::fs::read(&p).unwrap(),
@@ -218,6 +234,9 @@ fn merge_equals_sequential_application() {
 /// A synthetic history with compactions, as the daemon would leave it.
 fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng) -> Synth {
     let mut s = Synth::new(storage.clone(), db);
+    // Small enough that some merges read from the cache, some from storage.
+    let recent = Arc::new(compact::Recent::new(24 << 10));
+    s.recent = Some(recent.clone());
     s.image = vec![common::pseudo_random(PS as usize, 1); 3];
     let cancel = AtomicBool::new(false);
     let tmp = std::env::temp_dir();
@@ -234,17 +253,13 @@ fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng)
         // Levels every 5, 20 and 60 steps.
         for (level, every) in [(1usize, 5), (2, 20), (3, 60)] {
             if step % every == 0 {
-                let snap = s.last_snapshot;
-                while let Some(o) = compact::compact_level(
-                    &*storage,
-                    db,
-                    level as u8,
-                    ends[level],
-                    snap,
-                    &tmp,
-                    &cancel,
-                )
-                .unwrap()
+                let ctx = compact::Ctx {
+                    tmp_dir: &tmp,
+                    cancel: &cancel,
+                    recent: Some(&recent),
+                };
+                while let Some(o) =
+                    compact::compact_level(&*storage, db, level as u8, ends[level], &ctx).unwrap()
                 {
                     ends[level] = o.max_txid;
                 }
@@ -372,6 +387,15 @@ fn compact_by_hand_keeps_exactly_the_window() {
     assert_eq!(old.last().unwrap().max_txid, t0, "{old:?}");
     // A txid before the window is gone (the point of retention).
     assert!(restore::plan(&*storage, "h.db", Target::Txid(10)).is_err());
+    // The next moment the window can move: the oldest store time of an
+    // object inside it, plus the window (an idle daemon sleeps until then).
+    let p = compact::plan_retention(&*storage, "h.db", window, now).unwrap();
+    let next = p.next_change.expect("objects inside the window");
+    let stored_ago = next
+        .duration_since(SystemTime::now())
+        .map(|ahead| window.saturating_sub(ahead))
+        .unwrap_or(window);
+    assert!(stored_ago < Duration::from_secs(120), "{stored_ago:?}");
     // A second run has nothing left to delete.
     let mut out = Vec::new();
     let again = compact::compact_by_hand(
@@ -804,7 +828,16 @@ fn idle_daemon_makes_no_requests() {
     }
     let bucket = format!("s3://{}/{}", config.bucket, config.prefix);
     let daemon = spawn_daemon(
-        &["--bucket", &bucket, "--compaction", "1s,2s,3s"],
+        // Short intervals: an idle database must not be snapshotted,
+        // compacted or trimmed again and again.
+        &[
+            "--bucket",
+            &bucket,
+            "--compaction",
+            "1s,2s,3s",
+            "--snapshot-interval",
+            "2s",
+        ],
         &dbs,
         &dir.path().join("daemon.log"),
         &[("AWS_ENDPOINT_URL_S3", format!("http://127.0.0.1:{port}"))],
@@ -844,4 +877,178 @@ fn idle_daemon_makes_no_requests() {
         .collect();
     assert_eq!(after, settled, "an idle daemon made requests: {extra:#?}");
     eprintln!("start-up: {settled} requests; idle minute: 0 requests");
+}
+
+// ---------------------------------------------------------------------------
+// Review reproductions
+// ---------------------------------------------------------------------------
+
+fn review_ctx<'a>(tmp: &'a Path, cancel: &'a AtomicBool) -> compact::Ctx<'a> {
+    compact::Ctx {
+        tmp_dir: tmp,
+        cancel,
+        recent: None,
+    }
+}
+
+/// A database idle for longer than the retention window: retention keeps
+/// only the snapshot and the level-3 object reaching the newest txid, so
+/// every level-1 and level-2 object is deleted. After a daemon restart (or
+/// with `walsync compact`) the compactor starts level 1 from the newest
+/// level-1 object that is left (none: txid 0). New level-0 objects start
+/// right after the level-3 object, not after a snapshot, so `chain_after`
+/// finds "a hole not at a snapshot" and level 1 never compacts again until
+/// the next snapshot (24 h by default), LISTing all of level 0 every interval.
+#[test]
+fn review_level1_compaction_resumes_after_idle_retention() {
+    let mut rng = common::Rng::new("review_level1_compaction_resumes_after_idle_retention");
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path().join("b")).unwrap());
+    let db = "idle.db";
+    let mut s = Synth::new(storage.clone(), db);
+    s.image = vec![common::pseudo_random(PS as usize, 1); 3];
+    let mut ts = 1_000_000i64;
+    s.snapshot(ts);
+    for _ in 0..20 {
+        ts += 1000;
+        s.txn(&mut rng, ts);
+    }
+    let mut out = Vec::new();
+    let first =
+        compact::compact_by_hand(&*storage, db, None, false, ts, dir.path(), &mut out).unwrap();
+    assert_eq!(
+        first.written[1..],
+        [1, 1, 1],
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // Idle for two hours with a one-hour window.
+    let idle_end = ts + 2 * 3600 * 1000;
+    let mut out = Vec::new();
+    compact::compact_by_hand(
+        &*storage,
+        db,
+        Some(Duration::from_secs(3600)),
+        false,
+        idle_end,
+        dir.path(),
+        &mut out,
+    )
+    .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out));
+    // Writes resume (no snapshot in between: the snapshot interval is longer
+    // than the window).
+    let mut ts = idle_end;
+    for _ in 0..10 {
+        ts += 1000;
+        s.txn(&mut rng, ts);
+    }
+    // Restores are fine ...
+    assert_eq!(restore_image(&*storage, db, s.txid), s.states[&s.txid]);
+    // ... but the restarted daemon's compactor starts from find_resume_point's
+    // level ends (DbState::new) and finds nothing to merge.
+    let res = walsync::replicate::find_resume_point(&*storage, db)
+        .unwrap()
+        .unwrap();
+    eprintln!("level ends after restart: {:?}", res.level_ends);
+    // `walsync compact --dry-run` first (it changes nothing), then the
+    // restarted daemon's pass.
+    let mut out = Vec::new();
+    let by_hand =
+        compact::compact_by_hand(&*storage, db, None, true, ts, dir.path(), &mut out).unwrap();
+    let cancel = AtomicBool::new(false);
+    let tmp = dir.path().to_path_buf();
+    let r = compact::compact_level(
+        &*storage,
+        db,
+        1,
+        res.level_ends[1],
+        &review_ctx(&tmp, &cancel),
+    )
+    .unwrap();
+
+    assert!(
+        r.is_some() && by_hand.written[1] > 0,
+        "level 1 finds nothing to merge although 10 level-0 objects follow the level-3 object \
+         (daemon: {r:?}; walsync compact --dry-run: {})",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// `walsync compact` next to a running daemon (README: "safe ... at worst both
+/// write overlapping merged objects"): both merge level 0 from the same
+/// position at different moments, so level 1 holds [2..10] and [2..20]; the
+/// daemon continues level 1 from its own end (11..25). The hand-run level-2
+/// object is [2..20], the daemon's [2..25]. After a restart, `last_in_level`
+/// returns the first key with the highest min txid — [2..20], the shorter one
+/// — so level 2 resumes at txid 20, and `next_inputs` lists level 1 only
+/// *after* `…0014-ffff…`, which hides [11..25] (min 11 ≤ 20). The next
+/// level-1 object starts at 26: "a hole not at a snapshot", level 2 stalls.
+#[test]
+fn review_level2_stalls_after_overlapping_merges() {
+    let mut rng = common::Rng::new("review_level2_stalls_after_overlapping_merges");
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path().join("b")).unwrap());
+    let db = "ov.db";
+    let mut s = Synth::new(storage.clone(), db);
+    s.image = vec![common::pseudo_random(PS as usize, 1); 3];
+    let mut ts = 1_000_000i64;
+    s.snapshot(ts);
+    let cancel = AtomicBool::new(false);
+    let tmp = dir.path().to_path_buf();
+    let ctx = review_ctx(&tmp, &cancel);
+    let mut txns = |s: &mut Synth, n: usize, rng: &mut common::Rng| {
+        for _ in 0..n {
+            ts += 1000;
+            s.txn(rng, ts);
+        }
+    };
+    txns(&mut s, 9, &mut rng); // L0 2..10
+                               // Daemon: level 1 from txid 1.
+    let d1 = compact::compact_level(&*storage, db, 1, 1, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((d1.min_txid, d1.max_txid), (2, 10));
+    txns(&mut s, 10, &mut rng); // L0 11..20
+                                // `walsync compact`, started at the same moment (same position, txid 1),
+                                // lists level 0 a little later; then its level 2.
+    let h1 = compact::compact_level(&*storage, db, 1, 1, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((h1.min_txid, h1.max_txid), (2, 20));
+    let h2 = compact::compact_level(&*storage, db, 2, 1, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((h2.min_txid, h2.max_txid), (2, 20));
+    txns(&mut s, 5, &mut rng); // L0 21..25
+                               // Daemon: level 1 from its own end (10), then level 2 from its own (1).
+    let d1b = compact::compact_level(&*storage, db, 1, 10, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((d1b.min_txid, d1b.max_txid), (11, 25));
+    let d2 = compact::compact_level(&*storage, db, 2, 1, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((d2.min_txid, d2.max_txid), (2, 25));
+    txns(&mut s, 5, &mut rng); // L0 26..30
+    let d1c = compact::compact_level(&*storage, db, 1, 25, &ctx)
+        .unwrap()
+        .unwrap();
+    assert_eq!((d1c.min_txid, d1c.max_txid), (26, 30));
+    // Every state still restores.
+    for t in 1..=s.txid {
+        assert_eq!(restore_image(&*storage, db, t), s.states[&t], "txid {t}");
+    }
+    // Restart: level ends from storage.
+    let res = walsync::replicate::find_resume_point(&*storage, db)
+        .unwrap()
+        .unwrap();
+    eprintln!("level ends after restart: {:?}", res.level_ends);
+    let r = compact::compact_level(&*storage, db, 2, res.level_ends[2], &ctx).unwrap();
+    assert!(
+        r.is_some(),
+        "level 2 resumes at txid {} (the newest level-2 object ends at 25) and finds nothing \
+         to merge although level 1 holds [26..30]",
+        res.level_ends[2]
+    );
 }
