@@ -136,12 +136,12 @@ pub fn db_name(path: &Path) -> Result<String> {
         .ok_or_else(|| Error::Config(format!("{}: not a file path", path.display())))
 }
 
-/// Refuse two databases with one name, naming both paths.
-pub fn check_names(files: &[PathBuf]) -> Result<()> {
-    let mut seen: HashMap<String, &PathBuf> = HashMap::new();
-    for f in files {
-        let name = db_name(f)?;
-        if let Some(other) = seen.insert(name.clone(), f) {
+/// Refuse two databases with one name, naming both paths. `files` are the
+/// database paths with the name each would be stored under.
+pub fn check_names(files: &[(String, &Path)]) -> Result<()> {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for (name, f) in files {
+        if let Some(other) = seen.insert(name, f) {
             return Err(Error::Config(format!(
                 "two databases would be stored as {name:?}: {} and {}",
                 other.display(),
@@ -182,17 +182,11 @@ pub fn run(
         }
         patterns.extend(t.patterns);
     }
-    let mut seen: HashMap<String, &PathBuf> = HashMap::new();
-    for (f, i) in &files {
-        let name = spec_name(&opts.databases[*i], f)?;
-        if let Some(other) = seen.insert(name.clone(), f) {
-            return Err(Error::Config(format!(
-                "two databases would be stored as {name:?}: {} and {}",
-                other.display(),
-                f.display()
-            )));
-        }
-    }
+    let named = files
+        .iter()
+        .map(|(f, i)| Ok((spec_name(&opts.databases[*i], f)?, f.as_path())))
+        .collect::<Result<Vec<_>>>()?;
+    check_names(&named)?;
     if files.is_empty() && patterns.is_empty() {
         return Err(Error::Config("no database to replicate".into()));
     }

@@ -212,3 +212,36 @@ retention = "7d"
         assert_eq!(rows(&out_path), rows(source), "{name}");
     }
 }
+
+#[test]
+fn a_name_override_that_collides_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.db");
+    let b = dir.path().join("b.db");
+    commit(&create_db(&a), 1);
+    commit(&create_db(&b), 1);
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bucket = \"file://{}\"\n[[database]]\npath = \"{}\"\nname = \"b.db\"\n[[database]]\npath = \"{}\"\n",
+            dir.path().join("store").display(),
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SYNC)
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "walsync: error: two databases would be stored as \"b.db\": {} and {}",
+            a.display(),
+            b.display()
+        )
+    );
+}
