@@ -17,7 +17,7 @@ help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
 	@echo "make test      full test suite: venv + local S3 server + cargo test --all-targets, then stop the server"
 	@echo "               (make test ARGS='--test storage' passes arguments to cargo test)"
-	@echo "make install   binaries to $(PREFIX)/bin, systemd unit to /etc/systemd/system, example /etc/walsync/env"
+	@echo "make install   binaries to $(PREFIX)/bin, systemd unit to /etc/systemd/system, examples /etc/walsync/{walsync.toml,env}"
 	@echo "make demo      local S3 server + 3 databases under write load + walsync-sync + restore, compared"
 	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
 	@echo "make fmt       format the code"
@@ -49,7 +49,8 @@ install: build
 	sed 's#/usr/local/bin/#$(PREFIX)/bin/#' scripts/walsync.service > $(DESTDIR)/etc/systemd/system/walsync.service
 	chmod 644 $(DESTDIR)/etc/systemd/system/walsync.service
 	test -e $(DESTDIR)/etc/walsync/env || install -m 600 scripts/walsync.env.example $(DESTDIR)/etc/walsync/env
-	@echo "installed; edit /etc/walsync/env, then: systemctl daemon-reload && systemctl enable --now walsync"
+	test -e $(DESTDIR)/etc/walsync/walsync.toml || install -m 644 scripts/walsync.example.toml $(DESTDIR)/etc/walsync/walsync.toml
+	@echo "installed; edit /etc/walsync/walsync.toml and /etc/walsync/env, then: systemctl daemon-reload && systemctl enable --now walsync"
 
 demo: build
 	scripts/demo.sh

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use crate::config::DbSpec;
 use crate::daemon;
 use crate::error::{Error, Result};
 use crate::ltx;
@@ -32,7 +33,7 @@ pub struct Walsync {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
 pub enum Command {
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     Restore(RestoreArgs),
     Snapshot(SnapshotArgs),
     List(ListArgs),
@@ -41,7 +42,7 @@ pub enum Command {
 }
 
 /// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "sync")]
 pub struct SyncArgs {
     /// database paths or glob patterns, expanded by walsync itself (quote
@@ -50,9 +51,14 @@ pub struct SyncArgs {
     #[argh(positional)]
     pub databases: Vec<String>,
 
+    /// TOML file with databases, per-database overrides and any of these
+    /// settings (flags given here win); see scripts/walsync.example.toml
+    #[argh(option)]
+    pub config: Option<String>,
+
     /// bucket name, `s3://bucket/prefix` or `file:///dir`
     #[argh(option)]
-    pub bucket: String,
+    pub bucket: Option<String>,
 
     /// key prefix inside the bucket (same as `s3://bucket/prefix`)
     #[argh(option)]
@@ -71,128 +77,241 @@ pub struct SyncArgs {
     pub path_style: bool,
 
     /// number of uploader threads shared by all databases (default 4)
-    #[argh(option, default = "4")]
-    pub uploaders: usize,
+    #[argh(option)]
+    pub uploaders: Option<usize>,
 
     /// take a full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
-    #[argh(option, default = "String::from(\"24h\")")]
-    pub snapshot_interval: String,
+    #[argh(option)]
+    pub snapshot_interval: Option<String>,
 
     /// walsync runs a PASSIVE checkpoint after shipping once the WAL holds this many frames (default 1000)
-    #[argh(option, default = "1000")]
-    pub checkpoint_pages: u64,
+    #[argh(option)]
+    pub checkpoint_pages: Option<u64>,
 
     /// walsync runs a TRUNCATE checkpoint (a brief writer stall) once the WAL file is this many pages long (default 16384)
-    #[argh(option, default = "16384")]
-    pub truncate_pages: u64,
+    #[argh(option)]
+    pub truncate_pages: Option<u64>,
 
     /// while uploads are stuck, stop holding a database's WAL back once it is
     /// this many MiB (its next txid is then a snapshot); 0 = never (default 1024)
-    #[argh(option, default = "1024")]
-    pub max_wal_mib: u64,
+    #[argh(option)]
+    pub max_wal_mib: Option<u64>,
 
     /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
-    #[argh(option, default = "String::from(\"0s\")")]
-    pub min_put_interval: String,
+    #[argh(option)]
+    pub min_put_interval: Option<String>,
 
     /// memory for queued uploads in MiB, shared by all databases; beyond it the WAL is the buffer (default 64)
-    #[argh(option, default = "64")]
-    pub memory_mib: u64,
+    #[argh(option)]
+    pub memory_mib: Option<u64>,
 
     /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
-    #[argh(option, default = "String::from(\"30s\")")]
-    pub shutdown_timeout: String,
+    #[argh(option)]
+    pub shutdown_timeout: Option<String>,
+
+    /// serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9188 (default: off)
+    #[argh(option)]
+    pub metrics_addr: Option<String>,
+
+    /// GET this URL (healthchecks.io / Uptime Kuma push) while every database is caught up (default: off; treated as a secret)
+    #[argh(option)]
+    pub heartbeat_url: Option<String>,
+
+    /// at most one heartbeat per interval, e.g. 1m (default 5m)
+    #[argh(option)]
+    pub heartbeat_interval: Option<String>,
+
+    /// withhold the heartbeat while any database lags more than this, e.g. 1m (default 1m)
+    #[argh(option)]
+    pub heartbeat_max_lag: Option<String>,
 
     /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
-    #[argh(option, default = "String::from(\"24h\")")]
-    pub retention: String,
+    #[argh(option)]
+    pub retention: Option<String>,
 
     /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
-    #[argh(option, default = "String::from(\"5m\")")]
-    pub retention_grace: String,
+    #[argh(option)]
+    pub retention_grace: Option<String>,
 
     /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
-    #[argh(option, default = "String::from(\"30s,5m,1h\")")]
-    pub compaction: String,
+    #[argh(option)]
+    pub compaction: Option<String>,
 
     /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
-    #[argh(option, default = "0")]
-    pub max_requests_per_sec: u32,
+    #[argh(option)]
+    pub max_requests_per_sec: Option<u32>,
 }
 
 impl SyncArgs {
     fn duration(flag: &str, value: &str) -> Result<Duration> {
-        if value.trim() == "0" {
-            return Ok(Duration::ZERO);
+        crate::config::duration(&format!("--{flag}"), value)
+    }
+
+    /// Fill every setting not given as a flag from the `--config` file, and
+    /// add the file's databases. Returns the databases with their overrides.
+    pub fn apply_config(&mut self) -> Result<Vec<DbSpec>> {
+        let mut specs: Vec<DbSpec> = Vec::new();
+        if let Some(path) = self.config.clone() {
+            let path = Path::new(&path);
+            let file = crate::config::load(path)?;
+            specs = file.databases(path)?;
+            macro_rules! fill {
+                ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f.clone(); } )* };
+            }
+            fill!(
+                bucket,
+                prefix,
+                endpoint,
+                region,
+                uploaders,
+                snapshot_interval,
+                checkpoint_pages,
+                truncate_pages,
+                max_wal_mib,
+                min_put_interval,
+                memory_mib,
+                shutdown_timeout,
+                retention,
+                retention_grace,
+                compaction,
+                max_requests_per_sec,
+                metrics_addr,
+                heartbeat_url,
+                heartbeat_interval,
+                heartbeat_max_lag
+            );
+            self.path_style = self.path_style || file.path_style == Some(true);
         }
-        humantime::parse_duration(value)
-            .map_err(|e| Error::Config(format!("--{flag} {value:?}: {e} (use e.g. 30s, 5m, 24h)")))
+        specs.extend(self.databases.iter().map(DbSpec::plain));
+        Ok(specs)
+    }
+
+    /// The `--bucket` value (from a flag or the config file).
+    pub fn bucket(&self) -> Result<&str> {
+        self.bucket.as_deref().ok_or_else(|| {
+            Error::Config("--bucket is required (or `bucket = ...` in the --config file)".into())
+        })
     }
 
     /// The storage spec combining `--bucket` and `--prefix`.
-    pub fn storage_spec(&self) -> String {
-        match &self.prefix {
-            None => self.bucket.clone(),
-            Some(p) if self.bucket.contains("://") => {
-                format!(
-                    "{}/{}",
-                    self.bucket.trim_end_matches('/'),
-                    p.trim_matches('/')
-                )
-            }
-            Some(p) => format!("s3://{}/{}", self.bucket, p.trim_matches('/')),
-        }
+    pub fn storage_spec(&self) -> Result<String> {
+        Ok(prefixed_spec(self.bucket()?, self.prefix.as_deref()))
     }
 
-    /// Validate the flags into daemon options.
-    pub fn options(&self) -> Result<daemon::Options> {
-        if self.databases.is_empty() {
+    /// Validate the flags into daemon options (after [`SyncArgs::apply_config`]).
+    pub fn options(&self, databases: Vec<DbSpec>) -> Result<daemon::Options> {
+        if databases.is_empty() {
             return Err(Error::Config(
-                "no database given (e.g. walsync-sync '/data/*.db' --bucket NAME)".into(),
+                "no database given (e.g. walsync-sync '/data/*.db' --bucket NAME, or [[database]] in --config)".into(),
             ));
         }
-        if self.uploaders == 0 || self.uploaders > 256 {
+        let uploaders = self.uploaders.unwrap_or(4);
+        if uploaders == 0 || uploaders > 256 {
             return Err(Error::Config(format!(
-                "--uploaders {}: must be 1..=256",
-                self.uploaders
+                "--uploaders {uploaders}: must be 1..=256"
             )));
         }
-        if self.checkpoint_pages == 0 || self.truncate_pages < self.checkpoint_pages {
+        let checkpoint_pages = self.checkpoint_pages.unwrap_or(1000);
+        let truncate_pages = self.truncate_pages.unwrap_or(16384);
+        if checkpoint_pages == 0 || truncate_pages < checkpoint_pages {
             return Err(Error::Config(format!(
-                "--checkpoint-pages {} / --truncate-pages {}: need 0 < checkpoint-pages <= truncate-pages",
-                self.checkpoint_pages, self.truncate_pages
+                "--checkpoint-pages {checkpoint_pages} / --truncate-pages {truncate_pages}: need 0 < checkpoint-pages <= truncate-pages"
             )));
         }
-        if self.memory_mib == 0 || self.memory_mib > 1 << 20 {
+        let memory_mib = self.memory_mib.unwrap_or(64);
+        if memory_mib == 0 || memory_mib > 1 << 20 {
             return Err(Error::Config(format!(
-                "--memory-mib {}: must be 1..=1048576",
-                self.memory_mib
+                "--memory-mib {memory_mib}: must be 1..=1048576"
             )));
         }
-        let snapshot = Self::duration("snapshot-interval", &self.snapshot_interval)?;
+        let snapshot = Self::duration(
+            "snapshot-interval",
+            self.snapshot_interval.as_deref().unwrap_or("24h"),
+        )?;
         let mut db = DbConfig::new("");
         db.snapshot_interval = (!snapshot.is_zero()).then_some(snapshot);
-        db.checkpoint_pages = self.checkpoint_pages;
-        db.truncate_pages = self.truncate_pages;
-        db.max_wal_bytes = self.max_wal_mib.saturating_mul(1 << 20);
-        db.min_put_interval = Self::duration("min-put-interval", &self.min_put_interval)?;
-        let retention = Self::duration("retention", &self.retention)?;
+        db.checkpoint_pages = checkpoint_pages;
+        db.truncate_pages = truncate_pages;
+        db.max_wal_bytes = self.max_wal_mib.unwrap_or(1024).saturating_mul(1 << 20);
+        db.min_put_interval = Self::duration(
+            "min-put-interval",
+            self.min_put_interval.as_deref().unwrap_or("0s"),
+        )?;
+        let metrics_addr = match &self.metrics_addr {
+            None => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
+                Error::Config(format!(
+                    "--metrics-addr {a:?}: {e} (use IP:PORT, e.g. 127.0.0.1:9188)"
+                ))
+            })?),
+        };
+        let heartbeat = match &self.heartbeat_url {
+            None => None,
+            Some(url) => {
+                let hb = crate::heartbeat::Config {
+                    url: url.clone(),
+                    interval: Self::duration(
+                        "heartbeat-interval",
+                        self.heartbeat_interval.as_deref().unwrap_or("5m"),
+                    )?,
+                    max_lag: Self::duration(
+                        "heartbeat-max-lag",
+                        self.heartbeat_max_lag.as_deref().unwrap_or("1m"),
+                    )?,
+                };
+                hb.validate()?;
+                Some(hb)
+            }
+        };
+        let retention = Self::duration("retention", self.retention.as_deref().unwrap_or("24h"))?;
         db.retention = (!retention.is_zero()).then_some(retention);
         let compaction = crate::compact::Policy {
-            intervals: parse_compaction(&self.compaction)?,
-            grace: Self::duration("retention-grace", &self.retention_grace)?,
+            intervals: parse_compaction(self.compaction.as_deref().unwrap_or("30s,5m,1h"))?,
+            grace: Self::duration(
+                "retention-grace",
+                self.retention_grace.as_deref().unwrap_or("5m"),
+            )?,
             tmp_dir: std::env::temp_dir(),
             recent: None,
         };
         Ok(daemon::Options {
-            databases: self.databases.clone(),
+            databases,
             db,
-            uploaders: self.uploaders,
-            memory_budget: self.memory_mib << 20,
-            shutdown_timeout: Self::duration("shutdown-timeout", &self.shutdown_timeout)?,
+            uploaders,
+            memory_budget: memory_mib << 20,
+            shutdown_timeout: Self::duration(
+                "shutdown-timeout",
+                self.shutdown_timeout.as_deref().unwrap_or("30s"),
+            )?,
+            metrics_addr,
+            heartbeat,
             compaction,
+            max_requests_per_sec: self.max_requests_per_sec.unwrap_or(0),
         })
     }
+}
+
+/// `bucket` (a name, `s3://bucket/prefix` or `file:///dir`) with `prefix` appended.
+pub fn prefixed_spec(bucket: &str, prefix: Option<&str>) -> String {
+    match prefix {
+        None => bucket.to_string(),
+        Some(p) if bucket.contains("://") => {
+            format!("{}/{}", bucket.trim_end_matches('/'), p.trim_matches('/'))
+        }
+        Some(p) => format!("s3://{}/{}", bucket, p.trim_matches('/')),
+    }
+}
+
+/// The storage spec for a database whose own `prefix` replaces the global
+/// one: the bucket (without any prefix in `s3://bucket/prefix`) plus `prefix`.
+pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
+    if let Some(rest) = bucket.strip_prefix("s3://") {
+        let name = rest.split('/').next().unwrap_or(rest);
+        return format!("s3://{name}/{}", prefix.trim_matches('/'));
+    }
+    // A bucket name gets the prefix; a directory (`file:///dir`) has no
+    // prefix of its own, so the database's prefix nests under it.
+    prefixed_spec(bucket, Some(prefix))
 }
 
 /// `--compaction 30s,5m,1h`: three intervals (levels 1–3); `0` turns a
@@ -427,7 +546,7 @@ pub struct VerifyArgs {
 /// Run a parsed `walsync` command line.
 pub fn run(args: Walsync) -> Result<()> {
     match args.command {
-        Command::Sync(a) => run_sync(a),
+        Command::Sync(a) => run_sync(*a),
         Command::Restore(a) => run_restore(a),
         Command::Snapshot(a) => run_snapshot(a),
         Command::List(a) => run_list(a),
@@ -437,15 +556,25 @@ pub fn run(args: Walsync) -> Result<()> {
 }
 
 /// Run `walsync sync` / `walsync-sync`.
-pub fn run_sync(args: SyncArgs) -> Result<()> {
-    let opts = args.options()?;
+pub fn run_sync(mut args: SyncArgs) -> Result<()> {
+    let specs = args.apply_config()?;
+    let opts = args.options(specs)?;
+    let bucket = args.bucket()?.to_string();
     let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
-    let inner = storage::open(&args.storage_spec(), &s3)?;
-    let storage: Arc<dyn Storage> = match args.max_requests_per_sec {
-        0 => Arc::from(inner),
-        n => Arc::new(storage::RateLimited::new(inner, n)),
-    };
-    daemon::run(opts, storage)
+    let default: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec()?, &s3)?);
+    // Databases with a prefix of their own get a storage of their own,
+    // routed by name; one uploader pool serves them all.
+    let mut own: Vec<Option<Arc<dyn Storage>>> = Vec::with_capacity(opts.databases.len());
+    for spec in &opts.databases {
+        own.push(match &spec.prefix {
+            Some(p) => Some(Arc::from(storage::open(
+                &bucket_with_prefix(&bucket, p),
+                &s3,
+            )?)),
+            None => None,
+        });
+    }
+    daemon::run(opts, default, own)
 }
 
 /// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
@@ -644,8 +773,14 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
 /// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).
 pub fn init_logging() {
     let env = env_logger::Env::default().default_filter_or("walsync=info");
+    // ureq logs each request's full URL at debug level; for the heartbeat
+    // that URL is a secret (its token), so ureq is capped at info whatever
+    // RUST_LOG says (a later directive for the same module wins).
     // A second call (tests) is harmless; ignore its error.
-    let _ = env_logger::Builder::from_env(env).try_init();
+    let _ = env_logger::Builder::from_env(env)
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
+        .try_init();
 }
 
 /// Print `result`'s error as one line and exit with a non-zero status.

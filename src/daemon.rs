@@ -17,17 +17,19 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::compact::{Compactor, DbEntry, Policy};
+use crate::config::DbSpec;
 use crate::error::{Error, Result};
+use crate::metrics::{DbState, Registry};
 use crate::replicate::{DbConfig, Event, Replica};
-use crate::storage::Storage;
+use crate::storage::{CountingStorage, RateLimited, RoutedStorage, Storage};
 use crate::upload::Uploader;
 use crate::watch::{self, Discovery, Router};
 
 /// Daemon-wide settings (per-database ones are templated by `db`).
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Database paths or glob patterns.
-    pub databases: Vec<String>,
+    /// Database paths or glob patterns, with per-database overrides.
+    pub databases: Vec<DbSpec>,
     /// Template for per-database settings (path and name are replaced).
     pub db: DbConfig,
     /// Uploader threads.
@@ -36,8 +38,14 @@ pub struct Options {
     pub memory_budget: u64,
     /// How long a clean shutdown may take to ship what is committed.
     pub shutdown_timeout: Duration,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Push heartbeats while healthy.
+    pub heartbeat: Option<crate::heartbeat::Config>,
     /// Compaction levels and retention grace (see [`crate::compact`]).
     pub compaction: Policy,
+    /// Cap on storage requests per second, shared by all databases (0 = none).
+    pub max_requests_per_sec: u32,
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
@@ -128,12 +136,12 @@ pub fn db_name(path: &Path) -> Result<String> {
         .ok_or_else(|| Error::Config(format!("{}: not a file path", path.display())))
 }
 
-/// Refuse two databases with one name, naming both paths.
-pub fn check_names(files: &[PathBuf]) -> Result<()> {
-    let mut seen: HashMap<String, &PathBuf> = HashMap::new();
-    for f in files {
-        let name = db_name(f)?;
-        if let Some(other) = seen.insert(name.clone(), f) {
+/// Refuse two databases with one name, naming both paths. `files` are the
+/// database paths with the name each would be stored under.
+pub fn check_names(files: &[(String, &Path)]) -> Result<()> {
+    let mut seen: HashMap<&str, &Path> = HashMap::new();
+    for (name, f) in files {
+        if let Some(other) = seen.insert(name, f) {
             return Err(Error::Config(format!(
                 "two databases would be stored as {name:?}: {} and {}",
                 other.display(),
@@ -145,16 +153,71 @@ pub fn check_names(files: &[PathBuf]) -> Result<()> {
 }
 
 /// Run the daemon until a signal; returns the process status.
-pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
-    let targets = expand(&opts.databases)?;
-    check_names(&targets.files)?;
-    if targets.files.is_empty() && targets.patterns.is_empty() {
+///
+/// `default` stores every database; `own[i]`, when set, stores the databases
+/// of `opts.databases[i]` instead (a per-database prefix). All of them are
+/// reached through one uploader pool and counted per database.
+pub fn run(
+    opts: Options,
+    default: Arc<dyn Storage>,
+    own: Vec<Option<Arc<dyn Storage>>>,
+) -> Result<()> {
+    let mut files: Vec<(PathBuf, usize)> = Vec::new();
+    let mut patterns: Vec<(PathBuf, glob::Pattern)> = Vec::new();
+    for (i, spec) in opts.databases.iter().enumerate() {
+        let t = expand(std::slice::from_ref(&spec.pattern))?;
+        for f in t.files {
+            match files.iter_mut().find(|(g, _)| *g == f) {
+                // A plain path names its database more precisely than a
+                // pattern that also matches it: its overrides win.
+                Some(entry)
+                    if !is_pattern(&spec.pattern)
+                        && is_pattern(&opts.databases[entry.1].pattern) =>
+                {
+                    entry.1 = i;
+                }
+                Some(_) => {}
+                None => files.push((f, i)),
+            }
+        }
+        patterns.extend(t.patterns);
+    }
+    let named = files
+        .iter()
+        .map(|(f, i)| Ok((spec_name(&opts.databases[*i], f)?, f.as_path())))
+        .collect::<Result<Vec<_>>>()?;
+    check_names(&named)?;
+    if files.is_empty() && patterns.is_empty() {
         return Err(Error::Config("no database to replicate".into()));
     }
-    storage.check()?;
-    raise_fd_limit(targets.files.len());
+    default.check()?;
+    for s in own.iter().flatten() {
+        s.check()?;
+    }
+    raise_fd_limit(files.len());
 
+    let routed = Arc::new(RoutedStorage::new(default));
+    // One request cap for every database, whichever prefix it stores under.
+    let limited: Arc<dyn Storage> = match opts.max_requests_per_sec {
+        0 => routed.clone(),
+        n => Arc::new(RateLimited::new(routed.clone(), n)),
+    };
+    let counting = Arc::new(CountingStorage::new(limited));
+    let storage: Arc<dyn Storage> = counting.clone();
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
+    let registry = Arc::new(Registry::new(
+        counting,
+        uploader.stats(),
+        uploader.queue_probe(),
+        uploader.budget(),
+    ));
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics::serve(addr, registry.clone())?;
+    }
+    if let Some(hb) = &opts.heartbeat {
+        crate::heartbeat::spawn(hb.clone(), registry.clone())?;
+    }
+    crate::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
     let mut policy = opts.compaction.clone();
     if policy.intervals[0].is_some() {
         // Level 1 merges what the uploaders just stored: keep those bodies
@@ -166,7 +229,7 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     let compactor = Compactor::start(storage.clone(), policy)?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
-    for (dir, pattern) in &targets.patterns {
+    for (dir, pattern) in &patterns {
         router.add_pattern(dir, pattern.clone())?;
     }
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -175,6 +238,9 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     let mut daemon = Daemon {
         opts,
         storage,
+        routed,
+        own,
+        registry,
         uploader,
         compactor: compactor.sender(),
         router,
@@ -182,30 +248,54 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         running: HashMap::new(),
         names: HashMap::new(),
     };
-    for f in &targets.files {
-        daemon.start_db(f);
+    for (f, i) in &files {
+        daemon.start_db(f, *i, true);
     }
     log::info!(
         "replicating {} database(s) to {}",
         daemon.running.len(),
         daemon.storage.describe()
     );
+    // Readiness is polled until every database found now made its first
+    // pass; afterwards the same ticker feeds the systemd watchdog from this
+    // loop, so a wedged main loop stops the pings.
+    let watchdog = crate::notify::watchdog_interval();
+    let mut ready = false;
+    let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
     loop {
         crossbeam_channel::select! {
             recv(disc_rx) -> d => if let Ok(Discovery::NewDatabase(p)) = d {
-                daemon.start_db(&p);
+                match daemon.spec_for(&p) {
+                    Some(i) => daemon.start_db(&p, i, false),
+                    None => log::debug!("{}: matches no configured database", p.display()),
+                }
             },
             recv(signals) -> _ => break,
+            recv(ticker) -> _ => {
+                if !ready && daemon.registry.ready() {
+                    ready = true;
+                    log::info!("start-up complete");
+                    crate::notify::ready();
+                    ticker = match watchdog {
+                        Some(every) => crossbeam_channel::tick(every),
+                        None => crossbeam_channel::never(),
+                    };
+                }
+                if ready && watchdog.is_some() {
+                    crate::notify::watchdog();
+                }
+            },
         }
     }
+    crate::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
-    let watchdog = std::thread::spawn(move || {
+    let second_signal = std::thread::spawn(move || {
         if signals.recv().is_ok() {
             eprintln!("walsync: second signal, exiting now");
             std::process::exit(130);
         }
     });
-    let _ = watchdog;
+    let _ = second_signal;
     drop(stop_tx); // broadcast: every watcher drains and stops
     compactor.stop(); // a merge in progress stops between objects
     let mut failed = 0;
@@ -231,9 +321,21 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     Ok(())
 }
 
+/// The name of the database at `path` under `spec`: its `name` override, else
+/// the file name.
+fn spec_name(spec: &DbSpec, path: &Path) -> Result<String> {
+    match &spec.name {
+        Some(n) => Ok(n.clone()),
+        None => db_name(path),
+    }
+}
+
 struct Daemon {
     opts: Options,
     storage: Arc<dyn Storage>,
+    routed: Arc<RoutedStorage>,
+    own: Vec<Option<Arc<dyn Storage>>>,
+    registry: Arc<Registry>,
     uploader: Uploader,
     compactor: Sender<DbEntry>,
     router: Router,
@@ -243,12 +345,28 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start_db(&mut self, path: &Path) {
+    /// The configured database (index into `opts.databases`) a newly
+    /// discovered file belongs to: a plain path naming it, else the first
+    /// pattern that matches.
+    fn spec_for(&self, path: &Path) -> Option<usize> {
+        let specs = &self.opts.databases;
+        specs
+            .iter()
+            .position(|s| !is_pattern(&s.pattern) && Path::new(&s.pattern) == path)
+            .or_else(|| {
+                specs.iter().position(|s| {
+                    glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path))
+                })
+            })
+    }
+
+    fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if self.running.contains_key(&key) {
             return;
         }
-        let name = match db_name(path) {
+        let spec = &self.opts.databases[spec_index];
+        let name = match spec_name(spec, path) {
             Ok(n) => n,
             Err(e) => {
                 log::error!("{e}");
@@ -263,9 +381,20 @@ impl Daemon {
             );
             return;
         }
+        // Per-database overrides from the config file. `spec.encryption_key_file`
+        // is validated there and carried here for the setting that consumes it.
         let mut cfg = self.opts.db.clone();
         cfg.path = path.to_path_buf();
         cfg.name = name.clone();
+        if let Some(interval) = spec.snapshot_interval {
+            cfg.snapshot_interval = interval;
+        }
+        if let Some(retention) = spec.retention {
+            cfg.retention = retention;
+        }
+        if let Some(Some(own)) = self.own.get(spec_index) {
+            self.routed.route(&name, own.clone());
+        }
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         if let Err(e) = self.router.add_database(path, ev_tx) {
             log::error!("{}: not replicated: {e}", path.display());
@@ -277,6 +406,9 @@ impl Daemon {
         let stop = self.stop.clone();
         let drain = self.opts.shutdown_timeout;
         let router = self.router.clone();
+        let registry = self.registry.clone();
+        registry.add(&name, path, initial);
+        let reg_name = name.clone();
         let compactor = self.compactor.clone();
         let db_path = path.to_path_buf();
         let thread_name = format!("db-{name}");
@@ -309,6 +441,7 @@ impl Daemon {
                         )
                     }) {
                         Ok(rep) => {
+                            registry.set_state(&reg_name, DbState::Running(rep.stats()));
                             if reported.is_some() {
                                 log::info!("{}: replicating now", db_path.display());
                             }
@@ -316,6 +449,7 @@ impl Daemon {
                         }
                         Err(e) => {
                             let msg = e.to_string();
+                            registry.set_state(&reg_name, DbState::Failed(msg.clone()));
                             if reported.as_deref() == Some(msg.as_str()) {
                                 log::debug!("{}: still not replicated: {msg}", db_path.display());
                             } else {
@@ -335,6 +469,7 @@ impl Daemon {
                     crossbeam_channel::select! {
                         recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
                             router.remove_database(&db_path);
+                            registry.remove(&reg_name);
                             return Ok(());
                         },
                         recv(stop) -> _ => return Ok(()),
@@ -356,7 +491,10 @@ impl Daemon {
                 self.names.insert(name.clone(), path.to_path_buf());
                 self.running.insert(key, Running { name, handle });
             }
-            Err(e) => log::error!("{}: cannot start a thread: {e}", path.display()),
+            Err(e) => {
+                self.registry.remove(&name);
+                log::error!("{}: cannot start a thread: {e}", path.display())
+            }
         }
     }
 }

@@ -17,6 +17,10 @@
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
 //! - [`compact`]: merge level-0 objects into levels 1–3; retention that never breaks a restore.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
+//! - [`config`]: the `--config` file (databases, overrides, settings).
+//! - [`metrics`]: database registry, Prometheus endpoint, request log.
+//! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
 //!
@@ -24,10 +28,14 @@
 
 pub mod cli;
 pub mod compact;
+pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod heartbeat;
 pub mod lock;
 pub mod ltx;
+pub mod metrics;
+pub mod notify;
 pub mod ops;
 pub mod replicate;
 pub mod restore;

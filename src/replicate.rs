@@ -151,6 +151,38 @@ pub struct DbStats {
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// Txid of the newest snapshot known durable (0 = none yet).
     pub snapshot_txid: std::sync::atomic::AtomicU64,
+    /// Passes of the watcher loop finished (start-up readiness: ≥ 1).
+    pub passes: std::sync::atomic::AtomicU64,
+    /// Unix time (ms) the last snapshot was handed to the uploaders; 0 = none yet.
+    pub last_snapshot_ms: std::sync::atomic::AtomicU64,
+    /// Segments cut but not yet durable: `(max txid, when cut)`, oldest first
+    /// (replication lag, see [`DbStats::lag`]).
+    unacked: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::SystemTime)>>,
+}
+
+impl DbStats {
+    /// A segment ending at `txid` was cut from the WAL now.
+    pub fn note_cut(&self, txid: u64) {
+        let mut q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back((txid, std::time::SystemTime::now()));
+    }
+
+    /// Everything up to `txid` is durable.
+    pub fn note_durable(&self, txid: u64) {
+        let mut q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        while q.front().is_some_and(|(t, _)| *t <= txid) {
+            q.pop_front();
+        }
+    }
+
+    /// Replication lag: the age of the oldest transaction read from the WAL
+    /// that storage has not acknowledged yet; zero when caught up.
+    pub fn lag(&self) -> Duration {
+        let q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        q.front()
+            .and_then(|(_, at)| at.elapsed().ok())
+            .unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Resume information from the newest object in storage.
@@ -727,6 +759,7 @@ impl Replica {
     /// crash never leaves a stored txid after a missing one).
     fn send(&mut self, enc: Encoded, level: u8) -> Result<()> {
         self.next_txid = enc.header.max_txid + 1;
+        self.stats.note_cut(enc.header.max_txid);
         self.pending.push_back((enc, level));
         self.flush_pending()
     }
@@ -910,6 +943,10 @@ impl Replica {
         self.last_snapshot = Instant::now();
         self.snapshot_reason = None;
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.last_snapshot_ms.store(now_ms, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1185,6 +1222,7 @@ impl Replica {
             (None, None) => self.next_txid - 1,
         };
         self.stats.durable_txid.store(durable, Ordering::Relaxed);
+        self.stats.note_durable(durable);
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -1269,6 +1307,7 @@ impl Replica {
         loop {
             match self.tick() {
                 Ok(next) => {
+                    self.stats.passes.fetch_add(1, Ordering::Relaxed);
                     retry = 0;
                     timer = next;
                     pending_error = None;

@@ -151,9 +151,21 @@ pub struct Stats {
     pub bytes: AtomicU64,
 }
 
+/// Reads how many segments wait for an uploader thread.
+#[derive(Clone)]
+pub struct QueueProbe(Receiver<Segment>);
+
+impl QueueProbe {
+    /// Segments queued and not yet picked up by an uploader thread.
+    pub fn depth(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// The running pool.
 pub struct Uploader {
     tx: Sender<Segment>,
+    probe: Receiver<Segment>,
     threads: Vec<JoinHandle<()>>,
     budget: Arc<Budget>,
     abort: Arc<AtomicBool>,
@@ -214,6 +226,7 @@ impl Uploader {
             .collect();
         Uploader {
             tx,
+            probe: rx,
             threads: handles,
             budget,
             abort,
@@ -236,6 +249,12 @@ impl Uploader {
     /// The shared byte budget.
     pub fn budget(&self) -> Arc<Budget> {
         self.budget.clone()
+    }
+
+    /// A handle that reports the queue depth (for metrics) without keeping
+    /// the pool alive.
+    pub fn queue_probe(&self) -> QueueProbe {
+        QueueProbe(self.probe.clone())
     }
 
     /// Pool-wide counters.

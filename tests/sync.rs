@@ -14,14 +14,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::proxy::{s3_upstream, Proxy};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
 
@@ -732,93 +731,13 @@ fn database_recreated_under_same_path() {
 // 9. S3 outage through a proxy
 // ---------------------------------------------------------------------------
 
-/// A loopback TCP proxy that can refuse service: while `down`, accepted
-/// connections are closed at once and open ones are cut.
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, s, c) = (down.clone(), stop.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                if d.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(2))
-                else {
-                    continue;
-                };
-                {
-                    let mut list = c.lock().unwrap();
-                    list.retain(|x| x.peer_addr().is_ok());
-                    list.push(client.try_clone().unwrap());
-                    list.push(server.try_clone().unwrap());
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-            }
-        });
-        Proxy {
-            port,
-            down,
-            stop,
-            conns,
-        }
-    }
-
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            for c in self.conns.lock().unwrap().drain(..) {
-                let _ = c.shutdown(std::net::Shutdown::Both);
-            }
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        self.set_down(true);
-    }
-}
-
 #[test]
 fn s3_outage_through_proxy() {
     let Some(env) = Env::new("outage") else {
         return;
     };
     let mut rng = Rng::new(env.name);
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3");
-    let upstream: SocketAddr = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .unwrap_or_else(|e| panic!("endpoint {endpoint}: {e}"));
-    let proxy = Proxy::start(upstream);
+    let proxy = Proxy::start(s3_upstream());
     let db = env.path("out.db");
     let mut w = Writer::create(&db, 1);
     let ep = format!("http://127.0.0.1:{}", proxy.port);

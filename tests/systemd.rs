@@ -28,7 +28,9 @@ fn unit_file_verifies() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let unit = std::fs::read_to_string(root.join("scripts/walsync.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/walsync-sync "));
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/walsync-sync --config /etc/walsync/walsync.toml ")
+    );
     for hardening in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -38,6 +40,9 @@ fn unit_file_verifies() {
         "CapabilityBoundingSet=\n",
         "Restart=on-failure",
         "EnvironmentFile=/etc/walsync/env",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=",
     ] {
         assert!(unit.contains(hardening), "unit lacks {hardening:?}");
     }
@@ -73,11 +78,28 @@ fn example_environment_names_every_variable_the_unit_uses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let unit = std::fs::read_to_string(root.join("scripts/walsync.service")).unwrap();
     let env = std::fs::read_to_string(root.join("scripts/walsync.env.example")).unwrap();
-    for var in ["WALSYNC_DATABASES", "WALSYNC_BUCKET", "WALSYNC_OPTS"] {
-        assert!(unit.contains(var), "{var} not used by the unit");
-        assert!(
-            env.contains(&format!("{var}=")),
-            "{var} missing from the example env"
-        );
-    }
+    assert!(
+        unit.contains("$WALSYNC_OPTS"),
+        "WALSYNC_OPTS not used by the unit"
+    );
+    assert!(
+        env.contains("WALSYNC_OPTS="),
+        "WALSYNC_OPTS missing from the example env"
+    );
+}
+
+#[test]
+fn example_config_is_valid() {
+    // The file `make install` puts at /etc/walsync/walsync.toml, which the
+    // unit's ExecStart names, parses and validates.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("scripts/walsync.example.toml");
+    let file = walsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let dbs = file.databases(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dbs.len(), 2);
+    assert_eq!(dbs[1].name.as_deref(), Some("billing"));
+    assert_eq!(dbs[1].prefix.as_deref(), Some("billing-backups"));
+    assert!(file.bucket.is_some());
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    assert!(makefile.contains("scripts/walsync.example.toml $(DESTDIR)/etc/walsync/walsync.toml"));
 }

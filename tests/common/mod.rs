@@ -8,7 +8,9 @@
 //! the full suite can never pass by silently skipping.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod oracle;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
