@@ -144,7 +144,9 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
     if targets.files.is_empty() && targets.patterns.is_empty() {
         return Err(Error::Config("no database to replicate".into()));
     }
-    storage.check()?;
+    // A blip at start-up (one 503, one reset) must not stop the daemon; a
+    // server that stays unreachable still ends it in one line.
+    crate::storage::retry_transient(5, &storage.describe(), || storage.check())?;
     raise_fd_limit(targets.files.len());
 
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
@@ -276,6 +278,7 @@ impl Daemon {
                 // instead of allocating the same txids (src/lock.rs).
                 let mut lock: Option<crate::lock::DbLock> = None;
                 let rep = loop {
+                    let transient;
                     let locked = match lock {
                         Some(_) => Ok(()),
                         None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
@@ -295,6 +298,7 @@ impl Daemon {
                             break rep;
                         }
                         Err(e) => {
+                            transient = e.storage_kind().is_some_and(|k| k.is_retryable());
                             let msg = e.to_string();
                             if reported.as_deref() == Some(msg.as_str()) {
                                 log::debug!("{}: still not replicated: {msg}", db_path.display());
@@ -307,10 +311,17 @@ impl Daemon {
                             }
                         }
                     }
-                    // At most one attempt a second, then wait for a change.
+                    // At most one attempt a second, then (unless the failure
+                    // was transient) wait for a change.
                     crossbeam_channel::select! {
                         recv(stop) -> _ => return Ok(()),
                         recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                    }
+                    if transient {
+                        // S3 hiccuped (503, reset, a cut-off answer): the
+                        // committed data waits in the WAL; try again now,
+                        // not only when the application writes again.
+                        continue;
                     }
                     crossbeam_channel::select! {
                         recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {

@@ -16,6 +16,7 @@
 //! `db/0000/0000000000000001-0000000000000001.ltx` (DESIGN.md §4).
 
 mod file;
+mod retry;
 mod s3;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Result, StorageErrorKind};
 
 pub use file::FileStorage;
+pub use retry::{retry_transient, RetryReads};
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
 
 /// User metadata of an object: a small map of lower-case names to values.
