@@ -8,6 +8,8 @@
 //! the full suite can never pass by silently skipping.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod faultproxy;
 pub mod oracle;
 
 use std::path::{Path, PathBuf};
