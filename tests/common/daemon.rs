@@ -85,6 +85,13 @@ impl Daemon {
         }
     }
 
+    /// If it exited on its own: reap it and return its exit code.
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status.code())
+    }
+
     /// SIGKILL and reap it.
     pub fn kill9(&mut self) {
         self.assert_running();
