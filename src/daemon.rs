@@ -304,8 +304,13 @@ impl Daemon {
                                 log::debug!("{}: still not replicated: {msg}", db_path.display());
                             } else {
                                 log::error!(
-                                    "{}: not replicated: {msg} (retrying when the file changes)",
-                                    db_path.display()
+                                    "{}: not replicated: {msg} ({})",
+                                    db_path.display(),
+                                    if transient {
+                                        "retrying every second"
+                                    } else {
+                                        "retrying when the file changes"
+                                    }
                                 );
                                 reported = Some(msg);
                             }
