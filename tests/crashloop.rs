@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::daemon::{restore_cli, Daemon};
+use common::daemon::{Daemon, RestoreFrom};
 use common::faultproxy::FaultProxy;
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
 use common::Rng;
@@ -145,6 +145,12 @@ fn crash_loop() {
     let storage: Arc<dyn Storage> = Arc::new(S3Storage::new(config).expect("S3 client"));
     let proxy = FaultProxy::start("{}", rng.next());
     let dir = tempfile::tempdir().expect("tempdir");
+    let from = RestoreFrom {
+        bin: WALSYNC.to_string(),
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        endpoint: proxy.endpoint(),
+    };
     eprintln!(
         "{name}: {cycles} cycles, {n_dbs} databases, kill phase ≤ {limit:?}, prefix {prefix}"
     );
@@ -294,22 +300,7 @@ fn crash_loop() {
                     let txid = rng.range(first, newest);
                     scratch += 1;
                     let out = dir.path().join(format!("r{scratch}.restored"));
-                    let r = restore_cli(
-                        WALSYNC,
-                        &dbs[i].name,
-                        &out,
-                        &bucket,
-                        &prefix,
-                        &proxy.endpoint(),
-                        &["--txid", &txid.to_string()],
-                    );
-                    assert!(
-                        r.status.success(),
-                        "{}: walsync restore --txid {txid} during the loop failed: {}",
-                        dbs[i].name,
-                        String::from_utf8_lossy(&r.stderr)
-                    );
-                    let conn = rusqlite::Connection::open(&out).expect("open restore");
+                    let conn = from.open(&dbs[i].name, &out, &["--txid", &txid.to_string()]);
                     dbs[i].check_recorded(&format!("restore at txid {txid}"), app_state(&conn));
                     rep.restores_during += 1;
                 }
@@ -368,22 +359,7 @@ fn crash_loop() {
 
         // walsync restore through the faults: newest, 3 txids, 2 timestamps.
         let out = dir.path().join(format!("{}.newest", db.name));
-        let r = restore_cli(
-            WALSYNC,
-            &db.name,
-            &out,
-            &bucket,
-            &prefix,
-            &proxy.endpoint(),
-            &[],
-        );
-        assert!(
-            r.status.success(),
-            "{}: walsync restore failed: {}",
-            db.name,
-            String::from_utf8_lossy(&r.stderr)
-        );
-        let got = oracle::dump(&rusqlite::Connection::open(&out).expect("open restore"));
+        let got = oracle::dump(&from.open(&db.name, &out, &[]));
         if let Some(d) = oracle::dump_diff(&got, &oracle::source_dump(&path)) {
             panic!("{}: walsync restore differs from the source: {d}", db.name);
         }
@@ -392,22 +368,7 @@ fn crash_loop() {
         for k in 0..3 {
             let txid = known[rng.below(known.len() as u64) as usize];
             let out = dir.path().join(format!("{}.t{k}", db.name));
-            let r = restore_cli(
-                WALSYNC,
-                &db.name,
-                &out,
-                &bucket,
-                &prefix,
-                &proxy.endpoint(),
-                &["--txid", &txid.to_string()],
-            );
-            assert!(
-                r.status.success(),
-                "{}: walsync restore --txid {txid} failed: {}",
-                db.name,
-                String::from_utf8_lossy(&r.stderr)
-            );
-            let conn = rusqlite::Connection::open(&out).expect("open restore");
+            let conn = from.open(&db.name, &out, &["--txid", &txid.to_string()]);
             let last =
                 db.check_recorded(&format!("walsync restore --txid {txid}"), app_state(&conn));
             assert_eq!(
@@ -428,22 +389,7 @@ fn crash_loop() {
             };
             let out = dir.path().join(format!("{}.ts{k}", db.name));
             let stamp = rfc3339_ms(ts);
-            let r = restore_cli(
-                WALSYNC,
-                &db.name,
-                &out,
-                &bucket,
-                &prefix,
-                &proxy.endpoint(),
-                &["--timestamp", &stamp],
-            );
-            assert!(
-                r.status.success(),
-                "{}: walsync restore --timestamp {stamp} failed: {}",
-                db.name,
-                String::from_utf8_lossy(&r.stderr)
-            );
-            let conn = rusqlite::Connection::open(&out).expect("open restore");
+            let conn = from.open(&db.name, &out, &["--timestamp", &stamp]);
             let last = db.check_recorded(
                 &format!("walsync restore --timestamp {stamp}"),
                 app_state(&conn),

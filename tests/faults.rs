@@ -17,11 +17,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{restore_cli, Daemon};
+use common::daemon::{Daemon, RestoreFrom};
 use common::faultproxy::FaultProxy;
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
 use common::Rng;
@@ -81,16 +81,13 @@ impl World {
         Daemon::new(SYNC, "fault-logs", self.name, args)
     }
 
-    fn restore(&self, out: &Path, extra: &[&str]) -> std::process::Output {
-        restore_cli(
-            WALSYNC,
-            "f.db",
-            out,
-            &self.bucket,
-            &self.prefix,
-            &self.proxy.endpoint(),
-            extra,
-        )
+    fn restore(&self) -> RestoreFrom {
+        RestoreFrom {
+            bin: WALSYNC.to_string(),
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            endpoint: self.proxy.endpoint(),
+        }
     }
 }
 
@@ -119,6 +116,22 @@ struct Scenario {
     /// SIGKILL and restart the daemon in the middle of the load (its
     /// start-up reads the bucket through the faults).
     restart: bool,
+}
+
+impl Scenario {
+    fn new(
+        sync_faults: &'static str,
+        restore_faults: &'static str,
+        expect: &'static [&'static str],
+        restart: bool,
+    ) -> Scenario {
+        Scenario {
+            sync_faults,
+            restore_faults,
+            expect,
+            restart,
+        }
+    }
 }
 
 /// The common steps; returns the world for extra checks.
@@ -180,26 +193,16 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
     // `walsync restore` through the faulty proxy: newest and three random txids.
     w.proxy.set(s.restore_faults);
     let out = w.dir.path().join("restored.db");
-    let r = w.restore(&out, &[]);
-    assert!(
-        r.status.success(),
-        "{name}: walsync restore through faults failed: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    let got = oracle::dump(&rusqlite::Connection::open(&out).expect("open restore"));
+    let got = oracle::dump(&w.restore().open("f.db", &out, &[]));
     if let Some(d) = oracle::dump_diff(&got, &oracle::source_dump(&db)) {
         panic!("{name}: walsync restore differs from the source: {d}");
     }
     for i in 0..3 {
         let (txid, want) = mono.states[w.rng.below(mono.states.len() as u64) as usize];
         let out = w.dir.path().join(format!("at-{i}-{txid}.db"));
-        let r = w.restore(&out, &["--txid", &txid.to_string()]);
-        assert!(
-            r.status.success(),
-            "{name}: walsync restore --txid {txid} through faults failed: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        let conn = rusqlite::Connection::open(&out).expect("open restore");
+        let conn = w
+            .restore()
+            .open("f.db", &out, &["--txid", &txid.to_string()]);
         assert_eq!(
             app_state(&conn),
             Ok(want),
@@ -228,12 +231,12 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
 fn slowdown_503() {
     run(
         "slowdown",
-        Scenario {
-            sync_faults: r#"{"slowdown": 0.3}"#,
-            restore_faults: r#"{"slowdown": 0.3}"#,
-            expect: &["slowdown"],
-            restart: false,
-        },
+        Scenario::new(
+            r#"{"slowdown": 0.3}"#,
+            r#"{"slowdown": 0.3}"#,
+            &["slowdown"],
+            false,
+        ),
     );
 }
 
@@ -241,12 +244,12 @@ fn slowdown_503() {
 fn internal_error_500() {
     run(
         "error500",
-        Scenario {
-            sync_faults: r#"{"error500": 0.3}"#,
-            restore_faults: r#"{"error500": 0.3}"#,
-            expect: &["error500"],
-            restart: true,
-        },
+        Scenario::new(
+            r#"{"error500": 0.3}"#,
+            r#"{"error500": 0.3}"#,
+            &["error500"],
+            true,
+        ),
     );
 }
 
@@ -254,12 +257,12 @@ fn internal_error_500() {
 fn reset_mid_request() {
     run(
         "reset_request",
-        Scenario {
-            sync_faults: r#"{"reset_request": 0.25}"#,
-            restore_faults: r#"{"reset_request": 0.25}"#,
-            expect: &["reset_request"],
-            restart: false,
-        },
+        Scenario::new(
+            r#"{"reset_request": 0.25}"#,
+            r#"{"reset_request": 0.25}"#,
+            &["reset_request"],
+            false,
+        ),
     );
 }
 
@@ -269,12 +272,12 @@ fn reset_mid_request() {
 fn reset_mid_response_after_put_applied() {
     run(
         "reset_response",
-        Scenario {
-            sync_faults: r#"{"reset_response": 0.3, "methods": ["PUT"]}"#,
-            restore_faults: r#"{"reset_response": 0.25}"#,
-            expect: &["reset_response"],
-            restart: true,
-        },
+        Scenario::new(
+            r#"{"reset_response": 0.3, "methods": ["PUT"]}"#,
+            r#"{"reset_response": 0.25}"#,
+            &["reset_response"],
+            true,
+        ),
     );
 }
 
@@ -297,7 +300,7 @@ fn truncated_bodies_never_accepted() {
     w.proxy.set(r#"{"truncate": 1.0, "methods": ["GET"]}"#);
     let before = w.proxy.stats().fault("truncate");
     let out = w.dir.path().join("never.db");
-    let r = w.restore(&out, &[]);
+    let r = w.restore().run("f.db", &out, &[]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success(),
@@ -317,12 +320,12 @@ fn truncated_bodies_never_accepted() {
 fn added_latency() {
     run(
         "latency",
-        Scenario {
-            sync_faults: r#"{"latency_ms": [20, 250]}"#,
-            restore_faults: r#"{"latency_ms": [0, 50]}"#,
-            expect: &[],
-            restart: false,
-        },
+        Scenario::new(
+            r#"{"latency_ms": [20, 250]}"#,
+            r#"{"latency_ms": [0, 50]}"#,
+            &[],
+            false,
+        ),
     );
 }
 
@@ -331,12 +334,12 @@ fn added_latency() {
 fn dark_refuse() {
     run(
         "dark_refuse",
-        Scenario {
-            sync_faults: r#"{"dark": {"mode": "refuse", "seconds": 3}}"#,
-            restore_faults: r#"{"dark": {"mode": "refuse", "seconds": 1}}"#,
-            expect: &["dark_refuse"],
-            restart: false,
-        },
+        Scenario::new(
+            r#"{"dark": {"mode": "refuse", "seconds": 3}}"#,
+            r#"{"dark": {"mode": "refuse", "seconds": 1}}"#,
+            &["dark_refuse"],
+            false,
+        ),
     );
 }
 
@@ -345,12 +348,12 @@ fn dark_refuse() {
 fn dark_hang() {
     run(
         "dark_hang",
-        Scenario {
-            sync_faults: r#"{"dark": {"mode": "hang", "seconds": 3}}"#,
-            restore_faults: r#"{"dark": {"mode": "hang", "seconds": 1}}"#,
-            expect: &["dark_hang"],
-            restart: false,
-        },
+        Scenario::new(
+            r#"{"dark": {"mode": "hang", "seconds": 3}}"#,
+            r#"{"dark": {"mode": "hang", "seconds": 1}}"#,
+            &["dark_hang"],
+            false,
+        ),
     );
 }
 
@@ -359,13 +362,13 @@ fn dark_hang() {
 fn all_faults_mixed() {
     run(
         "mixed",
-        Scenario {
-            sync_faults: r#"{"slowdown": 0.08, "error500": 0.08, "reset_request": 0.06,
+        Scenario::new(
+            r#"{"slowdown": 0.08, "error500": 0.08, "reset_request": 0.06,
                 "reset_response": 0.06, "truncate": 0.06, "latency_ms": [0, 40]}"#,
-            restore_faults: r#"{"slowdown": 0.05, "error500": 0.05, "reset_request": 0.05,
+            r#"{"slowdown": 0.05, "error500": 0.05, "reset_request": 0.05,
                 "reset_response": 0.05, "truncate": 0.05}"#,
-            expect: &["slowdown", "error500"],
-            restart: true,
-        },
+            &["slowdown", "error500"],
+            true,
+        ),
     );
 }

@@ -125,40 +125,54 @@ impl Drop for Daemon {
     }
 }
 
-/// `walsync restore <db> -o <out> --bucket s3://<bucket>/<prefix>
-/// --endpoint <endpoint> --path-style [extra]`, with a time bound.
-pub fn restore_cli(
-    bin: &str,
-    db: &str,
-    out: &Path,
-    bucket: &str,
-    prefix: &str,
-    endpoint: &str,
-    extra: &[&str],
-) -> Output {
-    let mut cmd = Command::new(bin);
-    cmd.args(["restore", db, "-o"])
-        .arg(out)
-        .args([
-            "--bucket",
-            &format!("s3://{bucket}/{prefix}"),
-            "--endpoint",
-            endpoint,
-            "--path-style",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "walsync=warn")
-        .stdin(Stdio::null());
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {bin} restore: {e}"));
-    wait_bounded(
-        child,
-        std::time::Duration::from_secs(120),
-        "walsync restore",
-    )
+/// Where `walsync restore` reads from (through `endpoint`, e.g. the fault
+/// proxy).
+pub struct RestoreFrom {
+    pub bin: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+}
+
+impl RestoreFrom {
+    /// `walsync restore <db> -o <out> --bucket s3://<bucket>/<prefix>
+    /// --endpoint <endpoint> --path-style [extra]`, with a time bound.
+    pub fn run(&self, db: &str, out: &Path, extra: &[&str]) -> Output {
+        let child = Command::new(&self.bin)
+            .args(["restore", db, "-o"])
+            .arg(out)
+            .args([
+                "--bucket",
+                &format!("s3://{}/{}", self.bucket, self.prefix),
+                "--endpoint",
+                &self.endpoint,
+                "--path-style",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "walsync=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {} restore: {e}", self.bin));
+        wait_bounded(
+            child,
+            std::time::Duration::from_secs(120),
+            "walsync restore",
+        )
+    }
+
+    /// [`RestoreFrom::run`], which must succeed; the restored database, open.
+    pub fn open(&self, db: &str, out: &Path, extra: &[&str]) -> rusqlite::Connection {
+        let r = self.run(db, out, extra);
+        assert!(
+            r.status.success(),
+            "{db}: walsync restore {} failed: {}",
+            extra.join(" "),
+            String::from_utf8_lossy(&r.stderr)
+        );
+        rusqlite::Connection::open(out).unwrap_or_else(|e| panic!("open {}: {e}", out.display()))
+    }
 }
 
 /// Wait for `child` at most `limit`, killing it (and failing) after that.
