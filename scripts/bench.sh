@@ -6,6 +6,8 @@
 #   scripts/bench.sh realworld [realworld.py arguments]
 #   scripts/bench.sh history   [benches/history.rs arguments, e.g. --hours 6]
 #   scripts/bench.sh requests  [requests.py arguments, e.g. --duration 600]
+#   scripts/bench.sh scale     [scale.py arguments]      (make scale)
+#   scripts/bench.sh soak      [soak.py arguments]       (make soak)
 #
 #   1. scripts/venv.sh — .venv (psutil, boto3, matplotlib, lz4, Litestream 0.5.17)
 #   2. cargo build --release --bins (walsync, walsync-sync)
@@ -18,9 +20,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-name=${1:?usage: scripts/bench.sh compare|realworld|history|requests [args]}
+name=${1:?usage: scripts/bench.sh compare|realworld|history|requests|scale|soak [args]}
 shift
-case "$name" in compare | realworld | history | requests) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
+case "$name" in compare | realworld | history | requests | scale | soak) ;; *) echo "bench.sh: unknown benchmark $name" >&2; exit 2 ;; esac
 
 say() { echo "bench.sh: $*" >&2; }
 

@@ -190,9 +190,11 @@ pub fn run(
     if files.is_empty() && patterns.is_empty() {
         return Err(Error::Config("no database to replicate".into()));
     }
-    default.check()?;
+    // A blip at start-up (one 503, one reset) must not stop the daemon; a
+    // server that stays unreachable still ends it in one line.
+    crate::storage::retry_transient(5, &default.describe(), || default.check())?;
     for s in own.iter().flatten() {
-        s.check()?;
+        crate::storage::retry_transient(5, &s.describe(), || s.check())?;
     }
     raise_fd_limit(files.len());
 
@@ -428,6 +430,7 @@ impl Daemon {
                 // instead of allocating the same txids (src/lock.rs).
                 let mut lock: Option<crate::lock::DbLock> = None;
                 let rep = loop {
+                    let transient;
                     let locked = match lock {
                         Some(_) => Ok(()),
                         None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
@@ -448,23 +451,36 @@ impl Daemon {
                             break rep;
                         }
                         Err(e) => {
+                            transient = e.storage_kind().is_some_and(|k| k.is_retryable());
                             let msg = e.to_string();
                             registry.set_state(&reg_name, DbState::Failed(msg.clone()));
                             if reported.as_deref() == Some(msg.as_str()) {
                                 log::debug!("{}: still not replicated: {msg}", db_path.display());
                             } else {
                                 log::error!(
-                                    "{}: not replicated: {msg} (retrying when the file changes)",
-                                    db_path.display()
+                                    "{}: not replicated: {msg} ({})",
+                                    db_path.display(),
+                                    if transient {
+                                        "retrying every second"
+                                    } else {
+                                        "retrying when the file changes"
+                                    }
                                 );
                                 reported = Some(msg);
                             }
                         }
                     }
-                    // At most one attempt a second, then wait for a change.
+                    // At most one attempt a second, then (unless the failure
+                    // was transient) wait for a change.
                     crossbeam_channel::select! {
                         recv(stop) -> _ => return Ok(()),
                         recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                    }
+                    if transient {
+                        // S3 hiccuped (503, reset, a cut-off answer): the
+                        // committed data waits in the WAL; try again now,
+                        // not only when the application writes again.
+                        continue;
                     }
                     crossbeam_channel::select! {
                         recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {

@@ -74,7 +74,7 @@ use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
 use crate::segment::{self, Encoded};
 use crate::shm::{Shm, ShmHeader};
-use crate::storage::Storage;
+use crate::storage::{RetryReads, Storage};
 use crate::upload::{Ack, Budget, Segment};
 use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
 
@@ -342,7 +342,9 @@ impl Replica {
             deferred_until: None,
         };
         r.connect()?;
-        let resumed = find_resume_point(&*r.storage, &r.cfg.name)?;
+        // Each probe retried on its own: with a flaky S3 a start-up of ~20
+        // requests that must all succeed in a row would rarely get through.
+        let resumed = find_resume_point(&RetryReads(&*r.storage), &r.cfg.name)?;
         r.resumed = resumed;
         r.resume_from(resumed)?;
         Ok(r)

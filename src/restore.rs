@@ -51,6 +51,11 @@
 //!    file (and any `-wal`/`-shm` SQLite made for the check): nothing is left
 //!    at the output path.
 //!
+//! Every read goes through [`RetryReads`]: a transient failure (503, 500,
+//! a reset connection) is retried a bounded number of times with backoff,
+//! and a body that does not match its `walsync-sha256` metadata is fetched
+//! again, before the restore gives up with the error naming the object.
+//!
 //! The restored file keeps the journal mode recorded in its header (WAL for
 //! a database replicated from its WAL). It needs no `-wal` file: every
 //! committed page is in the main file, and stale `OUT-wal`/`OUT-shm` files,
@@ -69,7 +74,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::ltx::{self, Decoder, Header};
 use crate::segment::{hex, META_SHA256};
-use crate::storage::Storage;
+use crate::storage::{RetryReads, Storage};
 
 /// Default number of download threads.
 pub const DEFAULT_PARALLEL: usize = 8;
@@ -234,6 +239,7 @@ pub fn plan(storage: &dyn Storage, db: &str, target: Target) -> Result<Plan> {
 /// timestamp): the caller then plans from the full listing, which finds
 /// every chain that exists and explains a missing one.
 pub fn plan_by_level(storage: &dyn Storage, db: &str, target: Target) -> Result<Option<Plan>> {
+    let storage = &RetryReads(storage);
     let db = db.trim_matches('/');
     let limit = match target {
         Target::Latest => u64::MAX,
@@ -343,6 +349,7 @@ pub(crate) fn list_replica_with_times(
     storage: &dyn Storage,
     db: &str,
 ) -> Result<(Replica, HashMap<String, SystemTime>)> {
+    let storage = &RetryReads(storage);
     let db = db.trim_matches('/');
     if db.is_empty() {
         return Err(Error::Config("empty database name".into()));
@@ -415,6 +422,7 @@ impl Replica {
     /// The chain of objects restoring `target`. `storage` is only used to
     /// read object headers for a [`Target::Timestamp`].
     pub fn plan(&self, storage: &dyn Storage, target: Target) -> Result<Plan> {
+        let storage = &RetryReads(storage);
         if self.is_empty() {
             return Err(self.no_replica());
         }
@@ -715,6 +723,7 @@ pub fn restore(
     out: &Path,
     opts: &RestoreOptions,
 ) -> Result<Summary> {
+    let storage = &RetryReads(storage);
     let start = Instant::now();
     if plan.objects.is_empty() {
         return Err(Error::Restore(format!("{}: empty restore plan", plan.db)));

@@ -19,6 +19,7 @@ pub mod counting;
 mod file;
 mod limit;
 pub mod routed;
+mod retry;
 mod s3;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ pub use counting::CountingStorage;
 pub use file::FileStorage;
 pub use limit::RateLimited;
 pub use routed::RoutedStorage;
+pub use retry::{retry_transient, RetryReads};
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
 
 /// User metadata of an object: a small map of lower-case names to values.

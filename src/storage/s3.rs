@@ -298,6 +298,33 @@ impl S3Storage {
         Ok(self.full_key(key))
     }
 
+    /// The HTTP client hands over a body cut short by a dropped connection
+    /// as if it were complete: compare it with `Content-Length`, and call a
+    /// short body what it is, a transient transport failure.
+    fn check_length(
+        &self,
+        key: &str,
+        headers: &std::collections::HashMap<String, String>,
+        body: &[u8],
+    ) -> Result<()> {
+        let announced = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        match announced {
+            Some(n) if n != body.len() as u64 => Err(err(
+                self.location(key),
+                StorageErrorKind::Transient,
+                format!(
+                    "{}: body cut short: {} of {n} bytes received",
+                    self.endpoint,
+                    body.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Maps a rust-s3 error on `location` to a one-line storage error.
     fn map_err(&self, location: String, e: S3Error) -> Error {
         let (kind, message) = classify(&e, &self.endpoint);
@@ -363,6 +390,13 @@ fn classify(e: &S3Error, endpoint: &str) -> (StorageErrorKind, String) {
             (kind, format!("{endpoint}: {}", one_line(&atto.to_string())))
         }
         S3Error::Credentials(_) => (StorageErrorKind::AccessDenied, one_line(&e.to_string())),
+        // A 2xx answer whose XML does not parse was cut off or garbled on
+        // the way (a LIST body truncated by a proxy or a dropped
+        // connection): asking again is the cure, so it is transient.
+        S3Error::SerdeXml(_) => (
+            StorageErrorKind::Transient,
+            format!("{endpoint}: malformed answer: {}", one_line(&e.to_string())),
+        ),
         other => (StorageErrorKind::Other, one_line(&other.to_string())),
     }
 }
@@ -576,6 +610,7 @@ impl Storage for S3Storage {
             .and_then(|(_, v)| parse_time(v));
         let metadata = metadata_from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = response.to_vec();
+        self.check_length(key, &headers, &body)?;
         let info = ObjectInfo {
             key: key.to_string(),
             size: body.len() as u64,
@@ -598,7 +633,9 @@ impl Storage for S3Storage {
             Err(e) => return Err(self.map_err(self.location(key), e)),
         };
         let status = response.status_code();
+        let headers = response.headers();
         let mut body = response.to_vec();
+        self.check_length(key, &headers, &body)?;
         match status {
             206 => {}
             // The server ignored the Range header and sent everything.

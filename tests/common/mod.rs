@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod faultproxy;
+pub mod killable;
 pub mod oracle;
 pub mod proxy;
 
