@@ -156,6 +156,16 @@ fn run_env(bin: &str, args: &[String], as_nobody: bool, envs: &[(&str, &str)]) -
     Outcome { status, lines }
 }
 
+/// An env_logger record: `[2026-11-26T20:38:41Z WARN  walsync::…] …`.
+fn is_log_record(line: &str) -> bool {
+    line.starts_with('[')
+        && line.split_once(']').is_some_and(|(head, _)| {
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .iter()
+                .any(|l| head.contains(l))
+        })
+}
+
 /// (a) for a command: non-zero exit and exactly one stderr line naming
 /// every `needle`. Returns the line.
 fn assert_one_line(o: &Outcome, needles: &[&str]) -> String {
@@ -164,8 +174,12 @@ fn assert_one_line(o: &Outcome, needles: &[&str]) -> String {
         "exited 0, expected a failure; stderr: {:?}",
         o.lines
     );
-    assert_eq!(o.lines.len(), 1, "expected one stderr line: {:?}", o.lines);
-    let line = &o.lines[0];
+    // Log records (`[time LEVEL target] …`, e.g. the retries of a
+    // transient error before giving up) may come first; the failure itself
+    // is one line.
+    let errors: Vec<&String> = o.lines.iter().filter(|l| !is_log_record(l)).collect();
+    assert_eq!(errors.len(), 1, "expected one error line: {:?}", o.lines);
+    let line = errors[0];
     for n in needles {
         assert!(line.contains(n), "the line does not name {n:?}: {line}");
     }

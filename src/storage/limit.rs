@@ -126,44 +126,6 @@ impl<S: Storage> Storage for RateLimited<S> {
     }
 }
 
-impl<S: Storage + ?Sized> Storage for Box<S> {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
-        (**self).put(key, body, meta)
-    }
-    fn get_with_info(&self, key: &str) -> Result<(Vec<u8>, ObjectInfo)> {
-        (**self).get_with_info(key)
-    }
-    fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> Result<Vec<u8>> {
-        (**self).get_range(key, start, len)
-    }
-    fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        (**self).head(key)
-    }
-    fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
-        (**self).list(prefix, start_after)
-    }
-    fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        max_keys: usize,
-    ) -> Result<Vec<ObjectInfo>> {
-        (**self).list_page(prefix, start_after, max_keys)
-    }
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
-        (**self).put_file(key, path, meta)
-    }
-    fn delete_many(&self, keys: &[String]) -> Result<()> {
-        (**self).delete_many(keys)
-    }
-    fn check(&self) -> Result<()> {
-        (**self).check()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

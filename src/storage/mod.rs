@@ -18,8 +18,8 @@
 pub mod counting;
 mod file;
 mod limit;
-pub mod routed;
 mod retry;
+pub mod routed;
 mod s3;
 
 use std::collections::BTreeMap;
@@ -30,8 +30,8 @@ use crate::error::{Error, Result, StorageErrorKind};
 pub use counting::CountingStorage;
 pub use file::FileStorage;
 pub use limit::RateLimited;
-pub use routed::RoutedStorage;
 pub use retry::{retry_transient, RetryReads};
+pub use routed::RoutedStorage;
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
 
 /// User metadata of an object: a small map of lower-case names to values.
@@ -188,48 +188,56 @@ pub trait Storage: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// A shared storage is a storage (wrappers such as [`RateLimited`] take
-/// their inner storage by value; the daemon keeps an `Arc` to route by it).
-impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
-        (**self).put(key, body, meta)
-    }
-    fn get_with_info(&self, key: &str) -> Result<(Vec<u8>, ObjectInfo)> {
-        (**self).get_with_info(key)
-    }
-    fn get(&self, key: &str) -> Result<Vec<u8>> {
-        (**self).get(key)
-    }
-    fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> Result<Vec<u8>> {
-        (**self).get_range(key, start, len)
-    }
-    fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
-        (**self).head(key)
-    }
-    fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
-        (**self).list(prefix, start_after)
-    }
-    fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        max_keys: usize,
-    ) -> Result<Vec<ObjectInfo>> {
-        (**self).list_page(prefix, start_after, max_keys)
-    }
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
-        (**self).put_file(key, path, meta)
-    }
-    fn delete_many(&self, keys: &[String]) -> Result<()> {
-        (**self).delete_many(keys)
-    }
-    fn check(&self) -> Result<()> {
-        (**self).check()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+/// A shared or boxed storage is a storage: wrappers such as [`RateLimited`]
+/// take their inner storage by value, the daemon keeps an `Arc` to route by
+/// it and the backends are opened as a `Box`.
+macro_rules! delegate_storage {
+    ($($ptr:ident)::+) => {
+        impl<S: Storage + ?Sized> Storage for $($ptr)::+<S> {
+            fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
+                (**self).put(key, body, meta)
+            }
+            fn get_with_info(&self, key: &str) -> Result<(Vec<u8>, ObjectInfo)> {
+                (**self).get_with_info(key)
+            }
+            fn get(&self, key: &str) -> Result<Vec<u8>> {
+                (**self).get(key)
+            }
+            fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> Result<Vec<u8>> {
+                (**self).get_range(key, start, len)
+            }
+            fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+                (**self).head(key)
+            }
+            fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
+                (**self).list(prefix, start_after)
+            }
+            fn list_page(
+                &self,
+                prefix: &str,
+                start_after: Option<&str>,
+                max_keys: usize,
+            ) -> Result<Vec<ObjectInfo>> {
+                (**self).list_page(prefix, start_after, max_keys)
+            }
+            fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
+                (**self).put_file(key, path, meta)
+            }
+            fn delete_many(&self, keys: &[String]) -> Result<()> {
+                (**self).delete_many(keys)
+            }
+            fn check(&self) -> Result<()> {
+                (**self).check()
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+        }
+    };
 }
+
+delegate_storage!(std::sync::Arc);
+delegate_storage!(Box);
 
 /// Opens the store named by `url_or_bucket`:
 ///
