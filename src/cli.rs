@@ -15,6 +15,7 @@ use argh::FromArgs;
 
 use crate::daemon;
 use crate::error::{Error, Result};
+use crate::lease::{self, FencedStorage, Fencer};
 use crate::ltx;
 use crate::ops;
 use crate::replicate::DbConfig;
@@ -101,6 +102,22 @@ pub struct SyncArgs {
     /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
     #[argh(option, default = "String::from(\"30s\")")]
     pub shutdown_timeout: String,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
+    /// lifetime of a database's writer lease in the bucket; another walsync may take a database over only after it expired (default 60s)
+    #[argh(option, default = "String::from(\"60s\")")]
+    pub lease_ttl: String,
+
+    /// no writer lease in the bucket: only when nothing else can ever replicate the same names to the same prefix
+    #[argh(switch)]
+    pub no_fencing: bool,
 }
 
 impl SyncArgs {
@@ -165,6 +182,7 @@ impl SyncArgs {
             uploaders: self.uploaders,
             memory_budget: self.memory_mib << 20,
             shutdown_timeout: Self::duration("shutdown-timeout", &self.shutdown_timeout)?,
+            fencer: None,
         })
     }
 }
@@ -217,6 +235,14 @@ pub struct RestoreArgs {
     #[argh(switch)]
     pub if_replica_exists: bool,
 
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
     /// parallel downloads (default 8)
     #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
     pub parallel: usize,
@@ -249,6 +275,14 @@ pub struct SnapshotArgs {
     /// how long to wait for the upload to be acknowledged, e.g. 5m (default 10m)
     #[argh(option, default = "String::from(\"10m\")")]
     pub timeout: String,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
 }
 
 /// List the databases in a bucket, or the files of one database.
@@ -278,6 +312,14 @@ pub struct ListArgs {
     /// print JSON instead of a table
     #[argh(switch)]
     pub json: bool,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
 }
 
 /// Verify the replica of a database: chain, every object's checksums, optionally a test restore.
@@ -312,6 +354,14 @@ pub struct VerifyArgs {
     #[argh(switch)]
     pub restore: bool,
 
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
     /// parallel downloads (default 8)
     #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
     pub parallel: usize,
@@ -330,10 +380,73 @@ pub fn run(args: Walsync) -> Result<()> {
 
 /// Run `walsync sync` / `walsync-sync`.
 pub fn run_sync(args: SyncArgs) -> Result<()> {
-    let opts = args.options()?;
+    let mut opts = args.options()?;
+    let ttl = SyncArgs::duration("lease-ttl", &args.lease_ttl)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(Error::Config(format!(
+            "--lease-ttl {}: must be at least 1s",
+            args.lease_ttl
+        )));
+    }
     let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
-    let storage: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec(), &s3)?);
+    let (raw, data) = open_store(
+        &args.storage_spec(),
+        &s3,
+        args.encryption_key_file.as_deref(),
+        &args.decryption_key_file,
+    )?;
+    let storage = if args.no_fencing {
+        log::warn!("writer fencing is off (--no-fencing)");
+        data
+    } else {
+        let (storage, fencer) = fence(raw, data, ttl)?;
+        opts.fencer = Some(fencer);
+        storage
+    };
     daemon::run(opts, storage)
+}
+
+/// The store named by `spec` twice: as is (`raw`: lease objects) and as the
+/// pipeline sees it (`data`: encrypting when a key is configured).
+pub fn open_store(
+    spec: &str,
+    s3: &S3Options,
+    key_file: Option<&str>,
+    decryption_files: &[String],
+) -> Result<(Arc<dyn Storage>, Arc<dyn Storage>)> {
+    let raw: Arc<dyn Storage> = Arc::from(storage::open(spec, s3)?);
+    let env = std::env::var(storage::crypt::KEY_ENV).ok();
+    let data: Arc<dyn Storage> =
+        match storage::Keyring::from_options(key_file, decryption_files, env)? {
+            Some(keys) => {
+                log::info!(
+                    "client-side encryption on: new objects use key id {}",
+                    keys.current_id()
+                );
+                Arc::new(storage::CryptStorage::new(raw.clone(), keys))
+            }
+            None => raw.clone(),
+        };
+    Ok((raw, data))
+}
+
+/// Probes `raw` for conditional writes, logs the fencing mode and wraps
+/// `data` so every PUT of an LTX object checks this process's lease.
+pub fn fence(
+    raw: Arc<dyn Storage>,
+    data: Arc<dyn Storage>,
+    ttl: Duration,
+) -> Result<(Arc<dyn Storage>, Arc<Fencer>)> {
+    raw.check()?;
+    let mode = lease::probe(&*raw)?;
+    let fencer = Arc::new(Fencer::new(raw, mode, ttl));
+    log::info!(
+        "writer fencing: {mode}, lease TTL {}, holder {}",
+        humantime::format_duration(ttl),
+        fencer.holder()
+    );
+    let storage: Arc<dyn Storage> = Arc::new(FencedStorage::new(data, fencer.clone()));
+    Ok((storage, fencer))
 }
 
 /// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
@@ -391,7 +504,12 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         )));
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+    )?;
     let replica = restore::list_replica(&*storage, &a.name)?;
     if replica.is_empty() && a.if_replica_exists {
         log::info!(
@@ -416,7 +534,12 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
 /// Run `walsync list`.
 pub fn run_list(a: ListArgs) -> Result<()> {
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+    )?;
     let text = match &a.name {
         Some(name) => {
             let files = ops::list_files(&*storage, name)?;
@@ -441,7 +564,12 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
         return Err(Error::Config("--parallel must be at least 1".into()));
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+    )?;
     let names = match (&a.name, a.all) {
         (Some(_), true) => {
             return Err(Error::Config(
@@ -495,8 +623,23 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
 pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
     let timeout = SyncArgs::duration("timeout", &a.timeout)?;
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage: Arc<dyn Storage> = Arc::from(storage::open(&a.bucket, &opts)?);
-    let (name, txid) = ops::snapshot(Path::new(&a.database), storage.clone(), timeout)?;
+    let (raw, data) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+    )?;
+    // A snapshot allocates a txid: it needs the database's lease like a daemon.
+    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL)?;
+    let db_name = daemon::db_name(Path::new(&a.database))?;
+    if let Err(e) = fencer.acquire(&db_name) {
+        // A daemon on this host: its lock names the process more precisely.
+        crate::lock::try_lock(Path::new(&a.database))?;
+        return Err(e);
+    }
+    let result = ops::snapshot(Path::new(&a.database), storage.clone(), timeout);
+    fencer.release(&db_name);
+    let (name, txid) = result?;
     println!(
         "snapshot of {name} stored as txid {txid} in {}",
         storage.describe()

@@ -35,6 +35,8 @@ pub struct Options {
     pub memory_budget: u64,
     /// How long a clean shutdown may take to ship what is committed.
     pub shutdown_timeout: Duration,
+    /// Writer fencing in the bucket (src/lease.rs); `None` = off.
+    pub fencer: Option<Arc<crate::lease::Fencer>>,
 }
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
@@ -247,6 +249,7 @@ impl Daemon {
         let mut cfg = self.opts.db.clone();
         cfg.path = path.to_path_buf();
         cfg.name = name.clone();
+        let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         if let Err(e) = self.router.add_database(path, ev_tx) {
             log::error!("{}: not replicated: {e}", path.display());
@@ -259,6 +262,7 @@ impl Daemon {
         let drain = self.opts.shutdown_timeout;
         let router = self.router.clone();
         let db_path = path.to_path_buf();
+        let fencer = self.opts.fencer.clone();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
             .name(thread_name)
@@ -280,7 +284,13 @@ impl Daemon {
                         Some(_) => Ok(()),
                         None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
                     };
-                    match locked.and_then(|()| {
+                    // The bucket lease is taken before the resume point is
+                    // read: no other writer can ship this name meanwhile.
+                    let fenced = match &fencer {
+                        Some(f) => locked.and_then(|()| f.acquire(&cfg.name)),
+                        None => locked,
+                    };
+                    match fenced.and_then(|()| {
                         Replica::open(
                             cfg.clone(),
                             storage.clone(),
@@ -322,6 +332,9 @@ impl Daemon {
                     }
                 };
                 let result = rep.run(ev_rx, stop, drain);
+                if let (Some(f), Ok(())) = (&fencer, &result) {
+                    f.release(&cfg_name);
+                }
                 drop(lock);
                 result
             });

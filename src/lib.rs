@@ -14,6 +14,7 @@
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
 //! - [`lock`]: the advisory lock that keeps one process shipping a database.
+//! - [`lease`]: writer fencing in the bucket (lease objects, conditional writes).
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
@@ -24,6 +25,7 @@
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod lease;
 pub mod lock;
 pub mod ltx;
 pub mod ops;

@@ -15,6 +15,7 @@
 //! the way back, so callers work with keys such as
 //! `db/0000/0000000000000001-0000000000000001.ltx` (DESIGN.md §4).
 
+pub mod crypt;
 mod file;
 mod s3;
 
@@ -23,6 +24,7 @@ use std::time::SystemTime;
 
 use crate::error::{Error, Result, StorageErrorKind};
 
+pub use crypt::{CryptStorage, Keyring};
 pub use file::FileStorage;
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
 
@@ -119,6 +121,15 @@ pub struct ObjectInfo {
     pub metadata: Metadata,
 }
 
+/// The condition of [`Storage::put_conditional`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Store only if no object exists under the key (`If-None-Match: *`).
+    Absent,
+    /// Store only if the current object has this ETag (`If-Match`).
+    Matches(String),
+}
+
 /// A flat, prefix-scoped object store. All methods block; implementations are
 /// shared between threads (`Send + Sync`).
 pub trait Storage: Send + Sync {
@@ -167,6 +178,40 @@ pub trait Storage: Send + Sync {
     fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
         let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         self.put(key, &body, meta)
+    }
+
+    /// Stores `body` under `key` only if `cond` holds, atomically on the
+    /// server: `Ok(true)` when stored, `Ok(false)` when the precondition
+    /// failed (HTTP 412). Stores that cannot do this return an error of kind
+    /// [`StorageErrorKind::Other`]; note that some S3 servers (Garage 2.5.0)
+    /// silently ignore the condition instead, which only a probe detects
+    /// (`crate::lease::probe`). Wrappers must forward this method.
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> Result<bool> {
+        let _ = (body, meta, cond);
+        Err(err(
+            format!("{}/{key}", self.describe()),
+            StorageErrorKind::Other,
+            "conditional writes are not supported by this store",
+        ))
+    }
+
+    /// The object's bytes and its ETag (for [`Precondition::Matches`]), or
+    /// `None` when it does not exist. Wrappers must forward this method.
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        match self.get(key) {
+            Ok(body) => {
+                let etag = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
+                Ok(Some((body, etag)))
+            }
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes `keys`; keys that do not exist are not an error.
@@ -226,6 +271,11 @@ pub(crate) fn validate_key(key: &str) -> std::result::Result<(), String> {
 /// `prefix` with surrounding slashes removed (`"/a/b/"` → `"a/b"`).
 pub(crate) fn normalize_prefix(prefix: &str) -> String {
     prefix.trim_matches('/').to_string()
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Shortens a server-provided message to one line of reasonable length.
