@@ -394,12 +394,13 @@ pub fn run_sync(args: SyncArgs) -> Result<()> {
         &s3,
         args.encryption_key_file.as_deref(),
         &args.decryption_key_file,
+        true,
     )?;
     let storage = if args.no_fencing {
         log::warn!("writer fencing is off (--no-fencing)");
         data
     } else {
-        let (storage, fencer) = fence(raw, data, ttl)?;
+        let (storage, fencer) = fence(raw, data, ttl, true)?;
         opts.fencer = Some(fencer);
         storage
     };
@@ -413,14 +414,23 @@ pub fn open_store(
     s3: &S3Options,
     key_file: Option<&str>,
     decryption_files: &[String],
+    daemon: bool,
 ) -> Result<(Arc<dyn Storage>, Arc<dyn Storage>)> {
+    // The daemon says which key is in force; one-shot commands keep stderr
+    // to their one line.
+    let level = if daemon {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
     let raw: Arc<dyn Storage> = Arc::from(storage::open(spec, s3)?);
     let env = std::env::var(storage::crypt::KEY_ENV).ok();
     let data: Arc<dyn Storage> =
         match storage::Keyring::from_options(key_file, decryption_files, env)? {
             Some(keys) => {
-                log::info!(
-                    "client-side encryption on: new objects use key id {}",
+                log::log!(
+                    level,
+                    "client-side encryption on: key id {} (new objects)",
                     keys.current_id()
                 );
                 Arc::new(storage::CryptStorage::new(raw.clone(), keys))
@@ -436,11 +446,17 @@ pub fn fence(
     raw: Arc<dyn Storage>,
     data: Arc<dyn Storage>,
     ttl: Duration,
+    daemon: bool,
 ) -> Result<(Arc<dyn Storage>, Arc<Fencer>)> {
     raw.check()?;
     let mode = lease::probe(&*raw)?;
     let fencer = Arc::new(Fencer::new(raw, mode, ttl));
-    log::info!(
+    log::log!(
+        if daemon {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        },
         "writer fencing: {mode}, lease TTL {}, holder {}",
         humantime::format_duration(ttl),
         fencer.holder()
@@ -509,6 +525,7 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         &opts,
         a.encryption_key_file.as_deref(),
         &a.decryption_key_file,
+        false,
     )?;
     let replica = restore::list_replica(&*storage, &a.name)?;
     if replica.is_empty() && a.if_replica_exists {
@@ -539,6 +556,7 @@ pub fn run_list(a: ListArgs) -> Result<()> {
         &opts,
         a.encryption_key_file.as_deref(),
         &a.decryption_key_file,
+        false,
     )?;
     let text = match &a.name {
         Some(name) => {
@@ -569,6 +587,7 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
         &opts,
         a.encryption_key_file.as_deref(),
         &a.decryption_key_file,
+        false,
     )?;
     let names = match (&a.name, a.all) {
         (Some(_), true) => {
@@ -628,11 +647,12 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
         &opts,
         a.encryption_key_file.as_deref(),
         &a.decryption_key_file,
+        false,
     )?;
     // A snapshot allocates a txid: it needs the database's lease like a daemon.
-    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL)?;
+    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL, false)?;
     let db_name = daemon::db_name(Path::new(&a.database))?;
-    if let Err(e) = fencer.acquire(&db_name) {
+    if let Err(e) = fencer.acquire(&db_name, None) {
         // A daemon on this host: its lock names the process more precisely.
         crate::lock::try_lock(Path::new(&a.database))?;
         return Err(e);

@@ -287,7 +287,10 @@ impl Daemon {
                     // The bucket lease is taken before the resume point is
                     // read: no other writer can ship this name meanwhile.
                     let fenced = match &fencer {
-                        Some(f) => locked.and_then(|()| f.acquire(&cfg.name)),
+                        Some(f) => locked.and_then(|()| {
+                            let local = lock.as_ref().and_then(crate::lease::local_identity);
+                            f.acquire(&cfg.name, local.as_deref())
+                        }),
                         None => locked,
                     };
                     match fenced.and_then(|()| {

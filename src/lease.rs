@@ -15,7 +15,12 @@
 //!
 //! - **acquires** it before reading its resume point: refused (one line
 //!   naming the database and the holder) while another holder's lease is
-//!   valid; an expired lease is taken over;
+//!   valid; an expired lease is taken over. One exception makes a restart
+//!   after a crash (systemd `Restart=on-failure`) immediate instead of
+//!   waiting out the TTL: a lease whose holder recorded the identity of the
+//!   local database lock we now hold (boot id, device and inode of the lock
+//!   file, src/lock.rs) belonged to a process that is gone, because that
+//!   process held the lock for as long as it shipped;
 //! - **renews** it only when about to ship and less than half the TTL is
 //!   left, so an idle database costs zero requests (no renewal timer). A
 //!   segment is never shipped under a lease with less than half its TTL left;
@@ -62,6 +67,8 @@ pub const LEASE_SUFFIX: &str = ".walsync-lease";
 /// Metadata naming the writer of an object (tells our own retried
 /// conditional PUT from another writer's object).
 pub const META_WRITER: &str = "walsync-writer";
+/// Longest wait before the read-back of a contended lease (fallback mode).
+const SETTLE: Duration = Duration::from_millis(500);
 /// First line of a lease object.
 const LEASE_MAGIC: &str = "walsync-lease v1";
 
@@ -156,17 +163,22 @@ pub fn lease_key(db: &str) -> String {
 struct Lease {
     holder: String,
     expires_ms: i64,
+    /// [`local_identity`] of the holder's database lock, if it had one.
+    local: Option<String>,
 }
 
 impl Lease {
     fn encode(&self) -> Vec<u8> {
-        format!(
+        let mut text = format!(
             "{LEASE_MAGIC}\nholder={}\nexpires_ms={}\nexpires={}\n",
             self.holder,
             self.expires_ms,
             time_text(self.expires_ms)
-        )
-        .into_bytes()
+        );
+        if let Some(local) = &self.local {
+            text.push_str(&format!("local={local}\n"));
+        }
+        text.into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Option<Lease> {
@@ -175,17 +187,19 @@ impl Lease {
         if lines.next()? != LEASE_MAGIC {
             return None;
         }
-        let (mut holder, mut expires) = (None, None);
+        let (mut holder, mut expires, mut local) = (None, None, None);
         for line in lines {
             match line.split_once('=') {
                 Some(("holder", v)) => holder = Some(v.to_string()),
                 Some(("expires_ms", v)) => expires = v.parse::<i64>().ok(),
+                Some(("local", v)) if !v.is_empty() => local = Some(v.to_string()),
                 _ => {}
             }
         }
         Some(Lease {
             holder: holder.filter(|h| !h.is_empty())?,
             expires_ms: expires?,
+            local,
         })
     }
 }
@@ -199,6 +213,18 @@ struct Held {
     etag: Option<String>,
     /// Why we were fenced out, once we were.
     fenced: Option<String>,
+    /// Our [`local_identity`], written into every renewal.
+    local: Option<String>,
+}
+
+/// Identity of a database lock this process holds: the kernel's boot id and
+/// the lock file's device and inode. Equal identities in a lease and here
+/// mean the lease's holder held this very lock, which we now hold: it is gone.
+pub fn local_identity(lock: &crate::lock::DbLock) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let md = std::fs::metadata(lock.path()).ok()?;
+    Some(format!("{}:{}:{}", boot.trim(), md.dev(), md.ino()))
 }
 
 /// Acquires, renews and releases the leases of this process.
@@ -282,10 +308,12 @@ impl Fencer {
         current: Option<&str>,
         expires_ms: i64,
         contended: bool,
+        local: Option<&str>,
     ) -> Result<Option<String>> {
         let lease = Lease {
             holder: self.holder.clone(),
             expires_ms,
+            local: local.map(str::to_string),
         };
         let key = lease_key(db);
         let body = lease.encode();
@@ -303,7 +331,7 @@ impl Fencer {
             Mode::Fallback => {
                 self.store.put(&key, &body, &meta)?;
                 if contended {
-                    std::thread::sleep((self.ttl / 4).min(Duration::from_secs(1)));
+                    std::thread::sleep((self.ttl / 4).min(SETTLE));
                 }
             }
         }
@@ -325,8 +353,8 @@ impl Fencer {
 
     /// Takes the lease of `db` (or confirms we hold it), before its resume
     /// point is read. Fails with [`Error::Fenced`] while another holder's
-    /// lease is valid.
-    pub fn acquire(&self, db: &str) -> Result<()> {
+    /// lease is valid, unless it recorded `local` (see [`local_identity`]).
+    pub fn acquire(&self, db: &str, local: Option<&str>) -> Result<()> {
         let entry = {
             let mut map = self
                 .held
@@ -340,10 +368,16 @@ impl Fencer {
         let now = now_ms();
         let current = self.read(db)?;
         if let Some((lease, _)) = &current {
-            if lease.holder != self.holder && lease.expires_ms > now {
+            let ours_before = local.is_some() && lease.local.as_deref() == local;
+            if lease.holder != self.holder && lease.expires_ms > now && !ours_before {
                 return Err(self.held_by_other(db, lease));
             }
-            if lease.holder != self.holder {
+            if lease.holder != self.holder && ours_before {
+                log::info!(
+                    "{db}: taking over the lease of {}: it held this host's lock on the database, which is ours now",
+                    lease.holder
+                );
+            } else if lease.holder != self.holder {
                 log::info!(
                     "{db}: taking over the expired lease of {} (expired {})",
                     lease.holder,
@@ -356,12 +390,13 @@ impl Fencer {
             .as_ref()
             .is_none_or(|(l, _)| l.holder != self.holder || l.expires_ms <= now);
         let etag = current.as_ref().map(|(_, e)| e.as_str());
-        match self.write(db, etag, expires, contended)? {
+        match self.write(db, etag, expires, contended, local)? {
             Some(etag) => {
                 *held = Held {
                     expires_ms: expires,
                     etag: Some(etag),
                     fenced: None,
+                    local: local.map(str::to_string),
                 };
                 log::debug!("{db}: lease held until {}", time_text(expires));
                 Ok(())
@@ -426,7 +461,8 @@ impl Fencer {
             }
         };
         let expires = now + self.ttl_ms();
-        match self.write(db, Some(&etag), expires, contended)? {
+        let local = held.local.clone();
+        match self.write(db, Some(&etag), expires, contended, local.as_deref())? {
             Some(etag) => {
                 held.expires_ms = expires;
                 held.etag = Some(etag);
@@ -467,9 +503,9 @@ impl Fencer {
             return;
         }
         let result = match self.read(db) {
-            Ok(Some((lease, etag))) if lease.holder == self.holder => {
-                self.write(db, Some(&etag), now_ms(), false).map(|_| ())
-            }
+            Ok(Some((lease, etag))) if lease.holder == self.holder => self
+                .write(db, Some(&etag), now_ms(), false, held.local.as_deref())
+                .map(|_| ()),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
@@ -638,11 +674,11 @@ mod tests {
             let db = format!("app-{mode:?}.db");
             let a = Fencer::new(s.clone(), mode, Duration::from_millis(400));
             let b = Fencer::new(s.clone(), mode, Duration::from_millis(400));
-            a.acquire(&db).unwrap();
-            let e = b.acquire(&db).unwrap_err().to_string();
+            a.acquire(&db, None).unwrap();
+            let e = b.acquire(&db, None).unwrap_err().to_string();
             assert!(e.contains(&db) && e.contains(a.holder()), "{e}");
             std::thread::sleep(Duration::from_millis(500));
-            b.acquire(&db).unwrap();
+            b.acquire(&db, None).unwrap();
             // `a` is fenced out at its next renewal, and stays out.
             let e = a.ensure(&db).unwrap_err().to_string();
             assert!(e.contains("fenced out") && e.contains(b.holder()), "{e}");
@@ -651,8 +687,32 @@ mod tests {
             // A clean release lets the next writer in at once.
             b.release(&db);
             let c = Fencer::new(s.clone(), mode, Duration::from_secs(60));
-            c.acquire(&db).unwrap();
+            c.acquire(&db, None).unwrap();
         }
+    }
+
+    #[test]
+    fn a_restart_holding_the_same_local_lock_takes_over_at_once() {
+        let (d, s) = store();
+        let db_file = d.path().join("app.db");
+        std::fs::write(&db_file, b"").unwrap();
+        let ttl = Duration::from_secs(60);
+        let lock = crate::lock::try_lock(&db_file).unwrap();
+        let id = local_identity(&lock).unwrap();
+        let a = Fencer::new(s.clone(), Mode::Fallback, ttl);
+        a.acquire("app.db", Some(&id)).unwrap();
+        drop(lock); // `a` crashed: its lock is gone, its lease is not
+                    // Another process without that lock is refused.
+        let b = Fencer::new(s.clone(), Mode::Fallback, ttl);
+        assert!(b.acquire("app.db", Some("other:1:2")).is_err());
+        assert!(b.acquire("app.db", None).is_err());
+        // The restart takes the lock again and the lease at once.
+        let lock = crate::lock::try_lock(&db_file).unwrap();
+        let c = Fencer::new(s.clone(), Mode::Fallback, ttl);
+        c.acquire("app.db", local_identity(&lock).as_deref())
+            .unwrap();
+        let e = a.ensure("app.db");
+        assert!(e.is_ok(), "{e:?}"); // `a` had plenty of TTL left: no check
     }
 
     #[test]
@@ -660,7 +720,7 @@ mod tests {
         let (_d, s) = store();
         let fa = Arc::new(Fencer::new(s.clone(), Mode::Conditional, DEFAULT_TTL));
         let a = FencedStorage::new(s.clone(), fa.clone());
-        fa.acquire("x.db").unwrap();
+        fa.acquire("x.db", None).unwrap();
         let key = "x.db/0000/0000000000000001-0000000000000001.ltx";
         a.put(key, b"one", &Metadata::new()).unwrap();
         // Our own retry of the same PUT is fine.
@@ -685,10 +745,13 @@ mod tests {
 
     #[test]
     fn lease_text_round_trips() {
-        let l = Lease {
+        let mut l = Lease {
             holder: "h:1:ab".into(),
             expires_ms: 1_700_000_000_000,
+            local: None,
         };
+        assert_eq!(Lease::decode(&l.encode()), Some(l.clone()));
+        l.local = Some("boot:1:2".into());
         assert_eq!(Lease::decode(&l.encode()), Some(l));
         assert_eq!(Lease::decode(b"junk"), None);
     }
