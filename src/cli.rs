@@ -400,7 +400,7 @@ pub fn run_sync(args: SyncArgs) -> Result<()> {
         log::warn!("writer fencing is off (--no-fencing)");
         data
     } else {
-        let (storage, fencer) = fence(raw, data, ttl, true)?;
+        let (storage, fencer) = fence(raw, data, ttl, false)?;
         opts.fencer = Some(fencer);
         storage
     };
@@ -440,27 +440,20 @@ pub fn open_store(
     Ok((raw, data))
 }
 
-/// Probes `raw` for conditional writes, logs the fencing mode and wraps
-/// `data` so every PUT of an LTX object checks this process's lease.
+/// Wraps `data` so every PUT of an LTX object checks this process's lease
+/// in `raw`. The daemon probes for conditional writes after its start-up
+/// checks ([`Fencer::start`]); `probe_now` does it here.
 pub fn fence(
     raw: Arc<dyn Storage>,
     data: Arc<dyn Storage>,
     ttl: Duration,
-    daemon: bool,
+    probe_now: bool,
 ) -> Result<(Arc<dyn Storage>, Arc<Fencer>)> {
-    raw.check()?;
-    let mode = lease::probe(&*raw)?;
-    let fencer = Arc::new(Fencer::new(raw, mode, ttl));
-    log::log!(
-        if daemon {
-            log::Level::Info
-        } else {
-            log::Level::Debug
-        },
-        "writer fencing: {mode}, lease TTL {}, holder {}",
-        humantime::format_duration(ttl),
-        fencer.holder()
-    );
+    let fencer = Arc::new(Fencer::unprobed(raw.clone(), ttl));
+    if probe_now {
+        raw.check()?;
+        fencer.start(false)?;
+    }
     let storage: Arc<dyn Storage> = Arc::new(FencedStorage::new(data, fencer.clone()));
     Ok((storage, fencer))
 }
@@ -650,7 +643,7 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
         false,
     )?;
     // A snapshot allocates a txid: it needs the database's lease like a daemon.
-    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL, false)?;
+    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL, true)?;
     let db_name = daemon::db_name(Path::new(&a.database))?;
     if let Err(e) = fencer.acquire(&db_name, None) {
         // A daemon on this host: its lock names the process more precisely.

@@ -147,6 +147,9 @@ pub fn run(opts: Options, storage: Arc<dyn Storage>) -> Result<()> {
         return Err(Error::Config("no database to replicate".into()));
     }
     storage.check()?;
+    if let Some(f) = &opts.fencer {
+        f.start(true)?;
+    }
     raise_fd_limit(targets.files.len());
 
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);

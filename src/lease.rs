@@ -233,7 +233,8 @@ pub struct Fencer {
     store: Arc<dyn Storage>,
     holder: String,
     ttl: Duration,
-    mode: Mode,
+    /// Set by [`Fencer::new`] or [`Fencer::start`]; fallback until then.
+    mode: std::sync::OnceLock<Mode>,
     held: Mutex<HashMap<String, Arc<Mutex<Held>>>>,
 }
 
@@ -242,7 +243,7 @@ impl std::fmt::Debug for Fencer {
         f.debug_struct("Fencer")
             .field("holder", &self.holder)
             .field("ttl", &self.ttl)
-            .field("mode", &self.mode)
+            .field("mode", &self.mode())
             .finish()
     }
 }
@@ -250,18 +251,47 @@ impl std::fmt::Debug for Fencer {
 impl Fencer {
     /// A fencer for `store` in `mode` (see [`probe`]).
     pub fn new(store: Arc<dyn Storage>, mode: Mode, ttl: Duration) -> Fencer {
+        let f = Fencer::unprobed(store, ttl);
+        let _ = f.mode.set(mode);
+        f
+    }
+
+    /// A fencer whose mode [`Fencer::start`] finds out later (after the
+    /// daemon's own start-up checks, so their errors stay the first line).
+    pub fn unprobed(store: Arc<dyn Storage>, ttl: Duration) -> Fencer {
         Fencer {
             store,
             holder: holder_id(),
             ttl,
-            mode,
+            mode: std::sync::OnceLock::new(),
             held: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Probes the store (once) and logs the mode in force: at info level
+    /// when `announce` (the daemon), else at debug.
+    pub fn start(&self, announce: bool) -> Result<Mode> {
+        if let Some(m) = self.mode.get() {
+            return Ok(*m);
+        }
+        let mode = probe(&*self.store)?;
+        let _ = self.mode.set(mode);
+        log::log!(
+            if announce {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            },
+            "writer fencing: {mode}, lease TTL {}, holder {}",
+            humantime::format_duration(self.ttl),
+            self.holder
+        );
+        Ok(mode)
+    }
+
     /// The mode in force.
     pub fn mode(&self) -> Mode {
-        self.mode
+        self.mode.get().copied().unwrap_or(Mode::Fallback)
     }
 
     /// This process's holder id.
@@ -318,7 +348,7 @@ impl Fencer {
         let key = lease_key(db);
         let body = lease.encode();
         let meta = Metadata::new();
-        match self.mode {
+        match self.mode() {
             Mode::Conditional => {
                 let cond = match current {
                     None => Precondition::Absent,
@@ -568,7 +598,8 @@ impl Storage for FencedStorage {
         };
         self.fencer.ensure(&db)?;
         let meta = self.meta_with_writer(meta);
-        if level == 0 && self.fencer.mode == Mode::Conditional && self.fencer.entry(&db).is_some() {
+        if level == 0 && self.fencer.mode() == Mode::Conditional && self.fencer.entry(&db).is_some()
+        {
             if self
                 .inner
                 .put_conditional(key, body, &meta, &Precondition::Absent)?

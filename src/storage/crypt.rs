@@ -520,14 +520,12 @@ impl Storage for CryptStorage {
             return Ok(Vec::new());
         }
         let mut body = body;
-        let more = match last {
-            Some(last) => {
-                let want = ((last - first + 1) * STRIDE) as usize;
-                let more = body.len() > want;
-                body.truncate(want);
-                more
+        let more = match last.and_then(|l| (l - first + 1).checked_mul(STRIDE)) {
+            Some(want) if body.len() as u64 > want => {
+                body.truncate(want as usize);
+                true
             }
-            None => false,
+            _ => false,
         };
         let mut out = Vec::new();
         let pieces = body.len().div_ceil(STRIDE as usize);
@@ -697,6 +695,7 @@ mod tests {
                 (size, Some(5)),
                 (size + 10, None),
                 (1, Some(2 * c)),
+                (3, Some(usize::MAX - 10)),
             ] {
                 let want: Vec<u8> = body
                     .iter()
