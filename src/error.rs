@@ -80,6 +80,17 @@ pub enum Error {
     /// A flag, URL or configuration value is invalid.
     #[error("{0}")]
     Config(String),
+
+    /// An encrypted object cannot be opened (no or wrong key, altered,
+    /// truncated, renamed). The text names the object and, for a failed
+    /// tag, the chunk.
+    #[error("{0}")]
+    Crypt(String),
+
+    /// Another writer holds (or took over) a database's replica: this
+    /// process must not ship it. The text names the database and the holder.
+    #[error("{0}")]
+    Fenced(String),
 }
 
 fn kind_text(kind: StorageErrorKind) -> &'static str {

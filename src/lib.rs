@@ -14,6 +14,7 @@
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
 //! - [`lock`]: the advisory lock that keeps one process shipping a database.
+//! - [`lease`]: writer fencing in the bucket (lease objects, conditional writes).
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
 //! - [`compact`]: merge level-0 objects into levels 1–3; retention that never breaks a restore.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod heartbeat;
+pub mod lease;
 pub mod lock;
 pub mod ltx;
 pub mod metrics;

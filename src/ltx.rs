@@ -222,6 +222,9 @@ impl Header {
     /// Errors are a plain reason (this layer does not know the object's
     /// name); wrap it with [`Error::ltx`].
     pub fn decode(bytes: &[u8]) -> std::result::Result<Header, String> {
+        if let Some(reason) = crate::storage::crypt::encrypted_reason(bytes) {
+            return Err(reason);
+        }
         let Some(b) = bytes.get(..HEADER_SIZE) else {
             return Err(format!(
                 "truncated header: {} bytes, need {HEADER_SIZE}",

@@ -290,6 +290,9 @@ pub struct Replica {
     resumed: Option<Resumed>,
     snapshot_reason: Option<String>,
     deferred_until: Option<Instant>,
+    /// Set when an upload was refused because another writer holds the
+    /// replica (src/lease.rs): replication of this database stops.
+    fenced: Option<String>,
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -340,6 +343,7 @@ impl Replica {
             resumed: None,
             snapshot_reason: None,
             deferred_until: None,
+            fenced: None,
         };
         r.connect()?;
         // Each probe retried on its own: with a flaky S3 a start-up of ~20
@@ -821,6 +825,7 @@ impl Replica {
             match self.acks.recv_timeout(left) {
                 Ok(a) => {
                     self.on_ack(a);
+                    self.check_fenced()?;
                     self.flush_pending()?;
                 }
                 Err(_) => {
@@ -1212,7 +1217,20 @@ impl Replica {
         }
     }
 
+    /// Stop for good once fenced out (see [`crate::lease`]).
+    fn check_fenced(&self) -> Result<()> {
+        match &self.fenced {
+            Some(why) => Err(Error::Fenced(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn on_ack(&mut self, ack: Ack) {
+        if let Some(why) = ack.fenced {
+            // Not stored: it stays in flight, nothing more is sent.
+            self.fenced = Some(why);
+            return;
+        }
         self.inflight.remove(&ack.txid);
         if self.snapshot_inflight == Some(ack.txid) {
             self.snapshot_inflight = None;
@@ -1253,6 +1271,7 @@ impl Replica {
 
     /// Do whatever is due now; returns when the next timer fires.
     fn tick(&mut self) -> Result<Option<Instant>> {
+        self.check_fenced()?;
         self.flush_pending()?;
         if !self.check_file()? {
             return Ok(None);
@@ -1313,6 +1332,11 @@ impl Replica {
                     retry = 0;
                     timer = next;
                     pending_error = None;
+                }
+                Err(e @ Error::Fenced(_)) => {
+                    log::error!("{e}");
+                    let _ = self.end_read();
+                    return Err(e);
                 }
                 Err(e) => {
                     let wait = crate::upload::backoff(retry, Duration::from_secs(30));
@@ -1398,7 +1422,7 @@ impl Replica {
             match self.acks.recv_timeout(left) {
                 Ok(a) => {
                     self.on_ack(a);
-                    if let Err(e) = self.flush_pending() {
+                    if let Err(e) = self.check_fenced().and_then(|()| self.flush_pending()) {
                         result = Err(e);
                         break;
                     }

@@ -65,13 +65,16 @@ pub struct Segment {
     pub db: String,
 }
 
-/// A segment is durable in storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A segment is durable in storage, or can never be stored by this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
     /// Its transaction id.
     pub txid: u64,
     /// Bytes uploaded.
     pub bytes: u64,
+    /// Set when the segment was *not* stored because another writer holds
+    /// the database ([`crate::lease`]): the reason, one line. Not retried.
+    pub fenced: Option<String>,
 }
 
 /// Byte budget shared by every watcher (a counting semaphore on bytes).
@@ -307,6 +310,16 @@ fn run(
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes,
+                        fenced: None,
+                    });
+                    break;
+                }
+                Err(Error::Fenced(why)) => {
+                    // Retrying cannot help: another writer owns the replica.
+                    let _ = seg.ack.send(Ack {
+                        txid: seg.txid,
+                        bytes: 0,
+                        fenced: Some(why),
                     });
                     stored = true;
                     break;

@@ -196,6 +196,20 @@ fn list_and_verify_commands() {
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
+    // Commits before the daemon replicates end up in its first snapshot;
+    // wait until it stored one per database (start-up takes a writer lease,
+    // src/lease.rs) so the commits below ship as level-0 segments.
+    let t0 = Instant::now();
+    for n in ["a.db", "b.db"] {
+        let r = oracle::Replica::new(storage.clone(), n);
+        while r.newest().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{n}: nothing stored"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for i in 0..30 {
         for w in &mut writers {
             w.commit(1 + i % 3);

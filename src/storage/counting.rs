@@ -244,6 +244,29 @@ impl Storage for CountingStorage {
         self.count_put(key, bytes, r)
     }
 
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &super::Precondition,
+    ) -> Result<bool> {
+        let r = self.inner.put_conditional(key, body, meta, cond);
+        match r {
+            // Stored: an upload like any PUT. Refused (412) or failed: a
+            // request, no bytes uploaded.
+            Ok(true) => self
+                .count_put(key, body.len() as u64, Ok(()))
+                .map(|()| true),
+            other => self.count(key, RequestKind::Put, other),
+        }
+    }
+
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let r = self.inner.get_with_etag(key);
+        self.count(key, RequestKind::Get, r)
+    }
+
     fn delete_many(&self, keys: &[String]) -> Result<()> {
         let r = self.inner.delete_many(keys);
         // One request per database named (a batch may span several).

@@ -28,7 +28,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{err, validate_key, Metadata, ObjectInfo, Storage};
+use super::{err, hex, validate_key, Metadata, ObjectInfo, Precondition, Storage};
 use crate::error::{Error, Result, StorageErrorKind};
 
 /// Counter making temporary file names unique between threads of one process.
@@ -162,7 +162,61 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+impl FileStorage {
+    /// Runs `f` holding an exclusive `flock` on `<root>/.walsync-conditional.lock`:
+    /// conditional writes check and store under it, so they are atomic
+    /// between threads and processes sharing the directory (local file
+    /// systems; `flock` over NFS depends on the server).
+    fn with_write_lock<T>(&self, key: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let path = self.root.join(".walsync-conditional.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.io_err(key, e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| self.io_err(key, e.into()))?;
+        let result = f();
+        drop(file); // closing releases the lock
+        result
+    }
+}
+
 impl Storage for FileStorage {
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> Result<bool> {
+        self.with_write_lock(key, || {
+            let current = self.get_with_etag(key)?;
+            let ok = match (cond, &current) {
+                (Precondition::Absent, None) => true,
+                (Precondition::Matches(want), Some((_, etag))) => want == etag,
+                _ => false,
+            };
+            if ok {
+                self.put(key, body, meta)?;
+            }
+            Ok(ok)
+        })
+    }
+
+    /// The ETag of a file object is the SHA-256 of its bytes.
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        match self.get(key) {
+            Ok(body) => {
+                let etag = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
+                Ok(Some((body, etag)))
+            }
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
         let path = self.path_of(key)?;
         meta.validate()

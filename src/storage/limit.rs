@@ -111,6 +111,22 @@ impl<S: Storage> Storage for RateLimited<S> {
         self.inner.put_file(key, path, meta)
     }
 
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &super::Precondition,
+    ) -> Result<bool> {
+        self.take();
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        self.take();
+        self.inner.get_with_etag(key)
+    }
+
     fn delete_many(&self, keys: &[String]) -> Result<()> {
         self.take();
         self.inner.delete_many(keys)

@@ -16,6 +16,7 @@
 //! `db/0000/0000000000000001-0000000000000001.ltx` (DESIGN.md §4).
 
 pub mod counting;
+pub mod crypt;
 mod file;
 mod limit;
 mod retry;
@@ -28,6 +29,7 @@ use std::time::SystemTime;
 use crate::error::{Error, Result, StorageErrorKind};
 
 pub use counting::CountingStorage;
+pub use crypt::{CryptStorage, Keyring};
 pub use file::FileStorage;
 pub use limit::RateLimited;
 pub use retry::{retry_transient, RetryReads};
@@ -127,6 +129,15 @@ pub struct ObjectInfo {
     pub metadata: Metadata,
 }
 
+/// The condition of [`Storage::put_conditional`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Store only if no object exists under the key (`If-None-Match: *`).
+    Absent,
+    /// Store only if the current object has this ETag (`If-Match`).
+    Matches(String),
+}
+
 /// A flat, prefix-scoped object store. All methods block; implementations are
 /// shared between threads (`Send + Sync`).
 pub trait Storage: Send + Sync {
@@ -177,6 +188,40 @@ pub trait Storage: Send + Sync {
         self.put(key, &body, meta)
     }
 
+    /// Stores `body` under `key` only if `cond` holds, atomically on the
+    /// server: `Ok(true)` when stored, `Ok(false)` when the precondition
+    /// failed (HTTP 412). Stores that cannot do this return an error of kind
+    /// [`StorageErrorKind::Other`]; note that some S3 servers (Garage 2.5.0)
+    /// silently ignore the condition instead, which only a probe detects
+    /// (`crate::lease::probe`). Wrappers must forward this method.
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> Result<bool> {
+        let _ = (body, meta, cond);
+        Err(err(
+            format!("{}/{key}", self.describe()),
+            StorageErrorKind::Other,
+            "conditional writes are not supported by this store",
+        ))
+    }
+
+    /// The object's bytes and its ETag (for [`Precondition::Matches`]), or
+    /// `None` when it does not exist. Wrappers must forward this method.
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        match self.get(key) {
+            Ok(body) => {
+                let etag = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
+                Ok(Some((body, etag)))
+            }
+            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes `keys`; keys that do not exist are not an error.
     fn delete_many(&self, keys: &[String]) -> Result<()>;
 
@@ -222,6 +267,18 @@ macro_rules! delegate_storage {
             }
             fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
                 (**self).put_file(key, path, meta)
+            }
+            fn put_conditional(
+                &self,
+                key: &str,
+                body: &[u8],
+                meta: &Metadata,
+                cond: &Precondition,
+            ) -> Result<bool> {
+                (**self).put_conditional(key, body, meta, cond)
+            }
+            fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+                (**self).get_with_etag(key)
             }
             fn delete_many(&self, keys: &[String]) -> Result<()> {
                 (**self).delete_many(keys)
@@ -285,6 +342,11 @@ pub(crate) fn validate_key(key: &str) -> std::result::Result<(), String> {
 /// `prefix` with surrounding slashes removed (`"/a/b/"` → `"a/b"`).
 pub(crate) fn normalize_prefix(prefix: &str) -> String {
     prefix.trim_matches('/').to_string()
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Shortens a server-provided message to one line of reasonable length.

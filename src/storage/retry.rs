@@ -143,6 +143,20 @@ impl Storage for RetryReads<'_> {
         self.0.put_file(key, path, meta)
     }
 
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &super::Precondition,
+    ) -> Result<bool> {
+        self.0.put_conditional(key, body, meta, cond)
+    }
+
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        self.0.get_with_etag(key)
+    }
+
     fn delete_many(&self, keys: &[String]) -> Result<()> {
         self.0.delete_many(keys)
     }

@@ -88,6 +88,20 @@ impl Storage for RoutedStorage {
         self.pick(key).put_file(key, path, meta)
     }
 
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &super::Precondition,
+    ) -> Result<bool> {
+        self.pick(key).put_conditional(key, body, meta, cond)
+    }
+
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        self.pick(key).get_with_etag(key)
+    }
+
     fn delete_many(&self, keys: &[String]) -> Result<()> {
         let mut groups: HashMap<&str, Vec<String>> = HashMap::new();
         for k in keys {

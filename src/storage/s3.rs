@@ -22,7 +22,9 @@ use s3::error::S3Error;
 use s3::serde_types::ObjectIdentifier;
 use s3::{Bucket, Region};
 
-use super::{err, normalize_prefix, one_line, validate_key, Metadata, ObjectInfo, Storage};
+use super::{
+    err, normalize_prefix, one_line, validate_key, Metadata, ObjectInfo, Precondition, Storage,
+};
 use crate::error::{Error, Result, StorageErrorKind};
 
 /// Region used when neither a flag nor the environment names one.
@@ -515,6 +517,11 @@ impl S3Storage {
     }
 }
 
+/// An ETag as the `If-Match` header wants it: quoted.
+fn quote_etag(etag: &str) -> String {
+    format!("\"{}\"", etag.trim_matches('"'))
+}
+
 /// Files larger than this are uploaded in parts (rust-s3 uses 8 MiB parts).
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
 
@@ -736,6 +743,80 @@ impl Storage for S3Storage {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.dedup_by(|a, b| a.key == b.key);
         Ok(out)
+    }
+
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> Result<bool> {
+        let full = self.checked_key(key)?;
+        let mut headers = self.meta_headers(key, meta)?;
+        let (name, value) = match cond {
+            Precondition::Absent => (http::header::IF_NONE_MATCH, "*".to_string()),
+            Precondition::Matches(etag) => (http::header::IF_MATCH, quote_etag(etag)),
+        };
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            err(
+                self.location(key),
+                StorageErrorKind::Other,
+                "ETag is not a valid HTTP header value",
+            )
+        })?;
+        headers.insert(name, value);
+        match self.bucket.put_object_with_content_type_and_headers(
+            &full,
+            body,
+            "application/octet-stream",
+            Some(headers),
+        ) {
+            Ok(response) => {
+                self.expect_success(key, response.status_code())?;
+                Ok(true)
+            }
+            // The precondition failed: another writer got there first.
+            Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
+            // AWS: a concurrent conditional write to the same key; retry.
+            Err(S3Error::HttpFailWithBody(409, body)) => Err(err(
+                self.location(key),
+                StorageErrorKind::Transient,
+                format!("HTTP 409 {}", xml_field(&body, "Code").unwrap_or_default()),
+            )),
+            Err(e) => Err(self.map_err(self.location(key), e)),
+        }
+    }
+
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let full = self.checked_key(key)?;
+        let response = match self.bucket.get_object(&full) {
+            Ok(r) => r,
+            Err(S3Error::HttpFailWithBody(404, body))
+                if xml_field(&body, "Code").as_deref() != Some("NoSuchBucket") =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.map_err(self.location(key), e)),
+        };
+        let status = response.status_code();
+        if status == 404 {
+            return Ok(None);
+        }
+        self.expect_success(key, status)?;
+        let etag = response
+            .headers()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.trim_matches('"').to_string())
+            .ok_or_else(|| {
+                err(
+                    self.location(key),
+                    StorageErrorKind::Other,
+                    "the server sent no ETag",
+                )
+            })?;
+        Ok(Some((response.to_vec(), etag)))
     }
 
     fn delete_many(&self, keys: &[String]) -> Result<()> {
