@@ -305,6 +305,7 @@ impl SyncArgs {
             compaction,
             max_requests_per_sec: self.max_requests_per_sec.unwrap_or(0),
             fencer: None,
+            lease_store: None,
         })
     }
 }
@@ -641,9 +642,12 @@ pub fn run_sync(mut args: SyncArgs) -> Result<()> {
     )?;
     // Databases with a prefix or a key of their own get a storage of their
     // own, routed by name; one uploader pool serves them all.
-    let mut own: Vec<Option<Arc<dyn Storage>>> = Vec::with_capacity(opts.databases.len());
+    let mut own: Vec<Option<daemon::OwnStorage>> = Vec::with_capacity(opts.databases.len());
     for spec in &opts.databases {
-        let key_file = spec.encryption_key_file.as_ref().map(|p| p.to_string_lossy().into_owned());
+        let key_file = spec
+            .encryption_key_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned());
         own.push(match (&spec.prefix, key_file) {
             (None, None) => None,
             (prefix, key_file) => {
@@ -652,21 +656,23 @@ pub fn run_sync(mut args: SyncArgs) -> Result<()> {
                     None => args.storage_spec()?,
                 };
                 let key_file = key_file.or_else(|| args.encryption_key_file.clone());
-                let (_, data) = open_store(
+                let (raw, data) = open_store(
                     &spec_url,
                     &s3,
                     key_file.as_deref(),
                     &args.decryption_key_file,
                     true,
                 )?;
-                Some(data)
+                Some(daemon::OwnStorage { data, raw })
             }
         });
     }
     if args.no_fencing {
         log::warn!("writer fencing is off (--no-fencing)");
     } else {
-        opts.fencer = Some(Arc::new(Fencer::unprobed(raw, ttl)));
+        let leases = Arc::new(storage::RoutedStorage::new(raw));
+        opts.fencer = Some(Arc::new(Fencer::unprobed(leases.clone(), ttl)));
+        opts.lease_store = Some(leases);
     }
     daemon::run(opts, default, own)
 }

@@ -48,11 +48,23 @@ pub struct Options {
     pub max_requests_per_sec: u32,
     /// Writer fencing in the bucket (src/lease.rs); `None` = off.
     pub fencer: Option<Arc<crate::lease::Fencer>>,
+    /// Where the fencer's lease objects go, routed by database name like
+    /// the data (a database with its own prefix keeps its lease there).
+    pub lease_store: Option<Arc<RoutedStorage>>,
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
 /// [`crate::compact::Recent`]): 30 s of level 0 for a few busy databases.
 const RECENT_BYTES: usize = 8 << 20;
+
+/// The storage of databases with a prefix or key of their own.
+#[derive(Clone)]
+pub struct OwnStorage {
+    /// What the pipeline reads and writes (encrypting when keyed).
+    pub data: Arc<dyn Storage>,
+    /// The same place as is, for lease objects.
+    pub raw: Arc<dyn Storage>,
+}
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
@@ -159,11 +171,7 @@ pub fn check_names(files: &[(String, &Path)]) -> Result<()> {
 /// `default` stores every database; `own[i]`, when set, stores the databases
 /// of `opts.databases[i]` instead (a per-database prefix). All of them are
 /// reached through one uploader pool and counted per database.
-pub fn run(
-    opts: Options,
-    default: Arc<dyn Storage>,
-    own: Vec<Option<Arc<dyn Storage>>>,
-) -> Result<()> {
+pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>>) -> Result<()> {
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     let mut patterns: Vec<(PathBuf, glob::Pattern)> = Vec::new();
     for (i, spec) in opts.databases.iter().enumerate() {
@@ -196,11 +204,12 @@ pub fn run(
     // server that stays unreachable still ends it in one line.
     crate::storage::retry_transient(5, &default.describe(), || default.check())?;
     for s in own.iter().flatten() {
-        crate::storage::retry_transient(5, &s.describe(), || s.check())?;
+        crate::storage::retry_transient(5, &s.data.describe(), || s.data.check())?;
     }
     raise_fd_limit(files.len());
     if let Some(f) = &opts.fencer {
-        f.start(true)?;
+        // The probe writes an object: a blip must not stop the daemon.
+        crate::storage::retry_transient(5, &default.describe(), || f.start(true).map(|_| ()))?;
     }
 
     let routed = Arc::new(RoutedStorage::new(default));
@@ -212,7 +221,10 @@ pub fn run(
     let counting = Arc::new(CountingStorage::new(limited));
     // Every LTX PUT checks this process's lease on the database's name.
     let storage: Arc<dyn Storage> = match &opts.fencer {
-        Some(f) => Arc::new(crate::lease::FencedStorage::new(counting.clone(), f.clone())),
+        Some(f) => Arc::new(crate::lease::FencedStorage::new(
+            counting.clone(),
+            f.clone(),
+        )),
         None => counting.clone(),
     };
     let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
@@ -345,7 +357,7 @@ struct Daemon {
     opts: Options,
     storage: Arc<dyn Storage>,
     routed: Arc<RoutedStorage>,
-    own: Vec<Option<Arc<dyn Storage>>>,
+    own: Vec<Option<OwnStorage>>,
     registry: Arc<Registry>,
     uploader: Uploader,
     compactor: Sender<DbEntry>,
@@ -404,7 +416,10 @@ impl Daemon {
             cfg.retention = retention;
         }
         if let Some(Some(own)) = self.own.get(spec_index) {
-            self.routed.route(&name, own.clone());
+            self.routed.route(&name, own.data.clone());
+            if let Some(leases) = &self.opts.lease_store {
+                leases.route(&name, own.raw.clone());
+            }
         }
         let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);

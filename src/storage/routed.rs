@@ -23,6 +23,16 @@ pub struct RoutedStorage {
     routes: RwLock<HashMap<String, Arc<dyn Storage>>>,
 }
 
+impl std::fmt::Debug for RoutedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("RoutedStorage")
+            .field("default", &self.default.describe())
+            .field("routes", &routes.len())
+            .finish()
+    }
+}
+
 impl RoutedStorage {
     /// Everything goes to `default` until [`RoutedStorage::route`] says otherwise.
     pub fn new(default: Arc<dyn Storage>) -> RoutedStorage {
@@ -41,10 +51,15 @@ impl RoutedStorage {
     }
 
     fn pick(&self, key: &str) -> Arc<dyn Storage> {
+        // A database's lease object sits beside its directory.
+        let db = match key.strip_suffix(crate::lease::LEASE_SUFFIX) {
+            Some(db) if !db.contains('/') => db,
+            _ => database_of(key),
+        };
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(database_of(key))
+            .get(db)
             .cloned()
             .unwrap_or_else(|| self.default.clone())
     }
