@@ -168,6 +168,11 @@ impl Recent {
         Some(body)
     }
 
+    /// True when it keeps anything (capacity above 0).
+    pub fn enabled(&self) -> bool {
+        self.lock().capacity > 0
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.lock().bytes

@@ -289,7 +289,6 @@ fn run(
     recent: &Recent,
 ) {
     while let Ok(seg) = rx.recv() {
-        let mut stored = false;
         let mut attempt = 0u32;
         loop {
             if abort.load(Ordering::SeqCst) {
@@ -307,6 +306,11 @@ fn run(
                     stats.puts.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                     log::debug!("{}: stored {} ({bytes} bytes)", seg.db, seg.key);
+                    // Cached before the ack: the compactor may list the
+                    // object as soon as it is stored.
+                    if let (Body::Memory(b), true) = (&seg.body, recent.enabled()) {
+                        recent.offer(&seg.key, b.clone());
+                    }
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes,
@@ -321,7 +325,6 @@ fn run(
                         bytes: 0,
                         fenced: Some(why),
                     });
-                    stored = true;
                     break;
                 }
                 Err(e) => {
@@ -351,9 +354,6 @@ fn run(
             }
         }
         budget.release(seg.charge);
-        if let (true, Body::Memory(b)) = (stored, seg.body) {
-            recent.offer(&seg.key, b);
-        }
     }
 }
 
