@@ -245,3 +245,91 @@ fn a_name_override_that_collides_is_refused() {
         )
     );
 }
+
+/// `encryption-key-file` on one `[[database]]` entry: that database's
+/// objects are encrypted with it (no LTX in the clear, restore needs the
+/// key), the other database's are not.
+#[test]
+fn per_database_encryption_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let key = dir.path().join("k.key");
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plain = dir.path().join("plain.db");
+    let secret = dir.path().join("secret.db");
+    let (cp, cs) = (create_db(&plain), create_db(&secret));
+    commit(&cp, 3);
+    commit(&cs, 3);
+    let cfg = dir.path().join("walsync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "bucket = \"file://{}\"\nsnapshot-interval = \"0\"\n\n[[database]]\npath = \"{}\"\n\n\
+             [[database]]\npath = \"{}\"\nencryption-key-file = \"{}\"\n",
+            store.display(),
+            plain.display(),
+            secret.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let args: Vec<String> = vec!["--config".into(), cfg.display().to_string()];
+    let mut d = Proc::start(SYNC, &args, &[], &log_path("config-key"));
+    assert!(wait_for(Duration::from_secs(20), || d
+        .log_text()
+        .contains("start-up complete")));
+    for _ in 0..3 {
+        commit(&cp, 2);
+        commit(&cs, 2);
+    }
+    assert!(
+        d.sigterm(Duration::from_secs(20)).success(),
+        "{}",
+        d.log_text()
+    );
+
+    // Every stored object of secret.db is ciphertext, of plain.db LTX.
+    let objects = |db: &str| -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for level in std::fs::read_dir(store.join(db)).unwrap() {
+            for f in std::fs::read_dir(level.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                if p.extension().is_some_and(|e| e == "ltx") {
+                    out.push(std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    };
+    let (ps, ss) = (objects("plain.db"), objects("secret.db"));
+    assert!(!ps.is_empty() && !ss.is_empty());
+    assert!(ps.iter().all(|b| b.starts_with(b"LTX1")));
+    assert!(ss
+        .iter()
+        .all(|b| !b.starts_with(b"LTX1") && !b.windows(4).any(|w| w == b"LTX1")));
+
+    // Restores: the keyed one only with its key.
+    let bucket = format!("file://{}", store.display());
+    let restore = |db: &str, out: &Path, key: Option<&Path>| {
+        let mut c = Command::new(WALSYNC);
+        c.args(["restore", db, "--bucket", &bucket, "-o"]).arg(out);
+        if let Some(k) = key {
+            c.arg("--encryption-key-file").arg(k);
+        }
+        c.output().unwrap()
+    };
+    let out = dir.path().join("s.restored");
+    let o = restore("secret.db", &out, None);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is encrypted"), "{err}");
+    let o = restore("secret.db", &out, Some(&key));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&secret));
+    let out = dir.path().join("p.restored");
+    let o = restore("plain.db", &out, None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&out), rows(&plain));
+}
