@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use walsync::compact;
 use walsync::ltx::{self, Header};
@@ -223,12 +223,7 @@ fn meta_for(h: &Header, body: &[u8]) -> Metadata {
         )
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use walsync::ltx::now_ms;
 
 fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`:

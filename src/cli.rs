@@ -421,7 +421,7 @@ pub fn run_compact(a: CompactArgs) -> Result<()> {
         &a.name,
         (!retention.is_zero()).then_some(retention),
         a.dry_run,
-        crate::compact::now_ms(),
+        ltx::now_ms(),
         &std::env::temp_dir(),
         &mut out,
     )?;

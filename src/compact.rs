@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -673,14 +673,6 @@ pub fn delete_keys(storage: &dyn Storage, keys: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------
 // The daemon's compactor thread
 // ---------------------------------------------------------------------------
@@ -969,7 +961,7 @@ impl DbState {
         let name = self.entry.name.clone();
         let positions = self.positions();
         let check = retention_check_interval(window);
-        let plan = match plan_retention(storage, &name, window, now_ms()) {
+        let plan = match plan_retention(storage, &name, window, ltx::now_ms()) {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("{name}: retention pass failed: {e}");

@@ -54,10 +54,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::error::{Error, Result, StorageErrorKind};
-use crate::ltx;
+use crate::ltx::{self, now_ms};
 use crate::storage::{Metadata, ObjectInfo, Precondition, Storage};
 
 /// Default lease lifetime.
@@ -127,12 +127,6 @@ fn random_u64() -> u64 {
         return now_ms() as u64 ^ (u64::from(std::process::id()) << 32);
     }
     u64::from_le_bytes(b)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn time_text(ms: i64) -> String {

@@ -288,7 +288,7 @@ fn run(
     stats: &Stats,
     recent: &Recent,
 ) {
-    while let Ok(seg) = rx.recv() {
+    while let Ok(mut seg) = rx.recv() {
         let mut attempt = 0u32;
         loop {
             if abort.load(Ordering::SeqCst) {
@@ -308,8 +308,9 @@ fn run(
                     log::debug!("{}: stored {} ({bytes} bytes)", seg.db, seg.key);
                     // Cached before the ack: the compactor may list the
                     // object as soon as it is stored.
-                    if let (Body::Memory(b), true) = (&seg.body, recent.enabled()) {
-                        recent.offer(&seg.key, b.clone());
+                    // The body is not needed any more: moved, not copied.
+                    if let (Body::Memory(b), true) = (&mut seg.body, recent.enabled()) {
+                        recent.offer(&seg.key, std::mem::take(b));
                     }
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,

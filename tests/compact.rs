@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::oracle::{self, app_state, Writer};
 use walsync::compact;
@@ -38,12 +38,7 @@ use walsync::storage::{FileStorage, Metadata, S3Storage, Storage};
 const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use walsync::ltx::now_ms;
 
 // ---------------------------------------------------------------------------
 // Synthetic replicas

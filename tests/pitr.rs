@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Writer};
 use walsync::ltx::{self, Header};
@@ -24,12 +24,7 @@ const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 const POINTS: usize = 60;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use walsync::ltx::now_ms;
 
 fn restore_cli(bucket: &str, name: &str, out: &Path, flag: &str, value: &str) -> (i64, i64) {
     let o = Command::new(WALSYNC_BIN)
