@@ -384,8 +384,17 @@ impl Daemon {
     }
 
     fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {
+        // The file as SQLite names it: its WAL lives beside this path, and
+        // file events name this directory's entries (replicate::resolve).
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if self.running.contains_key(&key) {
+        if let Some(other) = self.running.get(&key) {
+            if self.names.get(&other.name).is_some_and(|p| p != path) {
+                log::warn!(
+                    "{}: the same file as the database stored as {:?}: replicated once, under that name",
+                    path.display(),
+                    other.name
+                );
+            }
             return;
         }
         let spec = &self.opts.databases[spec_index];
@@ -423,7 +432,7 @@ impl Daemon {
         }
         let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
-        if let Err(e) = self.router.add_database(path, ev_tx) {
+        if let Err(e) = self.router.add_database(&key, ev_tx.clone()) {
             log::error!("{}: not replicated: {e}", path.display());
             return;
         }
@@ -438,6 +447,7 @@ impl Daemon {
         let reg_name = name.clone();
         let compactor = self.compactor.clone();
         let db_path = path.to_path_buf();
+        let watched = key.clone();
         let fencer = self.opts.fencer.clone();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
@@ -455,7 +465,7 @@ impl Daemon {
                 // process (another daemon, `walsync snapshot`) is refused
                 // instead of allocating the same txids (src/lock.rs).
                 let mut lock: Option<crate::lock::DbLock> = None;
-                let rep = loop {
+                let mut rep = loop {
                     let transient;
                     let locked = match lock {
                         Some(_) => Ok(()),
@@ -519,7 +529,7 @@ impl Daemon {
                     }
                     crossbeam_channel::select! {
                         recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
-                            router.remove_database(&db_path);
+                            router.remove_database(&watched);
                             registry.remove(&reg_name);
                             return Ok(());
                         },
@@ -533,6 +543,16 @@ impl Daemon {
                     level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
                     retention: cfg.retention,
                 });
+                // A retargeted symlink: watch where SQLite now writes.
+                let moved_router = router.clone();
+                let moved_tx = ev_tx.clone();
+                rep.on_moved(move |old, new| {
+                    moved_router.remove_database(old);
+                    if let Err(e) = moved_router.add_database(new, moved_tx.clone()) {
+                        log::error!("{e}; changes there are seen only by the periodic checks");
+                    }
+                });
+                drop(ev_tx);
                 let result = rep.run(ev_rx, stop, drain);
                 if let (Some(f), Ok(())) = (&fencer, &result) {
                     f.release(&cfg_name);

@@ -6,6 +6,8 @@
 //! - [`ltx`]: encode and decode LTX files, the on-storage format shared with
 //!   Litestream 0.5.
 //! - [`shm`]: read SQLite's wal-index header to count commits and prove none was missed.
+//! - [`tail`]: the wake-ups inotify does not deliver (commits published
+//!   without a file event, remote filesystems).
 //! - [`storage`]: a small object-store trait with an S3 backend (rust-s3,
 //!   blocking) and a local-directory backend.
 //! - [`segment`]: turn committed transactions and snapshots into LTX objects.
@@ -44,6 +46,7 @@ pub mod restore;
 pub mod segment;
 pub mod shm;
 pub mod storage;
+pub mod tail;
 pub mod upload;
 pub mod wal;
 pub mod watch;

@@ -75,6 +75,7 @@ use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
 use crate::segment::{self, Encoded};
 use crate::shm::{Shm, ShmHeader};
 use crate::storage::{RetryReads, Storage};
+use crate::tail::{self, TailProbe};
 use crate::upload::{Ack, Budget, Segment};
 use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
 
@@ -155,16 +156,41 @@ pub struct DbStats {
     pub passes: std::sync::atomic::AtomicU64,
     /// Unix time (ms) the last snapshot was handed to the uploaders; 0 = none yet.
     pub last_snapshot_ms: std::sync::atomic::AtomicU64,
-    /// Segments cut but not yet durable: `(max txid, when cut)`, oldest first
-    /// (replication lag, see [`DbStats::lag`]).
+    /// Segments cut but not yet durable: `(max txid, when first seen)`,
+    /// oldest first (replication lag, see [`DbStats::lag`]).
     unacked: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::SystemTime)>>,
+    /// Unix time (ms) since which something committed in the WAL has not
+    /// been read (published or only written); 0 = nothing.
+    unread_since_ms: std::sync::atomic::AtomicU64,
 }
 
 impl DbStats {
-    /// A segment ending at `txid` was cut from the WAL now.
+    /// A segment ending at `txid` was cut from the WAL now; its lag counts
+    /// from when its first transaction was seen unread, if it was.
     pub fn note_cut(&self, txid: u64) {
+        let since = self.unread_since_ms.swap(0, Ordering::Relaxed);
+        let at = match since {
+            0 => std::time::SystemTime::now(),
+            ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
+        };
         let mut q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back((txid, std::time::SystemTime::now()));
+        q.push_back((txid, at));
+    }
+
+    /// Something committed is in the WAL and not read yet (keeps the
+    /// earliest time it was seen).
+    pub fn note_unread(&self) {
+        let _ = self.unread_since_ms.compare_exchange(
+            0,
+            u64::try_from(ltx::now_ms()).unwrap_or(1).max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Everything committed in the WAL has been read.
+    pub fn note_read_all(&self) {
+        self.unread_since_ms.store(0, Ordering::Relaxed);
     }
 
     /// Everything up to `txid` is durable.
@@ -175,13 +201,19 @@ impl DbStats {
         }
     }
 
-    /// Replication lag: the age of the oldest transaction read from the WAL
-    /// that storage has not acknowledged yet; zero when caught up.
+    /// Replication lag: the age of the oldest committed transaction that
+    /// storage has not acknowledged yet — cut into a segment, or still in
+    /// the WAL (published or only written); zero when caught up.
     pub fn lag(&self) -> Duration {
         let q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
-        q.front()
-            .and_then(|(_, at)| at.elapsed().ok())
-            .unwrap_or(Duration::ZERO)
+        let cut = q.front().and_then(|(_, at)| at.elapsed().ok());
+        let unread = match self.unread_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => (std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .elapsed()
+                .ok(),
+        };
+        cut.max(unread).unwrap_or(Duration::ZERO)
     }
 }
 
@@ -293,6 +325,36 @@ pub struct Replica {
     /// Set when an upload was refused because another writer holds the
     /// replica (src/lease.rs): replication of this database stops.
     fenced: Option<String>,
+    /// The database file as SQLite names it: `cfg.path` with every symlink
+    /// resolved. SQLite keeps `-wal` and `-shm` beside this file, not beside
+    /// a symlink to it; `cfg.path` stays the name in messages.
+    real: PathBuf,
+    /// `cfg.path` goes through a symlink: its target is checked on every
+    /// pass (a retargeted link is a replaced database).
+    via_symlink: bool,
+    /// Looks for commits written past the published end of the WAL.
+    tail: TailProbe,
+    /// Poll interval on filesystems without reliable file events.
+    fs_poll: Option<Duration>,
+    /// Last time storage made progress on this database's uploads (an ack,
+    /// or a send with nothing in flight): an outage is time without it.
+    last_progress: Instant,
+    /// Told `(old, new)` when `cfg.path` starts resolving to another file,
+    /// so file events are watched where SQLite now writes.
+    rewatch: Option<Moved>,
+}
+
+/// Callback told `(old, new)` resolved paths of a moved database.
+type Moved = Box<dyn FnMut(&Path, &Path) + Send>;
+
+/// Uploads without progress for this long are an outage: only then may the
+/// WAL past `max_wal_bytes` be released (once per outage).
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// `db` with every symlink resolved, as SQLite resolves it before it names
+/// the `-wal` and `-shm` files (`unixFullPathname`).
+pub fn resolve(db: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(db).map_err(|e| Error::io(db, e))
 }
 
 fn wal_path(db: &Path) -> PathBuf {
@@ -315,9 +377,34 @@ impl Replica {
         budget: Arc<Budget>,
     ) -> Result<Replica> {
         let (acks_tx, acks) = crossbeam_channel::unbounded();
+        let real = resolve(&cfg.path)?;
+        let via_symlink = !std::path::absolute(&cfg.path).is_ok_and(|a| a == real);
+        if via_symlink {
+            log::info!(
+                "{}: {} resolves to {}: its WAL is read there",
+                cfg.name,
+                cfg.path.display(),
+                real.display()
+            );
+        }
+        let fs_poll = tail::unreliable_events(&real).map(|fs| {
+            log::info!(
+                "{}: {} is on {fs}, where file events may be missed: checking it every {}",
+                cfg.name,
+                real.display(),
+                humantime::format_duration(tail::FS_POLL)
+            );
+            tail::FS_POLL
+        });
         let mut r = Replica {
-            wal: WalMap::open(wal_path(&cfg.path))?,
-            shm: Shm::for_db(&cfg.path),
+            wal: WalMap::open(wal_path(&real))?,
+            shm: Shm::for_db(&real),
+            real,
+            via_symlink,
+            tail: TailProbe::new(),
+            fs_poll,
+            last_progress: Instant::now(),
+            rewatch: None,
             cfg,
             storage,
             segments,
@@ -369,10 +456,21 @@ impl Replica {
         self.resumed
     }
 
+    /// The database file as SQLite names it (every symlink resolved).
+    pub fn real_path(&self) -> &Path {
+        &self.real
+    }
+
+    /// Call `f(old, new)` when the database path starts resolving to another
+    /// file (a retargeted symlink), to move the file-event watch there.
+    pub fn on_moved(&mut self, f: impl FnMut(&Path, &Path) + Send + 'static) {
+        self.rewatch = Some(Box::new(f));
+    }
+
     fn open_conn(&self) -> Result<Connection> {
         let path = &self.cfg.path;
         let c = Connection::open_with_flags(
-            path,
+            &self.real,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| Error::sqlite(path, e))?;
@@ -401,6 +499,21 @@ impl Replica {
         self.conn = None;
         self.db_file = None;
         self.shm.reset();
+        let real = resolve(&path)?;
+        if real != self.real {
+            log::info!(
+                "{}: {} now resolves to {}",
+                self.cfg.name,
+                path.display(),
+                real.display()
+            );
+            if let Some(f) = self.rewatch.as_mut() {
+                f(&self.real, &real);
+            }
+            self.wal = WalMap::open(wal_path(&real))?;
+            self.shm = Shm::for_db(&real);
+            self.real = real;
+        }
         let c = self.open_conn()?;
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -411,8 +524,8 @@ impl Replica {
                 path.display()
             )));
         }
-        self.db_id = file_id(&path);
-        self.db_file = Some(File::open(&path).map_err(|e| Error::io(&path, e))?);
+        self.db_id = file_id(&self.real);
+        self.db_file = Some(File::open(&self.real).map_err(|e| Error::io(&path, e))?);
         self.conn = Some(c);
         self.pinned = false;
         Ok(())
@@ -505,7 +618,7 @@ impl Replica {
             .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
         c.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
-        Ok(Fence(c))
+        Ok(Fence(Some(c)))
     }
 
     fn resume_from(&mut self, resumed: Option<Resumed>) -> Result<()> {
@@ -611,6 +724,13 @@ impl Replica {
     /// transaction and set the commit counter. `trust_salts` is the start-up
     /// case where no counter exists yet and the stored position was checked.
     fn establish(&mut self, fence: Fence, trust_salts: bool) -> Result<()> {
+        self.establish_under(&fence, trust_salts)?;
+        drop(fence);
+        Ok(())
+    }
+
+    /// [`Replica::establish`], keeping the fence held.
+    fn establish_under(&mut self, _fence: &Fence, trust_salts: bool) -> Result<()> {
         self.wal.refresh()?;
         if !trust_salts && self.counted.is_none() {
             return Err(Error::Config(format!(
@@ -634,7 +754,6 @@ impl Replica {
         self.begin_read()?;
         let shm = self.note_read_began()?;
         self.counted = shm.map(|h| h.change).or(self.counted);
-        drop(fence);
         Ok(())
     }
 
@@ -656,6 +775,10 @@ impl Replica {
         // Map the WAL after reading the wal-index: SQLite writes frames
         // before it publishes them, so the map then covers what `shm` says.
         self.wal.refresh()?;
+        // Within the generation last read, every commit since is still in
+        // the WAL past the position: only there can copies of a commit frame
+        // be settled by the counter (see below).
+        let mut same_generation = false;
         let start = match self.read {
             None => return Ok(Ship::Nothing),
             Some(Read::Empty) => {
@@ -688,7 +811,10 @@ impl Replica {
                         }
                     });
                 }
-                Resume::Continue(p) => p,
+                Resume::Continue(p) => {
+                    same_generation = true;
+                    p
+                }
                 Resume::Restarted(p) | Resume::Fresh(p) => p,
                 Resume::Reset(reason) => match WalHeader::parse(self.wal.bytes()) {
                     // The counter decides: several restarts that lost no
@@ -733,8 +859,18 @@ impl Replica {
             )));
         }
         if let Some(c) = self.counted {
-            let committed = shm.change.wrapping_sub(c);
-            if committed as usize != txs.len() {
+            let committed = u64::from(shm.change.wrapping_sub(c));
+            let read = txs.len() as u64;
+            // A copy of a commit frame is sector padding or a further commit
+            // of the same page with the same bytes; the counter says which.
+            // Either way the state is the same, and a segment is one txid.
+            // Only within the generation last read is every commit since
+            // still in the WAL: after a restart a lost commit could hide
+            // behind a padding copy, so there the count must match exactly.
+            let copies: u64 = txs.iter().map(|t| u64::from(t.copies)).sum();
+            let settled = committed == read
+                || (same_generation && committed > read && committed <= read + copies);
+            if !settled {
                 return Ok(Ship::Lost(lost_reason(shm.change, c, txs.len())));
             }
         }
@@ -796,6 +932,8 @@ impl Replica {
                 db: self.cfg.name.clone(),
             })
             .map_err(|_| Error::Config("uploader pool stopped".into()))?;
+        // Nothing was in flight: the time without progress starts now.
+        self.last_progress = Instant::now();
         self.inflight.insert(txid);
         if level == SNAPSHOT_LEVEL {
             self.snapshot_inflight = Some(txid);
@@ -901,7 +1039,6 @@ impl Replica {
         let Some(file) = self.db_file.as_ref() else {
             return Err(Error::Config(format!("{}: not open", path.display())));
         };
-        let db_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let page_size = match page_size {
             Some(p) => p,
             None => {
@@ -917,8 +1054,18 @@ impl Replica {
         };
         let commit = match commit {
             Some(c) => c,
-            None => u32::try_from(db_len / u64::from(page_size))
-                .map_err(|_| Error::Config(format!("{}: database too large", path.display())))?,
+            // No WAL frame: the size SQLite itself uses for the read
+            // transaction's state (the header's page count), not the file's
+            // length, which SQLITE_FCNTL_CHUNK_SIZE or a failed truncation
+            // leaves larger than the database.
+            None => {
+                let pages: i64 = self
+                    .conn()?
+                    .query_row("PRAGMA page_count", [], |r| r.get(0))
+                    .map_err(|e| Error::sqlite(&path, e))?;
+                u32::try_from(pages)
+                    .map_err(|_| Error::Config(format!("{}: database too large", path.display())))?
+            }
         };
         let txid = self.next_txid;
         let mut header = Header::new(page_size, commit, 1, txid, ltx::now_ms());
@@ -1052,6 +1199,14 @@ impl Replica {
         if self.cfg.max_wal_bytes == 0 || !self.in_read || !self.pinned {
             return Ok(());
         }
+        // Only a real outage: uploads in flight are normal, and releasing on
+        // every pass would turn every transaction into a full snapshot. Once
+        // released, the snapshot waits for the uploads to come back, so this
+        // fires at most once per outage.
+        let stalled = self.last_progress.elapsed();
+        if stalled < STUCK_AFTER {
+            return Ok(());
+        }
         // What the pinned read transaction holds back is the current
         // generation (it cannot restart while pinned), not the file, whose
         // length never shrinks without a TRUNCATE.
@@ -1064,8 +1219,9 @@ impl Replica {
             return Ok(());
         }
         let reason = format!(
-            "the WAL reached {} MiB while uploads were stuck; walsync stopped holding it back",
-            len >> 20
+            "the WAL reached {} MiB while uploads made no progress for {}s; walsync stopped holding it back",
+            len >> 20,
+            stalled.as_secs()
         );
         log::warn!(
             "{}: {reason}; the next txid will be a snapshot",
@@ -1073,6 +1229,69 @@ impl Replica {
         );
         self.end_read()?;
         self.snapshot_reason = Some(reason);
+        Ok(())
+    }
+
+    /// A file event arrived.
+    fn woken(&mut self) {
+        self.settle = 0;
+        self.tail.reset();
+    }
+
+    /// After a pass: is anything committed still unread? Something
+    /// published and not read yet (a pass that was deferred or not ready) is
+    /// looked at again shortly, whatever else is scheduled; a commit written
+    /// but not yet published (see [`crate::tail`]) is polled for until it is.
+    /// Both count as replication lag from the moment they were first seen.
+    fn watch_tail(&mut self) -> Result<()> {
+        if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {
+            return Ok(());
+        }
+        let Some(shm) = self.read_shm()? else {
+            return Ok(());
+        };
+        let read_all = (!self.pinned && shm.mx_frame <= shm.backfill)
+            || match self.read {
+                Some(Read::At(p)) => {
+                    (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
+                        && u64::from(shm.mx_frame) == p.frame_index()
+                }
+                Some(Read::Empty) => shm.mx_frame == 0,
+                None => false,
+            };
+        let written = read_all
+            && match self.wal.file()? {
+                Some(f) => self
+                    .tail
+                    .committed_past(f, &shm)
+                    .map_err(|e| Error::io(self.wal.path(), e))?,
+                None => false,
+            };
+        if read_all && !written {
+            self.stats.note_read_all();
+            return Ok(());
+        }
+        self.stats.note_unread();
+        let poll = if written {
+            log::trace!(
+                "{}: a commit is written past the published end: polling",
+                self.cfg.name
+            );
+            Some(tail::TAIL_POLL)
+        } else if self.deferred_until.is_none()
+            && self.inflight.is_empty()
+            && self.pending.is_empty()
+        {
+            // Published but unread, and neither a timer nor an upload's
+            // acknowledgement will wake the watcher.
+            Some(tail::TAIL_POLL)
+        } else {
+            None
+        };
+        if let Some(poll) = poll {
+            let at = Instant::now() + poll;
+            self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
+        }
         Ok(())
     }
 
@@ -1189,16 +1408,27 @@ impl Replica {
         if !(truncate && busy == 0 && log_frames == done) {
             return self.establish(fence, false);
         }
-        // TRUNCATE needs the write lock itself: drop the fence first. A commit
-        // that slips in between is caught by the counter in `establish`.
-        drop(fence);
-        let r: rusqlite::Result<(i64, i64, i64)> =
-            self.conn()?
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        // TRUNCATE takes the write lock itself, so it cannot run under the
+        // fence, and a commit can slip in once the fence is dropped. Begin
+        // the read transaction first, on the now fully backfilled WAL: it
+        // stops any further backfill (fact 2), so a TRUNCATE that finds a
+        // slipped-in commit cannot copy it and gives up (busy) instead of
+        // checkpointing it away unread. Without a busy wait it never holds
+        // the application's writer back either.
+        self.establish_under(&fence, false)?;
+        let r: rusqlite::Result<(i64, i64, i64)> = match fence.release() {
+            Some(c) => c.busy_timeout(Duration::ZERO).and_then(|()| {
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
+                })
+            }),
+            None => return Ok(()),
+        };
         log::debug!("{}: TRUNCATE checkpoint: {r:?}", self.cfg.name);
+        // Re-read under the fence: a truncated WAL restarts the position, a
+        // commit that slipped in is still there to ship.
         let fence = self.fence_retrying()?;
+        self.end_read()?;
         self.establish(fence, false)
     }
 
@@ -1232,6 +1462,7 @@ impl Replica {
             return;
         }
         self.inflight.remove(&ack.txid);
+        self.last_progress = Instant::now();
         if self.snapshot_inflight == Some(ack.txid) {
             self.snapshot_inflight = None;
             self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);
@@ -1249,7 +1480,10 @@ impl Replica {
     /// Re-open after the database file was replaced, deleted or recreated.
     fn check_file(&mut self) -> Result<bool> {
         let id = file_id(&self.cfg.path);
-        if id.is_some() && id == self.db_id && self.conn.is_some() {
+        // Through a symlink, the same file may now be reached at another
+        // place (where SQLite keeps another WAL): that is a move too.
+        let moved = || self.via_symlink && resolve(&self.cfg.path).is_ok_and(|r| r != self.real);
+        if id.is_some() && id == self.db_id && self.conn.is_some() && !moved() {
             return Ok(true);
         }
         if self.conn.is_some() {
@@ -1264,7 +1498,8 @@ impl Replica {
             return Ok(false); // wait for it to come back
         }
         self.connect()?;
-        self.wal = WalMap::open(wal_path(&self.cfg.path))?;
+        self.wal = WalMap::open(wal_path(&self.real))?;
+        self.tail.reset();
         self.snapshot_reason = Some("database file was replaced".into());
         Ok(true)
     }
@@ -1305,7 +1540,12 @@ impl Replica {
             }
         }
         self.step()?;
+        self.watch_tail()?;
         let mut next = self.deferred_until;
+        if let Some(poll) = self.fs_poll {
+            let at = Instant::now() + poll;
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
         if let Some(iv) = self.cfg.snapshot_interval {
             let due = self.last_snapshot + iv;
             next = Some(next.map_or(due, |n| n.min(due)));
@@ -1358,7 +1598,7 @@ impl Replica {
             };
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
-                    Ok(Event::Wake) => self.settle = 0,
+                    Ok(Event::Wake) => self.woken(),
                     Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
@@ -1371,7 +1611,7 @@ impl Replica {
             }
             loop {
                 match events.try_recv() {
-                    Ok(Event::Wake) => self.settle = 0,
+                    Ok(Event::Wake) => self.woken(),
                     Ok(Event::Shutdown) => return self.drain(drain_timeout),
                     Err(_) => break,
                 }
@@ -1442,11 +1682,23 @@ impl Replica {
     }
 }
 
-struct Fence(Connection);
+/// The write lock held on a second connection (see the module doc).
+struct Fence(Option<Connection>);
+
+impl Fence {
+    /// Drop the write lock and hand back the connection.
+    fn release(mut self) -> Option<Connection> {
+        let c = self.0.take()?;
+        let _ = c.execute_batch("ROLLBACK");
+        Some(c)
+    }
+}
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        let _ = self.0.execute_batch("ROLLBACK");
+        if let Some(c) = &self.0 {
+            let _ = c.execute_batch("ROLLBACK");
+        }
     }
 }
 

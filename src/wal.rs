@@ -273,8 +273,13 @@ pub struct Transaction {
     pub frames: Vec<Frame>,
     /// Database size in pages after this transaction.
     pub commit: u32,
-    /// Position just past the commit frame.
+    /// Position just past the commit frame and its copies.
     pub end: Position,
+    /// Copies of the commit frame folded into this transaction (see
+    /// [`Scanner`]): sector padding, or — indistinguishable by content —
+    /// further one-frame commits writing the same page with the same bytes.
+    /// Only SQLite's commit counter can tell how many of them were commits.
+    pub copies: u32,
 }
 
 impl Transaction {
@@ -418,6 +423,11 @@ impl<'a> Scanner<'a> {
             // a commit to a sector boundary by writing the commit frame again
             // (`walFrames`, nExtra). The copies belong to this transaction:
             // counting them as transactions would break the commit count.
+            // A later one-frame commit of the same page with the same bytes
+            // (a no-op `UPDATE` run twice) looks exactly like such a copy; the
+            // copies are counted so the caller can settle it with SQLite's
+            // commit counter (the state after either reading is the same).
+            let mut copies = 0u32;
             while self.frame_limit > 0 {
                 match self.read_frame(offset, sum) {
                     Ok((pad, pad_page, next))
@@ -429,6 +439,7 @@ impl<'a> Scanner<'a> {
                         sum = next;
                         self.frame_limit -= 1;
                         offset += frame_size;
+                        copies += 1;
                     }
                     _ => break,
                 }
@@ -442,6 +453,7 @@ impl<'a> Scanner<'a> {
                 frames,
                 commit: fh.commit,
                 end,
+                copies,
             });
         }
     }
@@ -599,6 +611,20 @@ impl WalMap {
         let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(&self.path, e))?;
         self.map = Some(map);
         Ok(())
+    }
+
+    /// The open WAL file for positioned reads (opened when it was missing;
+    /// `None` while it does not exist). Never maps anything.
+    pub fn file(&mut self) -> Result<Option<&File>> {
+        if self.file.is_none() {
+            self.map = None;
+            self.file = match File::open(&self.path) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io(&self.path, e)),
+            };
+        }
+        Ok(self.file.as_ref())
     }
 
     /// The mapped bytes (empty when the file is missing or empty).

@@ -28,7 +28,9 @@ pub enum Discovery {
 
 #[derive(Default)]
 struct Routes {
-    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Every path a watched directory was registered under: one inotify
+    /// watch per inode, so a directory and a symlink to it share one.
+    dirs: HashMap<WatchDescriptor, Vec<PathBuf>>,
     dbs: HashMap<(PathBuf, OsString), Sender<Event>>,
     patterns: Vec<(PathBuf, glob::Pattern)>,
 }
@@ -81,15 +83,17 @@ impl Router {
                     std::io::Error::new(e.kind(), format!("cannot watch directory: {e}")),
                 )
             })?;
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .dirs
-            .insert(wd, dir.to_path_buf());
+        let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let aliases = r.dirs.entry(wd).or_default();
+        if !aliases.iter().any(|d| d == dir) {
+            aliases.push(dir.to_path_buf());
+        }
         Ok(())
     }
 
-    /// Wake `events` whenever `db` or its WAL changes.
+    /// Wake `events` whenever `db` or its WAL changes. `db` must be the
+    /// resolved path (no symlink): SQLite keeps the WAL beside the real file,
+    /// and the events name the real directory's entries.
     pub fn add_database(&self, db: &Path, events: Sender<Event>) -> Result<()> {
         let (dir, name) = split(db)?;
         self.watch_dir(&dir)?;
@@ -158,24 +162,26 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 }
                 continue;
             }
-            let (Some(dir), Some(name)) = (r.dirs.get(&ev.wd), ev.name) else {
+            let (Some(dirs), Some(name)) = (r.dirs.get(&ev.wd), ev.name) else {
                 continue;
             };
-            if let Some(tx) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
-                // A full channel already holds a wake-up: nothing is lost.
-                let _ = tx.try_send(Event::Wake);
-            }
             let created = ev
                 .mask
                 .intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::CLOSE_WRITE);
-            if created {
-                let path = dir.join(name);
-                if r.patterns
-                    .iter()
-                    .any(|(d, p)| d == dir && p.matches_path(&path))
-                    && is_database_name(&path)
-                {
-                    let _ = discoveries.send(Discovery::NewDatabase(path));
+            for dir in dirs {
+                if let Some(tx) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
+                    // A full channel already holds a wake-up: nothing is lost.
+                    let _ = tx.try_send(Event::Wake);
+                }
+                if created {
+                    let path = dir.join(name);
+                    if r.patterns
+                        .iter()
+                        .any(|(d, p)| d == dir && p.matches_path(&path))
+                        && is_database_name(&path)
+                    {
+                        let _ = discoveries.send(Discovery::NewDatabase(path));
+                    }
                 }
             }
         }
