@@ -30,7 +30,9 @@ use walsync::compact;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, Plan, RestoreOptions, Target};
 use walsync::segment::{META_SHA256, META_TIMESTAMP};
-use walsync::storage::{Metadata, ObjectInfo, S3Config, S3Options, S3Storage, Storage};
+use walsync::storage::{
+    Metadata, ObjectInfo, Precondition, S3Config, S3Options, S3Storage, Storage,
+};
 
 const PS: usize = 4096;
 const ROW: usize = 2000;
@@ -106,6 +108,18 @@ impl Storage for Counting {
     fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
         self.n.put.fetch_add(1, Ordering::Relaxed);
         self.inner.put_file(key, path, meta)
+    }
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> walsync::Result<bool> {
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+    fn get_with_etag(&self, key: &str) -> walsync::Result<Option<(Vec<u8>, String)>> {
+        self.inner.get_with_etag(key)
     }
     fn delete_many(&self, keys: &[String]) -> walsync::Result<()> {
         self.n.delete.fetch_add(1, Ordering::Relaxed);

@@ -200,6 +200,13 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     if files.is_empty() && patterns.is_empty() {
         return Err(Error::Config("no database to replicate".into()));
     }
+    // Snapshots a killed walsync was encoding or uploading are still in the
+    // temp directory; nothing of this process is there yet.
+    let mut tmp_dirs = vec![&opts.db.tmp_dir, &opts.compaction.tmp_dir];
+    tmp_dirs.dedup();
+    for dir in tmp_dirs {
+        crate::tmpfiles::sweep(dir);
+    }
     // A blip at start-up (one 503, one reset) must not stop the daemon; a
     // server that stays unreachable still ends it in one line.
     crate::storage::retry_transient(5, &default.describe(), || default.check())?;

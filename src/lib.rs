@@ -12,6 +12,7 @@
 //!   blocking) and a local-directory backend.
 //! - [`segment`]: turn committed transactions and snapshots into LTX objects.
 //! - [`upload`]: the fixed uploader pool, byte budget and retries.
+//! - [`tmpfiles`]: temp files named by their process, swept at start-up.
 //! - [`replicate`]: one database's checkpoint-safe capture protocol.
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals.
@@ -47,6 +48,7 @@ pub mod segment;
 pub mod shm;
 pub mod storage;
 pub mod tail;
+pub mod tmpfiles;
 pub mod upload;
 pub mod wal;
 pub mod watch;

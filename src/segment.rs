@@ -119,11 +119,8 @@ pub fn encode_with(
             meta: metadata(&header, &sha)?,
         });
     }
-    let tmp = tempfile::Builder::new()
-        .prefix(".walsync-")
-        .suffix(".ltx.tmp")
-        .tempfile_in(tmp_dir)
-        .map_err(|e| Error::io(tmp_dir, e))?;
+    // Named by this process, so a restart after a kill can sweep it.
+    let tmp = crate::tmpfiles::create(tmp_dir)?;
     let (file, path) = tmp.into_parts();
     let mut enc = Encoder::new(Sha256Writer::new(BufWriter::new(file)), header)?;
     fill(&mut enc)?;

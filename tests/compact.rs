@@ -442,6 +442,29 @@ impl Storage for Meddler {
     ) -> walsync::Result<Vec<walsync::storage::ObjectInfo>> {
         self.inner.list(prefix, after)
     }
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max_keys: usize,
+    ) -> walsync::Result<Vec<walsync::storage::ObjectInfo>> {
+        self.inner.list_page(prefix, after, max_keys)
+    }
+    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> walsync::Result<()> {
+        self.inner.put_file(key, path, meta)
+    }
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &walsync::storage::Precondition,
+    ) -> walsync::Result<bool> {
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+    fn get_with_etag(&self, key: &str) -> walsync::Result<Option<(Vec<u8>, String)>> {
+        self.inner.get_with_etag(key)
+    }
     fn delete_many(&self, keys: &[String]) -> walsync::Result<()> {
         self.inner.delete_many(keys)
     }

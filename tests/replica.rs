@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
 use walsync::replicate::{DbConfig, Event, Replica};
 use walsync::restore::{self, RestoreOptions, Target};
-use walsync::storage::{FileStorage, Metadata, ObjectInfo, Storage};
+use walsync::storage::{FileStorage, Metadata, ObjectInfo, Precondition, Storage};
 use walsync::upload::Uploader;
 
 /// FileStorage with an adjustable PUT delay (a slow S3).
@@ -21,14 +21,36 @@ struct Slow {
     delay_ms: AtomicU64,
 }
 
-impl Storage for Slow {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
-        // Re-read the delay while waiting, so a test can end an "outage".
+impl Slow {
+    /// The PUT delay; re-read while waiting, so a test can end an "outage".
+    fn wait(&self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)) {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl Storage for Slow {
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
+        self.wait();
         self.inner.put(key, body, meta)
+    }
+    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
+        self.wait();
+        self.inner.put_file(key, path, meta)
+    }
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> walsync::Result<bool> {
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+    fn get_with_etag(&self, key: &str) -> walsync::Result<Option<(Vec<u8>, String)>> {
+        self.inner.get_with_etag(key)
     }
     fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, ObjectInfo)> {
         self.inner.get_with_info(key)
@@ -41,6 +63,14 @@ impl Storage for Slow {
     }
     fn list(&self, prefix: &str, start_after: Option<&str>) -> walsync::Result<Vec<ObjectInfo>> {
         self.inner.list(prefix, start_after)
+    }
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> walsync::Result<Vec<ObjectInfo>> {
+        self.inner.list_page(prefix, start_after, max_keys)
     }
     fn delete_many(&self, keys: &[String]) -> walsync::Result<()> {
         self.inner.delete_many(keys)

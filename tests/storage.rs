@@ -312,3 +312,165 @@ fn s3_unreachable_endpoint_is_transient() {
         t.elapsed()
     );
 }
+
+/// A directory store that records which trait method reached it.
+struct Probe {
+    inner: FileStorage,
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Probe {
+    fn note(&self, what: &'static str) {
+        self.calls.lock().unwrap().push(what);
+    }
+
+    fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+impl Storage for Probe {
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
+        self.note("put");
+        self.inner.put(key, body, meta)
+    }
+    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, storage::ObjectInfo)> {
+        self.note("get_with_info");
+        self.inner.get_with_info(key)
+    }
+    fn get(&self, key: &str) -> walsync::Result<Vec<u8>> {
+        self.note("get");
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> walsync::Result<Vec<u8>> {
+        self.note("get_range");
+        self.inner.get_range(key, start, len)
+    }
+    fn head(&self, key: &str) -> walsync::Result<Option<storage::ObjectInfo>> {
+        self.note("head");
+        self.inner.head(key)
+    }
+    fn list(&self, prefix: &str, after: Option<&str>) -> walsync::Result<Vec<storage::ObjectInfo>> {
+        self.note("list");
+        self.inner.list(prefix, after)
+    }
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max_keys: usize,
+    ) -> walsync::Result<Vec<storage::ObjectInfo>> {
+        self.note("list_page");
+        self.inner.list_page(prefix, after, max_keys)
+    }
+    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
+        self.note("put_file");
+        self.inner.put_file(key, path, meta)
+    }
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &storage::Precondition,
+    ) -> walsync::Result<bool> {
+        self.note("put_conditional");
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+    fn get_with_etag(&self, key: &str) -> walsync::Result<Option<(Vec<u8>, String)>> {
+        self.note("get_with_etag");
+        self.inner.get_with_etag(key)
+    }
+    fn delete_many(&self, keys: &[String]) -> walsync::Result<()> {
+        self.note("delete_many");
+        self.inner.delete_many(keys)
+    }
+    fn check(&self) -> walsync::Result<()> {
+        self.note("check");
+        self.inner.check()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Every wrapper passes `put_file`, `list_page`, `put_conditional` and
+/// `get_with_etag` on as themselves: a wrapper answering `put_file` with a
+/// whole-file read and `put`, or `list_page` with a full `list`, would turn
+/// a streamed snapshot into one allocation of its size or a short probe into
+/// a listing of everything.
+#[test]
+fn wrappers_forward_streaming_and_conditional_methods() {
+    use std::sync::Arc;
+    use walsync::lease::{FencedStorage, Fencer, Mode};
+    use walsync::storage::crypt::Key;
+    use walsync::storage::{
+        CountingStorage, CryptStorage, Keyring, Precondition, RateLimited, RetryReads,
+        RoutedStorage,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("bucket");
+    let probe = Arc::new(Probe {
+        inner: FileStorage::create(&root).unwrap(),
+        calls: Default::default(),
+    });
+    let inner: Arc<dyn Storage> = probe.clone();
+    let src = dir.path().join("body");
+    std::fs::write(&src, common::pseudo_random(100_000, 3)).unwrap();
+    // The lease goes to the same directory, past the probe.
+    let fencer = Arc::new(Fencer::new(
+        Arc::new(FileStorage::create(&root).unwrap()),
+        Mode::Conditional,
+        std::time::Duration::from_secs(60),
+    ));
+    fencer.acquire("app.db", None).unwrap();
+    let keys = Keyring::new(Key::from_bytes([5; 32]), vec![]);
+    let wrappers: Vec<(&str, Box<dyn Storage>)> = vec![
+        ("Arc", Box::new(inner.clone())),
+        ("Box", Box::new(Box::new(inner.clone()) as Box<dyn Storage>)),
+        ("RoutedStorage", Box::new(RoutedStorage::new(inner.clone()))),
+        (
+            "RateLimited",
+            Box::new(RateLimited::new(inner.clone(), 1000)),
+        ),
+        (
+            "CountingStorage",
+            Box::new(CountingStorage::new(inner.clone())),
+        ),
+        ("RetryReads", Box::new(RetryReads(&*probe))),
+        (
+            "FencedStorage",
+            Box::new(FencedStorage::new(inner.clone(), fencer)),
+        ),
+        (
+            "CryptStorage",
+            Box::new(CryptStorage::new(inner.clone(), keys)),
+        ),
+    ];
+    for (n, (what, s)) in wrappers.iter().enumerate() {
+        let key = |i: u64| format!("app.db/0009/{:016x}-{:016x}.ltx", 1, 100 * n as u64 + i);
+        probe.take();
+        s.put_file(&key(1), &src, &Metadata::new()).unwrap();
+        assert_eq!(probe.take(), ["put_file"], "{what}: put_file");
+        s.list_page("app.db/0009/", None, 1).unwrap();
+        assert_eq!(probe.take(), ["list_page"], "{what}: list_page");
+        let stored = s
+            .put_conditional(&key(2), b"x", &Metadata::new(), &Precondition::Absent)
+            .unwrap();
+        assert!(stored, "{what}");
+        assert_eq!(probe.take(), ["put_conditional"], "{what}: put_conditional");
+        let (body, etag) = s.get_with_etag(&key(2)).unwrap().unwrap();
+        assert_eq!(body, b"x", "{what}");
+        assert_eq!(probe.take(), ["get_with_etag"], "{what}: get_with_etag");
+        // The ETag is the inner store's own: a conditional overwrite with it
+        // goes through, one with another ETag is refused.
+        let cond = Precondition::Matches(etag);
+        assert!(s
+            .put_conditional(&key(2), b"y", &Metadata::new(), &cond)
+            .unwrap());
+        assert!(!s
+            .put_conditional(&key(2), b"z", &Metadata::new(), &cond)
+            .unwrap());
+    }
+}

@@ -583,10 +583,7 @@ impl Storage for CryptStorage {
     fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
         let sealer = self.new_sealer(key)?;
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".walsync-enc-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        let mut tmp = crate::tmpfiles::create(dir)?;
         let mut src = File::open(path).map_err(|e| Error::io(path, e))?;
         let tmp_path = tmp.path().to_path_buf();
         let io_err = |e| Error::io(&tmp_path, e);

@@ -140,6 +140,15 @@ pub enum Precondition {
 
 /// A flat, prefix-scoped object store. All methods block; implementations are
 /// shared between threads (`Send + Sync`).
+///
+/// Only [`Storage::get`] has a default body, and it is right for every
+/// store. Every other method must be written out, because a default that a
+/// wrapper inherits silently goes wrong where nobody looks: a `put_file`
+/// default reading the whole file turned streamed snapshots into whole-file
+/// reads, a `list_page` default lists every page, a `put_conditional` default
+/// drops the lease's atomicity and a `get_with_etag` default returns an ETag
+/// the inner store's `If-Match` does not know. Wrappers forward each method
+/// to their inner store.
 pub trait Storage: Send + Sync {
     /// Stores `body` under `key` with user metadata `meta`, replacing any
     /// existing object. When this returns `Ok` the object is durable.
@@ -174,53 +183,33 @@ pub trait Storage: Send + Sync {
         prefix: &str,
         start_after: Option<&str>,
         max_keys: usize,
-    ) -> Result<Vec<ObjectInfo>> {
-        let mut all = self.list(prefix, start_after)?;
-        all.truncate(max_keys);
-        Ok(all)
-    }
+    ) -> Result<Vec<ObjectInfo>>;
 
-    /// Stores the file at `path` under `key`, like [`Storage::put`]. Backends
-    /// override it to stream large files (S3: multipart upload) so a
-    /// multi-gigabyte snapshot never sits in memory.
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
-        let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.put(key, &body, meta)
-    }
+    /// Stores the file at `path` under `key`, like [`Storage::put`], without
+    /// holding the whole file in memory (S3: multipart upload; directory:
+    /// chunked copy), so a multi-gigabyte snapshot never sits in memory. The
+    /// file may be read more than once (retries).
+    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()>;
 
     /// Stores `body` under `key` only if `cond` holds, atomically on the
     /// server: `Ok(true)` when stored, `Ok(false)` when the precondition
     /// failed (HTTP 412). Stores that cannot do this return an error of kind
     /// [`StorageErrorKind::Other`]; note that some S3 servers (Garage 2.5.0)
     /// silently ignore the condition instead, which only a probe detects
-    /// (`crate::lease::probe`). Wrappers must forward this method.
+    /// (`crate::lease::probe`).
     fn put_conditional(
         &self,
         key: &str,
         body: &[u8],
         meta: &Metadata,
         cond: &Precondition,
-    ) -> Result<bool> {
-        let _ = (body, meta, cond);
-        Err(err(
-            format!("{}/{key}", self.describe()),
-            StorageErrorKind::Other,
-            "conditional writes are not supported by this store",
-        ))
-    }
+    ) -> Result<bool>;
 
     /// The object's bytes and its ETag (for [`Precondition::Matches`]), or
-    /// `None` when it does not exist. Wrappers must forward this method.
-    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
-        match self.get(key) {
-            Ok(body) => {
-                let etag = hex(ring::digest::digest(&ring::digest::SHA256, &body).as_ref());
-                Ok(Some((body, etag)))
-            }
-            Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
+    /// `None` when it does not exist. The ETag is the store's own (S3's
+    /// quoted MD5 or multipart tag; a file's SHA-256), the one its
+    /// `put_conditional` compares.
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>>;
 
     /// Deletes `keys`; keys that do not exist are not an error.
     fn delete_many(&self, keys: &[String]) -> Result<()>;
