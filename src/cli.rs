@@ -290,6 +290,11 @@ impl SyncArgs {
             )?,
             tmp_dir: std::env::temp_dir(),
             recent: None,
+            // Tests shorten it; not a setting users need.
+            presence_check: std::env::var("WALSYNC_PRESENCE_CHECK_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(crate::compact::PRESENCE_CHECK, Duration::from_secs),
         };
         Ok(daemon::Options {
             databases,

@@ -689,6 +689,9 @@ pub struct Policy {
     pub tmp_dir: PathBuf,
     /// Bodies just stored, read instead of GETs (see [`Recent`]).
     pub recent: Option<Arc<Recent>>,
+    /// How often a shipping database's newest snapshot is checked to be
+    /// still stored ([`PRESENCE_CHECK`]).
+    pub presence_check: Duration,
 }
 
 impl Default for Policy {
@@ -698,6 +701,7 @@ impl Default for Policy {
             grace: DEFAULT_GRACE,
             tmp_dir: std::env::temp_dir(),
             recent: None,
+            presence_check: PRESENCE_CHECK,
         }
     }
 }
@@ -730,7 +734,18 @@ struct DbState {
     /// Deletable objects and when they were first seen deletable.
     marks: HashMap<String, Instant>,
     failures: u32,
+    /// Next look at whether the newest snapshot is still stored, and the
+    /// durable txid at the last look (only a database that shipped since
+    /// is looked at: an idle one costs no request).
+    presence_due: Instant,
+    presence_seen: u64,
 }
+
+/// How often a database that ships is checked for its newest snapshot
+/// still being in storage: a replica deleted under a running daemon (a
+/// mistaken `rm`, a lifecycle rule) is re-seeded with a snapshot instead of
+/// growing level-0 objects that no restore can start from.
+pub const PRESENCE_CHECK: Duration = Duration::from_secs(600);
 
 /// How often retention looks at a database that still has objects to
 /// expire, given its window.
@@ -843,6 +858,40 @@ impl DbState {
             retention_next: None,
             marks: HashMap::new(),
             failures: 0,
+            presence_due: now + policy.presence_check,
+            presence_seen: 0,
+        }
+    }
+
+    /// Is the newest snapshot this process knows durable still stored? If
+    /// it is gone, the replica was deleted under us: tell the watcher,
+    /// whose next txid is then a snapshot.
+    fn check_presence(&mut self, storage: &dyn Storage, policy: &Policy, now: Instant) {
+        let stats = &self.entry.stats;
+        let durable = stats.durable_txid.load(Ordering::Relaxed);
+        if now < self.presence_due || durable == self.presence_seen {
+            return;
+        }
+        self.presence_due = now + policy.presence_check;
+        let snap = stats.snapshot_txid.load(Ordering::Relaxed);
+        if snap == 0 {
+            return;
+        }
+        let key = ltx::object_key("", &self.entry.name, SNAPSHOT_LEVEL, 1, snap);
+        match storage.head(&key) {
+            Ok(Some(_)) => self.presence_seen = durable,
+            // A newer snapshot may have replaced it meanwhile (and retention
+            // deleted it): only a snapshot still the newest counts.
+            Ok(None) if stats.snapshot_txid.load(Ordering::Relaxed) == snap => {
+                log::warn!(
+                    "{}: the newest snapshot {key} is no longer in storage (replica deleted?)",
+                    self.entry.name
+                );
+                stats.replica_missing.store(true, Ordering::Relaxed);
+                self.presence_seen = durable;
+            }
+            Ok(None) => {}
+            Err(e) => log::debug!("{}: presence check of {key}: {e}", self.entry.name),
         }
     }
 
@@ -949,6 +998,7 @@ impl DbState {
                 self.retention_pass(storage, policy, window, now);
             }
         }
+        self.check_presence(storage, policy, now);
     }
 
     fn retention_pass(

@@ -162,6 +162,9 @@ pub struct DbStats {
     /// Unix time (ms) since which something committed in the WAL has not
     /// been read (published or only written); 0 = nothing.
     unread_since_ms: std::sync::atomic::AtomicU64,
+    /// Set by the compactor when the newest snapshot disappeared from
+    /// storage: the next txid must be a snapshot.
+    pub replica_missing: std::sync::atomic::AtomicBool,
 }
 
 impl DbStats {
@@ -1525,6 +1528,10 @@ impl Replica {
                     }
                 }
             }
+        }
+        if self.stats.replica_missing.swap(false, Ordering::Relaxed) {
+            self.snapshot_reason =
+                Some("the replica's newest snapshot disappeared from storage".into());
         }
         self.deferred_until = None;
         if !self.in_read && self.snapshot_reason.is_none() && self.read.is_some() {

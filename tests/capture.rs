@@ -55,11 +55,15 @@ impl World {
 
     /// `walsync-sync args… --bucket file:///…`, logging to the test's log.
     fn daemon(&self, args: &[&str]) -> Proc {
+        self.daemon_env(args, &[])
+    }
+
+    fn daemon_env(&self, args: &[&str], envs: &[(&str, String)]) -> Proc {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(["--bucket".to_string(), self.bucket()]);
         all.extend(["--shutdown-timeout".to_string(), "10s".to_string()]);
         let log = common::daemon::log_path(self.test);
-        Proc::start(BIN, &all, &[], &log)
+        Proc::start(BIN, &all, envs, &log)
     }
 
     fn replica(&self, name: &str) -> Replica {
@@ -581,4 +585,42 @@ fn snapshot_of_a_file_longer_than_its_database_is_exact() {
     );
     assert_eq!(page_count(&out), (pages, page_size));
     assert!(oracle::dump_diff(&oracle::source_dump(&out), &oracle::source_dump(&db)).is_none());
+}
+
+// ---------------------------------------------------------------------------
+// 7. The replica deleted under a running daemon
+// ---------------------------------------------------------------------------
+
+/// Someone deletes the database's objects (a mistaken `rm`, a lifecycle
+/// rule) while the daemon runs: it notices its newest snapshot is gone and
+/// re-seeds the replica with a snapshot, so the newest state is restorable
+/// again (instead of level-0 objects no restore can start from).
+#[test]
+fn replica_deleted_under_a_running_daemon_is_reseeded() {
+    let w = World::new("replica_deleted");
+    let db = w.path("app.db");
+    let mut app = Writer::create(&db, 1);
+    app.commit(3);
+    let d = w.daemon_env(
+        &[db.to_str().unwrap(), "--compaction", "1s,1h,1h"],
+        &[("WALSYNC_PRESENCE_CHECK_SECS", "1".to_string())],
+    );
+    let mut replica = w.replica("app.db").allow_compaction();
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    std::fs::remove_dir_all(w.path("replica/app.db")).unwrap();
+    let t0 = Instant::now();
+    let mut reseeded = false;
+    while t0.elapsed() < Duration::from_secs(30) {
+        app.commit(1);
+        std::thread::sleep(Duration::from_millis(200));
+        if snapshots(&w.replica("app.db").allow_compaction()) > 0 {
+            reseeded = true;
+            break;
+        }
+    }
+    assert!(reseeded, "no snapshot stored within 30 s of the deletion");
+    let mut replica = w.replica("app.db").allow_compaction();
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    let log = stop(d);
+    assert!(log.contains("is no longer in storage"), "{log}");
 }
