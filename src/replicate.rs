@@ -510,9 +510,6 @@ impl Replica {
                 path.display(),
                 real.display()
             );
-            if let Some(f) = self.rewatch.as_mut() {
-                f(&self.real, &real);
-            }
             self.wal = WalMap::open(wal_path(&real))?;
             self.shm = Shm::for_db(&real);
             self.real = real;
@@ -1500,7 +1497,13 @@ impl Replica {
         if id.is_none() {
             return Ok(false); // wait for it to come back
         }
+        let old = self.real.clone();
         self.connect()?;
+        // Watch where the file is now: another directory, or the same path
+        // in a directory that replaced the watched one.
+        if let Some(f) = self.rewatch.as_mut() {
+            f(&old, &self.real);
+        }
         self.wal = WalMap::open(wal_path(&self.real))?;
         self.tail.reset();
         self.snapshot_reason = Some("database file was replaced".into());
@@ -1512,7 +1515,9 @@ impl Replica {
         self.check_fenced()?;
         self.flush_pending()?;
         if !self.check_file()? {
-            return Ok(None);
+            // Gone: its directory may be gone with its watch, so look again
+            // every second rather than wait for an event that may never come.
+            return Ok(Some(Instant::now() + tail::FS_POLL));
         }
         if self.snapshot_reason.is_none() {
             if let Some(iv) = self.cfg.snapshot_interval {

@@ -47,7 +47,9 @@ const MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
-    .union(WatchMask::CLOSE_WRITE);
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::DELETE_SELF);
 
 impl Router {
     /// Create the inotify instance and start the routing thread; new files
@@ -153,13 +155,33 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 return;
             }
         };
-        let r = routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
                 // Events were dropped: wake everyone, each checks for itself.
                 for tx in r.dbs.values() {
                     let _ = tx.try_send(Event::Wake);
                 }
+                continue;
+            }
+            if ev
+                .mask
+                .intersects(EventMask::MOVE_SELF | EventMask::DELETE_SELF)
+            {
+                // The directory itself was renamed or deleted: its events no
+                // longer concern the path it was watched under. Wake its
+                // databases; each finds its file gone or replaced and watches
+                // again where the path now leads.
+                drop(r);
+                let mut w = routes.lock().unwrap_or_else(|p| p.into_inner());
+                let gone = w.dirs.remove(&ev.wd).unwrap_or_default();
+                for ((dir, _), tx) in &w.dbs {
+                    if gone.contains(dir) {
+                        let _ = tx.try_send(Event::Wake);
+                    }
+                }
+                drop(w);
+                r = routes.lock().unwrap_or_else(|p| p.into_inner());
                 continue;
             }
             let (Some(dirs), Some(name)) = (r.dirs.get(&ev.wd), ev.name) else {

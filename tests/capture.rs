@@ -624,3 +624,45 @@ fn replica_deleted_under_a_running_daemon_is_reseeded() {
     let log = stop(d);
     assert!(log.contains("is no longer in storage"), "{log}");
 }
+
+// ---------------------------------------------------------------------------
+// 8. The database's directory replaced by a rename
+// ---------------------------------------------------------------------------
+
+/// A deploy swaps the data directory (`mv data data.old; mv data.new data`):
+/// the watched directory is now elsewhere, and the database at the path is
+/// another file. walsync notices without any event from the new directory
+/// and replicates the new database completely.
+#[test]
+fn directory_swapped_by_rename_is_followed() {
+    let w = World::new("directory_swap");
+    std::fs::create_dir_all(w.path("data")).unwrap();
+    let db = w.path("data/app.db");
+    let mut old = Writer::create(&db, 1);
+    old.commit(5);
+    let d = w.daemon(&[db.to_str().unwrap()]);
+    let mut replica = w.replica("app.db");
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    drop(old);
+    // The new release's database, prepared beside, then swapped in.
+    std::fs::create_dir_all(w.path("data.new")).unwrap();
+    let mut new = Writer::create(&w.path("data.new/app.db"), 2);
+    new.commit(7);
+    drop(new);
+    // Let the daemon settle: no pass is pending when the swap happens.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::rename(w.path("data"), w.path("data.old")).unwrap();
+    std::fs::rename(w.path("data.new"), w.path("data")).unwrap();
+    let mut new = Writer::create(&db, 2);
+    for _ in 0..10 {
+        new.commit(2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    // And it keeps following the new directory's file events.
+    for _ in 0..10 {
+        new.commit(1);
+    }
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    stop(d);
+}
