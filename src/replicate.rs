@@ -1039,7 +1039,10 @@ impl Replica {
         let Some(file) = self.db_file.as_ref() else {
             return Err(Error::Config(format!("{}: not open", path.display())));
         };
-        let page_size = match page_size {
+        // The WAL's page size only when its frames are used: a WAL whose
+        // header no frame matches (bad or foreign) says nothing about the
+        // database file.
+        let page_size = match page_size.filter(|_| commit.is_some()) {
             Some(p) => p,
             None => {
                 let mut first = [0u8; 100];
