@@ -550,21 +550,28 @@ impl Daemon {
                     level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
                     retention: cfg.retention,
                 });
-                // A retargeted symlink: watch where SQLite now writes.
+                // A replaced or moved file (a retargeted symlink, a swapped
+                // directory): hold its lock — refused while another replica
+                // ships that file — and watch where SQLite now writes.
                 let moved_router = router.clone();
                 let moved_tx = ev_tx.clone();
+                let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
+                let moved_lock = held.clone();
                 rep.on_moved(move |old, new| {
-                    moved_router.remove_database(old);
-                    if let Err(e) = moved_router.add_database(new, moved_tx.clone()) {
-                        log::error!("{e}; changes there are seen only by the periodic checks");
+                    let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if !slot.as_ref().is_some_and(|l| l.covers(new)) {
+                        let fresh = crate::lock::try_lock(new)?;
+                        *slot = Some(fresh);
                     }
+                    moved_router.remove_database(old);
+                    moved_router.add_database(new, moved_tx.clone())
                 });
                 drop(ev_tx);
                 let result = rep.run(ev_rx, stop, drain);
                 if let (Some(f), Ok(())) = (&fencer, &result) {
                     f.release(&cfg_name);
                 }
-                drop(lock);
+                drop(held);
                 result
             });
         match spawned {

@@ -47,6 +47,18 @@ impl DbLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// True when this is the lock of the database at `db` as it is now
+    /// (the same lock file, not one at the same path in a directory that
+    /// replaced ours).
+    pub fn covers(&self, db: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let real = db.canonicalize().unwrap_or_else(|_| db.to_path_buf());
+        match (self._file.metadata(), std::fs::metadata(lock_path(&real))) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
 }
 
 /// Take the lock of the database at `db` without waiting. Fails with a

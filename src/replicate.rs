@@ -75,7 +75,7 @@ use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
 use crate::segment::{self, Encoded};
 use crate::shm::{Shm, ShmHeader};
 use crate::storage::{RetryReads, Storage};
-use crate::tail::{self, TailProbe};
+use crate::tail::{self, Tail, TailProbe};
 use crate::upload::{Ack, Budget, Segment};
 use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
 
@@ -337,21 +337,26 @@ pub struct Replica {
     via_symlink: bool,
     /// Looks for commits written past the published end of the WAL.
     tail: TailProbe,
+    /// When the last file event arrived.
+    last_event: Instant,
     /// Poll interval on filesystems without reliable file events.
     fs_poll: Option<Duration>,
     /// Last time storage made progress on this database's uploads (an ack,
-    /// or a send with nothing in flight): an outage is time without it.
+    /// or a send with nothing in flight): an outage is time without it
+    /// while the upload in flight fails (`upload_failures`).
     last_progress: Instant,
+    upload_failures: Arc<std::sync::atomic::AtomicU32>,
     /// Told `(old, new)` when `cfg.path` starts resolving to another file,
     /// so file events are watched where SQLite now writes.
     rewatch: Option<Moved>,
 }
 
 /// Callback told `(old, new)` resolved paths of a moved database.
-type Moved = Box<dyn FnMut(&Path, &Path) + Send>;
+type Moved = Box<dyn FnMut(&Path, &Path) -> Result<()> + Send>;
 
-/// Uploads without progress for this long are an outage: only then may the
-/// WAL past `max_wal_bytes` be released (once per outage).
+/// Uploads without progress for this long, the one in flight failing, are
+/// an outage: only then may the WAL past `max_wal_bytes` be released (once
+/// per outage). A big upload that is slow but succeeding is none.
 const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 /// `db` with every symlink resolved, as SQLite resolves it before it names
@@ -405,8 +410,10 @@ impl Replica {
             real,
             via_symlink,
             tail: TailProbe::new(),
+            last_event: Instant::now(),
             fs_poll,
             last_progress: Instant::now(),
+            upload_failures: Arc::default(),
             rewatch: None,
             cfg,
             storage,
@@ -464,9 +471,11 @@ impl Replica {
         &self.real
     }
 
-    /// Call `f(old, new)` when the database path starts resolving to another
-    /// file (a retargeted symlink), to move the file-event watch there.
-    pub fn on_moved(&mut self, f: impl FnMut(&Path, &Path) + Send + 'static) {
+    /// Call `f(old, new)` before reconnecting to a replaced or moved file
+    /// (resolved paths; a retargeted symlink, a swapped directory), to move
+    /// the lock and the file-event watch there. An error stops the
+    /// reconnection (retried with backoff).
+    pub fn on_moved(&mut self, f: impl FnMut(&Path, &Path) -> Result<()> + Send + 'static) {
         self.rewatch = Some(Box::new(f));
     }
 
@@ -916,6 +925,7 @@ impl Replica {
         let txid = enc.header.max_txid;
         let key = ltx::object_key("", &self.cfg.name, level, enc.header.min_txid, txid);
         let len = enc.body.len()?;
+        let failures: Arc<std::sync::atomic::AtomicU32> = Arc::default();
         // Files are streamed from disk; only their read buffer counts.
         let charge = self.budget.force(match enc.body {
             crate::upload::Body::Memory(_) => len,
@@ -930,10 +940,12 @@ impl Replica {
                 charge,
                 ack: self.acks_tx.clone(),
                 db: self.cfg.name.clone(),
+                failures: failures.clone(),
             })
             .map_err(|_| Error::Config("uploader pool stopped".into()))?;
         // Nothing was in flight: the time without progress starts now.
         self.last_progress = Instant::now();
+        self.upload_failures = failures;
         self.inflight.insert(txid);
         if level == SNAPSHOT_LEVEL {
             self.snapshot_inflight = Some(txid);
@@ -1207,7 +1219,7 @@ impl Replica {
         // released, the snapshot waits for the uploads to come back, so this
         // fires at most once per outage.
         let stalled = self.last_progress.elapsed();
-        if stalled < STUCK_AFTER {
+        if stalled < STUCK_AFTER || self.upload_failures.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         // What the pinned read transaction holds back is the current
@@ -1239,6 +1251,7 @@ impl Replica {
     fn woken(&mut self) {
         self.settle = 0;
         self.tail.reset();
+        self.last_event = Instant::now();
     }
 
     /// After a pass: is anything committed still unread? Something
@@ -1262,34 +1275,48 @@ impl Replica {
                 Some(Read::Empty) => shm.mx_frame == 0,
                 None => false,
             };
-        let written = read_all
-            && match self.wal.file()? {
-                Some(f) => self
-                    .tail
-                    .committed_past(f, &shm)
-                    .map_err(|e| Error::io(self.wal.path(), e))?,
-                None => false,
-            };
-        if read_all && !written {
-            self.stats.note_read_all();
-            return Ok(());
-        }
-        self.stats.note_unread();
-        let poll = if written {
-            log::trace!(
-                "{}: a commit is written past the published end: polling",
-                self.cfg.name
-            );
-            Some(tail::TAIL_POLL)
-        } else if self.deferred_until.is_none()
-            && self.inflight.is_empty()
-            && self.pending.is_empty()
-        {
-            // Published but unread, and neither a timer nor an upload's
-            // acknowledgement will wake the watcher.
-            Some(tail::TAIL_POLL)
-        } else {
-            None
+        let known = match self.read {
+            Some(Read::At(p)) => Some((p.salt1, p.salt2)),
+            _ => None,
+        };
+        let tail = match (read_all, self.wal.file()?) {
+            (true, Some(f)) => self
+                .tail
+                .committed_past(f, &shm, known)
+                .map_err(|e| Error::io(self.wal.path(), e))?,
+            _ => Tail::Nothing,
+        };
+        // A commit left unpublished long after the last file event: its
+        // writer died mid-commit (SQLite will overwrite it). Look now and
+        // then, without counting it as lag.
+        let patient = self.last_event.elapsed() < tail::TAIL_PATIENCE;
+        let poll = match tail {
+            Tail::Committed if patient => {
+                log::trace!(
+                    "{}: a commit is written past the published end: polling",
+                    self.cfg.name
+                );
+                self.stats.note_unread();
+                Some(tail::TAIL_POLL)
+            }
+            Tail::Committed => {
+                self.stats.note_read_all();
+                Some(tail::TAIL_SLOW_POLL)
+            }
+            Tail::Undecided => Some(tail::TAIL_POLL),
+            Tail::Nothing if read_all => {
+                self.stats.note_read_all();
+                None
+            }
+            Tail::Nothing => {
+                self.stats.note_unread();
+                // Published but unread: look again shortly unless a timer of
+                // the pass or an upload's acknowledgement wakes the watcher.
+                let waiting = self.deferred_until.is_some()
+                    || !self.inflight.is_empty()
+                    || !self.pending.is_empty();
+                (!waiting).then_some(tail::TAIL_POLL)
+            }
         };
         if let Some(poll) = poll {
             let at = Instant::now() + poll;
@@ -1500,13 +1527,14 @@ impl Replica {
         if id.is_none() {
             return Ok(false); // wait for it to come back
         }
-        let old = self.real.clone();
-        self.connect()?;
-        // Watch where the file is now: another directory, or the same path
-        // in a directory that replaced the watched one.
+        // Before opening it: lock and watch the file where it is now
+        // (another directory, or the same path in a directory that replaced
+        // the watched one). Refused when another replica holds that file.
+        let new = resolve(&self.cfg.path)?;
         if let Some(f) = self.rewatch.as_mut() {
-            f(&old, &self.real);
+            f(&self.real, &new)?;
         }
+        self.connect()?;
         self.wal = WalMap::open(wal_path(&self.real))?;
         self.tail.reset();
         self.snapshot_reason = Some("database file was replaced".into());
@@ -1557,7 +1585,10 @@ impl Replica {
         self.step()?;
         self.watch_tail()?;
         let mut next = self.deferred_until;
-        if let Some(poll) = self.fs_poll {
+        // Remote filesystems miss events; a symlink can be retargeted
+        // without any event where walsync watches.
+        let poll = self.fs_poll.or(self.via_symlink.then_some(tail::FS_POLL));
+        if let Some(poll) = poll {
             let at = Instant::now() + poll;
             next = Some(next.map_or(at, |n| n.min(at)));
         }

@@ -15,7 +15,10 @@
 //!   (salts, checksum chain and a commit frame all verified), a publication
 //!   is coming, and the watcher polls every [`TAIL_POLL`] until it arrives.
 //!   Frames of a rolled-back transaction (no commit frame) or of an older
-//!   generation (other salts) cause no polling.
+//!   generation (other salts) cause no polling. A commit that stays
+//!   unpublished for [`TAIL_PATIENCE`] after the last file event (its writer
+//!   died between writing and publishing, and SQLite will overwrite it) is
+//!   then looked at only every [`TAIL_SLOW_POLL`], and no longer counted as lag.
 //! - **Remote and layered filesystems.** inotify reports only changes made
 //!   through the local kernel: on NFS, CIFS/SMB, FUSE, 9p or Ceph a change
 //!   made elsewhere raises nothing. A database there is polled every
@@ -36,6 +39,13 @@ use crate::wal::{self, Checksum, FrameHeader, WalHeader, FRAME_HEADER_SIZE, WAL_
 /// How often a database with a written, unpublished commit is looked at.
 pub const TAIL_POLL: Duration = Duration::from_millis(100);
 
+/// How long after the last file event an unpublished commit is polled for
+/// at [`TAIL_POLL`] and counted as lag.
+pub const TAIL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How often it is looked at after that.
+pub const TAIL_SLOW_POLL: Duration = Duration::from_secs(5);
+
 /// How often a database on a filesystem without reliable events is looked at.
 pub const FS_POLL: Duration = Duration::from_secs(1);
 
@@ -44,11 +54,25 @@ pub const FS_POLL: Duration = Duration::from_secs(1);
 /// the watcher thread.
 const FRAMES_PER_PROBE: u32 = 4096;
 
+/// What lies past the published end of the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// No commit: nothing, leftovers, or frames of a transaction still open.
+    Nothing,
+    /// A complete commit, written and not yet published.
+    Committed,
+    /// Valid frames so far, not all verified yet (a huge transaction): look
+    /// again soon, the scan resumes where it stopped.
+    Undecided,
+}
+
 /// An incremental scan past the published end of the WAL.
 #[derive(Default)]
 pub struct TailProbe {
     /// Generation and published end the scan started from.
     key: Option<(u32, u32, u32)>,
+    /// Salts the frames past the end must carry.
+    salts: (u32, u32),
     /// Next frame to verify and the running checksum before it.
     offset: u64,
     sum: Checksum,
@@ -69,12 +93,18 @@ impl TailProbe {
         self.key = None;
     }
 
-    /// True when `wal` holds a complete commit of the wal-index's current
-    /// generation past its published end `shm.mx_frame`.
-    pub fn committed_past(&mut self, wal: &File, shm: &ShmHeader) -> std::io::Result<bool> {
+    /// Whether `wal` holds a complete commit of the wal-index's current
+    /// generation past its published end `shm.mx_frame`. `known` is the
+    /// generation walsync last read (its salts), if any.
+    pub fn committed_past(
+        &mut self,
+        wal: &File,
+        shm: &ShmHeader,
+        known: Option<(u32, u32)>,
+    ) -> std::io::Result<Tail> {
         let key = (shm.salt1, shm.salt2, shm.mx_frame);
-        if self.key != Some(key) && !self.start(wal, shm)? {
-            return Ok(false);
+        if self.key != Some(key) && !self.start(wal, shm, known)? {
+            return Ok(Tail::Nothing);
         }
         self.key = Some(key);
         let frame = FRAME_HEADER_SIZE + self.page_size as usize;
@@ -82,36 +112,41 @@ impl TailProbe {
         for _ in 0..FRAMES_PER_PROBE {
             match wal.read_exact_at(&mut self.buf, self.offset) {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(Tail::Nothing),
                 Err(e) => return Err(e),
             }
             let (head, page) = self.buf.split_at(FRAME_HEADER_SIZE);
             let mut hb = [0u8; FRAME_HEADER_SIZE];
             hb.copy_from_slice(head);
             let fh = FrameHeader::parse(&hb);
-            if (fh.salt1, fh.salt2) != (shm.salt1, shm.salt2) || fh.pgno == 0 {
-                return Ok(false);
+            if (fh.salt1, fh.salt2) != self.salts || fh.pgno == 0 {
+                return Ok(Tail::Nothing);
             }
             let sum = wal::checksum(self.big_endian, self.sum, &head[..8]);
             let sum = wal::checksum(self.big_endian, sum, page);
             if sum != fh.checksum {
                 // Not written completely yet, or left from a rolled-back
                 // transaction: the next write raises an event.
-                return Ok(false);
+                return Ok(Tail::Nothing);
             }
             if fh.is_commit() {
                 // Stay on this frame: the next probe verifies it again.
-                return Ok(true);
+                return Ok(Tail::Committed);
             }
             self.offset += frame as u64;
             self.sum = sum;
         }
-        Ok(false)
+        Ok(Tail::Undecided)
     }
 
     /// Position the scan just past the published end; false when the WAL
     /// holds nothing of the wal-index's generation there.
-    fn start(&mut self, wal: &File, shm: &ShmHeader) -> std::io::Result<bool> {
+    fn start(
+        &mut self,
+        wal: &File,
+        shm: &ShmHeader,
+        known: Option<(u32, u32)>,
+    ) -> std::io::Result<bool> {
         let mut hb = [0u8; WAL_HEADER_SIZE];
         match wal.read_exact_at(&mut hb, 0) {
             Ok(()) => {}
@@ -121,7 +156,14 @@ impl TailProbe {
         let Ok(h) = WalHeader::parse(&hb) else {
             return Ok(false);
         };
-        if (h.salt1, h.salt2) != (shm.salt1, shm.salt2) {
+        // A connection that never restarted the WAL itself starts a new
+        // generation (`mxFrame` 0) with random salts, which reach the
+        // wal-index only when the commit is published. A header that is
+        // neither the wal-index's nor the generation walsync last read is
+        // such a new one; the one walsync read is a leftover.
+        let salts = (h.salt1, h.salt2);
+        let fresh = shm.mx_frame == 0 && Some(salts) != known;
+        if salts != (shm.salt1, shm.salt2) && !fresh {
             return Ok(false);
         }
         let frame = h.frame_size();
@@ -143,6 +185,7 @@ impl TailProbe {
             }
             fh.checksum
         };
+        self.salts = salts;
         self.offset = end;
         self.sum = sum;
         self.big_endian = h.big_endian;

@@ -63,6 +63,9 @@ pub struct Segment {
     pub ack: Sender<Ack>,
     /// Database name, for messages.
     pub db: String,
+    /// Failed attempts so far, readable by the watcher: an upload that is
+    /// slow but not failing is no outage.
+    pub failures: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// A segment is durable in storage, or can never be stored by this process.
@@ -330,6 +333,7 @@ fn run(
                 }
                 Err(e) => {
                     stats.put_errors.fetch_add(1, Ordering::Relaxed);
+                    seg.failures.fetch_add(1, Ordering::Relaxed);
                     let retryable = e.storage_kind().is_some_and(|k| k.is_retryable());
                     // Transient failures retry at least every 5 s, so replication
                     // catches up soon after S3 returns; permanent ones (403,
