@@ -215,8 +215,12 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     raise_fd_limit(files.len());
     if let Some(f) = &opts.fencer {
-        // The probe writes an object: a blip must not stop the daemon.
-        crate::storage::retry_transient(5, &default.describe(), || f.start(true).map(|_| ()))?;
+        // The probe writes an object: a blip must not stop the daemon. It
+        // needs three requests in a row to succeed (each attempt uses a new
+        // key), so under a brownout (a third of requests failing) five
+        // attempts failed one restart in eight; the server has just answered
+        // the check, so waiting longer (~1 min at most) is cheap.
+        crate::storage::retry_transient(20, &default.describe(), || f.start(true).map(|_| ()))?;
     }
 
     let routed = Arc::new(RoutedStorage::new(default));
