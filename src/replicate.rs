@@ -346,8 +346,9 @@ pub struct Replica {
     /// while the upload in flight fails (`upload_failures`).
     last_progress: Instant,
     upload_failures: Arc<std::sync::atomic::AtomicU32>,
-    /// Told `(old, new)` when `cfg.path` starts resolving to another file,
-    /// so file events are watched where SQLite now writes.
+    /// Told `(old, new)` resolved paths before reconnecting to a replaced
+    /// or moved file, so its lock is held and its events are watched where
+    /// SQLite now writes (see [`Replica::on_moved`]).
     rewatch: Option<Moved>,
 }
 
@@ -464,11 +465,6 @@ impl Replica {
     /// What storage held when replication started (`None`: nothing).
     pub fn resumed(&self) -> Option<Resumed> {
         self.resumed
-    }
-
-    /// The database file as SQLite names it (every symlink resolved).
-    pub fn real_path(&self) -> &Path {
-        &self.real
     }
 
     /// Call `f(old, new)` before reconnecting to a replaced or moved file
