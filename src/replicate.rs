@@ -5,7 +5,7 @@
 //! restart (or a TRUNCATE) destroys the frames. Missing them silently means a
 //! backup with a hole. The protocol below makes loss impossible where it can
 //! and *detectable* everywhere else, and answers detected doubt with a full
-//! snapshot as the next txid (DESIGN §3).
+//! snapshot as the next txid.
 //!
 //! # Facts it rests on (each checked against real SQLite in `tests/shm.rs`)
 //!
@@ -100,6 +100,9 @@ pub struct DbConfig {
     /// holding the WAL back: the application's checkpoints proceed and the
     /// next txid will be a snapshot (0 = never).
     pub max_wal_bytes: u64,
+    /// Uploads that made no progress for this long while the one in flight
+    /// failed are an outage (see `max_wal_bytes`).
+    pub stuck_after: Duration,
     /// Directory for temporary snapshot files.
     pub tmp_dir: PathBuf,
     /// Retention window of the replica (`None`: keep everything); see
@@ -124,8 +127,9 @@ impl DbConfig {
             min_put_interval: Duration::ZERO,
             busy_timeout: Duration::from_secs(5),
             max_wal_bytes: 1 << 30,
+            stuck_after: STUCK_AFTER,
             tmp_dir: std::env::temp_dir(),
-            retention: Some(crate::compact::DEFAULT_RETENTION),
+            retention: Some(crate::defaults::DEFAULT_RETENTION),
         }
     }
 }
@@ -1215,7 +1219,7 @@ impl Replica {
         // released, the snapshot waits for the uploads to come back, so this
         // fires at most once per outage.
         let stalled = self.last_progress.elapsed();
-        if stalled < STUCK_AFTER || self.upload_failures.load(Ordering::Relaxed) == 0 {
+        if stalled < self.cfg.stuck_after || self.upload_failures.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         // What the pinned read transaction holds back is the current

@@ -19,25 +19,36 @@ use walsync::upload::Uploader;
 struct Slow {
     inner: FileStorage,
     delay_ms: AtomicU64,
+    /// PUTs fail (a transient error) after their delay: an outage.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Slow {
     /// The PUT delay; re-read while waiting, so a test can end an "outage".
-    fn wait(&self) {
+    /// Then the PUT fails while `failing` is set.
+    fn wait(&self) -> walsync::Result<()> {
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(self.delay_ms.load(Ordering::SeqCst)) {
             std::thread::sleep(Duration::from_millis(5));
         }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(walsync::Error::storage(
+                "slow",
+                walsync::StorageErrorKind::Transient,
+                "storage is down (test)",
+            ));
+        }
+        Ok(())
     }
 }
 
 impl Storage for Slow {
     fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
-        self.wait();
+        self.wait()?;
         self.inner.put(key, body, meta)
     }
     fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
-        self.wait();
+        self.wait()?;
         self.inner.put_file(key, path, meta)
     }
     fn put_conditional(
@@ -122,6 +133,7 @@ impl World {
         let slow = Arc::new(Slow {
             inner: FileStorage::create(dir.path().join("bucket")).unwrap(),
             delay_ms: AtomicU64::new(0),
+            failing: Default::default(),
         });
         let storage: Arc<dyn Storage> = slow.clone();
         World {
@@ -351,8 +363,9 @@ fn sustained_writes_still_checkpoint() {
     );
 }
 
-/// A long storage outage must not let the WAL grow without bound: past
-/// `max_wal_bytes` walsync stops holding it back (the application's
+/// A long storage outage (uploads failing for `stuck_after`) must not let
+/// the WAL grow without bound: past `max_wal_bytes` walsync stops holding
+/// it back (the application's
 /// checkpoints work again), and once storage is back the next txid is a
 /// snapshot, so the replica ends up equal to the source.
 #[test]
@@ -363,9 +376,10 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
         .unwrap();
     let mut cfg = w.cfg();
     cfg.max_wal_bytes = 256 << 10;
+    cfg.stuck_after = Duration::from_millis(300);
     let run = start(&w, cfg);
     wait_for("snapshot 1", || has_txid(&w.keys(), 1));
-    w.slow.delay_ms.store(3_600_000, Ordering::SeqCst); // storage hangs
+    w.slow.failing.store(true, Ordering::SeqCst); // storage is down
     let wal = PathBuf::from(format!("{}-wal", w.db.display()));
     let mut released = false;
     for i in 0..400 {
@@ -388,7 +402,7 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
     assert!(released, "the WAL was never released during the outage");
     c.execute("INSERT INTO t VALUES ('after')", []).unwrap();
     run.wake();
-    w.slow.delay_ms.store(0, Ordering::SeqCst); // storage is back
+    w.slow.failing.store(false, Ordering::SeqCst); // storage is back
     let source = w.source_rows();
     wait_for("the replica to catch up", || {
         w.keys()
