@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local S3 server (Garage 2.5.0, single node) for walsync's tests, demo and
-# benchmarks. See DESIGN.md §5.
+# benchmarks.
 #
 #   out=$(scripts/s3-server.sh start) && eval "$out"   # start (or reuse), export env
 #   eval "$(scripts/s3-server.sh env)"                  # env of the running server

@@ -9,7 +9,7 @@
 //! stored and write or delete objects; neither touches the WAL, so they run
 //! on their own thread and never delay a commit's upload.
 //!
-//! # Compaction (DESIGN §4)
+//! # Compaction
 //!
 //! Level `L` (1–3) merges a chain of level-`L-1` objects into one object
 //! every interval (30 s, 5 min, 1 h by default). A merged object covers
@@ -66,14 +66,14 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::ltx::{self, Decoder, Header, SNAPSHOT_LEVEL};
+pub use crate::recent::Recent;
 use crate::replicate::DbStats;
 use crate::restore::{self, ReplicaObject, SPOOL_THRESHOLD};
 use crate::segment::{self, Encoded, MEMORY_LIMIT};
 use crate::storage::Storage;
 use crate::upload::Body;
 
-/// Highest compaction level (levels 1..=3; 9 holds snapshots).
-pub const MAX_LEVEL: u8 = 3;
+pub use crate::ltx::MAX_LEVEL;
 
 /// Default intervals of levels 1, 2 and 3.
 pub const DEFAULT_INTERVALS: [Duration; 3] = [
@@ -82,8 +82,7 @@ pub const DEFAULT_INTERVALS: [Duration; 3] = [
     Duration::from_secs(60 * 60),
 ];
 
-/// Default retention window.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub use crate::defaults::DEFAULT_RETENTION;
 
 /// Default time an object stays deletable before it is deleted.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);
@@ -94,119 +93,6 @@ pub const MAX_INPUTS: usize = 10_000;
 
 /// Keys per DELETE request (the S3 limit).
 const DELETE_BATCH: usize = 1000;
-
-// ---------------------------------------------------------------------------
-// Recently stored objects
-// ---------------------------------------------------------------------------
-
-/// Bodies of objects just stored that the next compaction will merge
-/// (level-0 segments from the uploaders, level-1 and -2 merges from the
-/// compactor), so that merging them costs no GET: without it a busy
-/// database pays one GET for every PUT. Bounded by a byte capacity (oldest
-/// first out; a miss is just a GET), and off (capacity 0) unless the daemon
-/// compacts.
-pub struct Recent {
-    inner: std::sync::Mutex<RecentInner>,
-}
-
-#[derive(Default)]
-struct RecentInner {
-    capacity: usize,
-    bytes: usize,
-    order: std::collections::VecDeque<String>,
-    bodies: HashMap<String, Vec<u8>>,
-}
-
-impl Recent {
-    /// An empty cache holding at most `capacity` bytes (0 = off).
-    pub fn new(capacity: usize) -> Recent {
-        Recent {
-            inner: std::sync::Mutex::new(RecentInner {
-                capacity,
-                ..RecentInner::default()
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Change the capacity (evicting as needed).
-    pub fn set_capacity(&self, capacity: usize) {
-        let mut g = self.lock();
-        g.capacity = capacity;
-        g.evict();
-    }
-
-    /// Remember the body stored under `key`, if it is an object a
-    /// compaction will read (levels 0..MAX_LEVEL-1) and fits.
-    pub fn offer(&self, key: &str, body: Vec<u8>) {
-        let wanted = ltx::parse_object_key("", key).is_some_and(|k| k.level < MAX_LEVEL);
-        let mut g = self.lock();
-        if !wanted || body.len() > g.capacity {
-            return;
-        }
-        g.bytes += body.len();
-        if let Some(old) = g.bodies.insert(key.to_string(), body) {
-            g.bytes -= old.len();
-        } else {
-            g.order.push_back(key.to_string());
-        }
-        g.evict();
-    }
-
-    /// Take the body of `key` out of the cache.
-    pub fn take(&self, key: &str) -> Option<Vec<u8>> {
-        let mut g = self.lock();
-        let body = g.bodies.remove(key)?;
-        g.bytes -= body.len();
-        // Its key stays in `order` until it reaches the front (cheap).
-        Some(body)
-    }
-
-    /// True when it keeps anything (capacity above 0).
-    pub fn enabled(&self) -> bool {
-        self.lock().capacity > 0
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-}
-
-impl std::fmt::Debug for Recent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let g = self.lock();
-        f.debug_struct("Recent")
-            .field("capacity", &g.capacity)
-            .field("bytes", &g.bytes)
-            .field("objects", &g.bodies.len())
-            .finish()
-    }
-}
-
-impl RecentInner {
-    fn evict(&mut self) {
-        while self.bytes > self.capacity {
-            let Some(k) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(b) = self.bodies.remove(&k) {
-                self.bytes -= b.len();
-            }
-        }
-        // Keys of taken bodies: drop them once they are most of the queue.
-        if self.order.len() > 2 * self.bodies.len() + 64 {
-            let bodies = &self.bodies;
-            self.order.retain(|k| bodies.contains_key(k));
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Merge
@@ -1186,35 +1072,4 @@ pub fn compact_by_hand(
     }
     .map_err(io)?;
     Ok(done)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_keeps_what_compaction_reads_within_its_capacity() {
-        let r = Recent::new(100);
-        let k = |l: u8, t: u64| ltx::object_key("", "a.db", l, t, t);
-        r.offer(&k(0, 1), vec![1; 40]);
-        r.offer(&k(0, 2), vec![2; 40]);
-        r.offer(&k(3, 3), vec![3; 10]); // level 3 is never merged: not kept
-        r.offer("a.db/0000/not-ltx", vec![4; 10]);
-        assert_eq!(r.bytes(), 80);
-        r.offer(&k(0, 3), vec![5; 40]); // evicts the oldest
-        assert_eq!(r.bytes(), 80);
-        assert_eq!(r.take(&k(0, 1)), None);
-        assert_eq!(r.take(&k(0, 2)), Some(vec![2; 40]));
-        assert_eq!(r.take(&k(0, 2)), None, "taken once");
-        r.offer(&k(1, 9), vec![6; 101]); // larger than the capacity
-        assert_eq!(r.bytes(), 40);
-        r.set_capacity(0);
-        assert_eq!(r.bytes(), 0);
-        for t in 10..1000 {
-            r.set_capacity(10);
-            r.offer(&k(0, t), vec![0; 5]);
-            let _ = r.take(&k(0, t));
-        }
-        assert!(r.lock().order.len() < 100, "taken keys do not pile up");
-    }
 }

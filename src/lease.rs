@@ -57,13 +57,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result, StorageErrorKind};
-use crate::ltx::{self, now_ms};
+use crate::ltx;
 use crate::storage::{Metadata, ObjectInfo, Precondition, Storage};
+use crate::util::{now_ms, random_u64};
 
 /// Default lease lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-/// Suffix of a lease object's key (`<db>.walsync-lease`).
-pub const LEASE_SUFFIX: &str = ".walsync-lease";
+pub use crate::ltx::LEASE_SUFFIX;
 /// Metadata naming the writer of an object (tells our own retried
 /// conditional PUT from another writer's object).
 pub const META_WRITER: &str = "walsync-writer";
@@ -117,16 +117,6 @@ pub fn probe(store: &dyn Storage) -> Result<Mode> {
     };
     store.delete_many(&[key])?;
     Ok(mode)
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let rng = ring::rand::SystemRandom::new();
-    if ring::rand::SecureRandom::fill(&rng, &mut b).is_err() {
-        // Unique enough for a probe key / holder id: time and pid.
-        return now_ms() as u64 ^ (u64::from(std::process::id()) << 32);
-    }
-    u64::from_le_bytes(b)
 }
 
 fn time_text(ms: i64) -> String {

@@ -1,6 +1,6 @@
 //! walsync: continuous replication of SQLite WAL files to S3-compatible storage.
 //!
-//! The crate is laid out as the pipeline it implements (see DESIGN.md §1):
+//! The crate is laid out as the pipeline it implements:
 //!
 //! - [`wal`]: read and verify a SQLite write-ahead log, cut it at commit frames.
 //! - [`ltx`]: encode and decode LTX files, the on-storage format shared with
@@ -27,6 +27,9 @@
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`cli`]: command-line parsing shared by the `walsync` and `walsync-sync`
 //!   binaries.
+//! - [`recent`]: bodies of objects just stored, kept for the compactor.
+//! - [`defaults`], [`util`]: defaults and small helpers every stage shares
+//!   (leaves: they import nothing of the crate).
 //!
 //! There is no async runtime anywhere: the daemon is a fixed set of threads.
 
@@ -34,6 +37,7 @@ pub mod cli;
 pub mod compact;
 pub mod config;
 pub mod daemon;
+pub mod defaults;
 pub mod error;
 pub mod heartbeat;
 pub mod lease;
@@ -42,6 +46,7 @@ pub mod ltx;
 pub mod metrics;
 pub mod notify;
 pub mod ops;
+pub mod recent;
 pub mod replicate;
 pub mod restore;
 pub mod segment;
@@ -50,6 +55,7 @@ pub mod storage;
 pub mod tail;
 pub mod tmpfiles;
 pub mod upload;
+pub mod util;
 pub mod wal;
 pub mod watch;
 

@@ -1,7 +1,7 @@
 //! LTX files: the on-storage format of every replicated segment and snapshot.
 //!
 //! walsync does not invent a format. It writes exactly what Litestream 0.5
-//! writes (the LTX format of `github.com/superfly/ltx`, DESIGN.md §4) and lays
+//! writes (the LTX format of `github.com/superfly/ltx`) and lays
 //! the objects out under Litestream's keys, so that a bucket written by
 //! walsync can be restored with `litestream restore`, and a bucket written by
 //! Litestream can be restored with walsync. Compatibility with real files is
@@ -31,7 +31,7 @@
 //! unbounded allocation.
 
 use std::io::{self, Read, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 
@@ -67,6 +67,9 @@ pub const CHECKSUM_FLAG: u64 = 1 << 63;
 
 /// The level that holds full-database snapshots.
 pub const SNAPSHOT_LEVEL: u8 = 9;
+
+/// Highest compaction level (levels 1..=3 hold merges of the level below).
+pub const MAX_LEVEL: u8 = 3;
 
 /// SQLite's pending byte offset; the page holding it is the lock page.
 pub const PENDING_BYTE: u64 = 0x4000_0000;
@@ -106,17 +109,8 @@ pub fn max_compressed_page_size(page_size: u32) -> usize {
     lz4_flex::block::get_maximum_output_size(page_size as usize)
 }
 
-/// Milliseconds since the Unix epoch, now (for [`Header::timestamp_ms`]).
-pub fn now_ms() -> i64 {
-    system_time_ms(SystemTime::now())
-}
-
-fn system_time_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
+pub use crate::util::now_ms;
+use crate::util::system_time_ms;
 
 // ---------------------------------------------------------------------------
 // Header and trailer
@@ -222,7 +216,7 @@ impl Header {
     /// Errors are a plain reason (this layer does not know the object's
     /// name); wrap it with [`Error::ltx`].
     pub fn decode(bytes: &[u8]) -> std::result::Result<Header, String> {
-        if let Some(reason) = crate::storage::crypt::encrypted_reason(bytes) {
+        if let Some(reason) = encrypted_reason(bytes) {
             return Err(reason);
         }
         let Some(b) = bytes.get(..HEADER_SIZE) else {
@@ -1009,8 +1003,30 @@ pub fn level_prefix(prefix: &str, db: &str, level: u8) -> String {
     }
 }
 
+/// Suffix of a lease object's key: `<db>.walsync-lease`, beside the
+/// database's `<db>/` prefix ([`crate::lease`]).
+pub const LEASE_SUFFIX: &str = ".walsync-lease";
+
+/// First bytes of every object sealed by client-side encryption
+/// ([`crate::storage::crypt`]).
+pub const ENCRYPTED_MAGIC: &[u8; 8] = b"WSYNCENC";
+/// Environment variable holding the current encryption key (64 hex digits).
+pub const KEY_ENV: &str = "WALSYNC_ENCRYPTION_KEY";
+
+/// If `bytes` start with an encrypted object's header, the reason an LTX
+/// reader without a key gives: names the key id and the flag to pass.
+pub fn encrypted_reason(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 24 || &bytes[..8] != ENCRYPTED_MAGIC {
+        return None;
+    }
+    Some(format!(
+        "object is encrypted (key id {}); pass --encryption-key-file or set {KEY_ENV}",
+        crate::util::hex(&bytes[16..24])
+    ))
+}
+
 /// The object key of an LTX file:
-/// `<prefix>/<db>/<level %04x>/<min %016x>-<max %016x>.ltx` (DESIGN §4).
+/// `<prefix>/<db>/<level %04x>/<min %016x>-<max %016x>.ltx`.
 pub fn object_key(prefix: &str, db: &str, level: u8, min_txid: u64, max_txid: u64) -> String {
     let mut k = level_prefix(prefix, db, level);
     k.push_str(&file_name(min_txid, max_txid));
@@ -1260,7 +1276,7 @@ mod tests {
             1_735_787_045_678
         );
         assert!(parse_timestamp("yesterday").is_err());
-        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_735_787_045_678);
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_735_787_045_678);
         assert_eq!(format_system_time(t).unwrap(), "2025-01-02T03:04:05.678Z");
     }
 

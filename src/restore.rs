@@ -11,7 +11,7 @@
 //! 1. **Plan** ([`list_replica`], [`Replica::plan`], or [`plan`] for both):
 //!    one listing of `<db>/` (all levels at once; every key must parse, a
 //!    stray object under the database prefix is an error, not silently
-//!    skipped), then the chain of DESIGN.md §4: a full snapshot (any object
+//!    skipped), then a chain (bucket layout: [`crate::ltx::object_key`]): a full snapshot (any object
 //!    with min txid 1, normally the newest level-9 snapshot at or before the
 //!    target) followed by objects from any level satisfying
 //!    `next.min ≤ prev.max + 1 < next.max + 1`, ending exactly at the target.

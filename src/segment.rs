@@ -21,16 +21,39 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Encoder, Header};
 use crate::storage::Metadata;
-use crate::upload::Body;
 use crate::wal::{self, Position, Transaction};
 
 /// Segments whose raw pages exceed this are encoded into a temp file.
 pub const MEMORY_LIMIT: u64 = 8 << 20;
 
-/// Metadata name holding the RFC 3339 timestamp Litestream's restore reads.
-pub const META_TIMESTAMP: &str = "litestream-timestamp";
-/// Metadata name holding the hex SHA-256 of the object.
-pub const META_SHA256: &str = "walsync-sha256";
+pub use crate::storage::{META_SHA256, META_TIMESTAMP};
+pub use crate::util::hex;
+
+/// A segment's bytes: small ones in memory, snapshots in a temp file.
+#[derive(Debug)]
+pub enum Body {
+    /// An encoded LTX file.
+    Memory(Vec<u8>),
+    /// An encoded LTX file on disk (deleted when the segment is dropped).
+    File(tempfile::TempPath),
+}
+
+impl Body {
+    /// Size in bytes.
+    pub fn len(&self) -> Result<u64> {
+        match self {
+            Body::Memory(v) => Ok(v.len() as u64),
+            Body::File(p) => std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| Error::io(p, e)),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.len(), Ok(0))
+    }
+}
 
 /// An encoded LTX object ready for upload.
 pub struct Encoded {
@@ -144,17 +167,6 @@ fn metadata(header: &Header, sha: &[u8]) -> Result<Metadata> {
             ltx::format_timestamp_ms(header.timestamp_ms)?,
         )
         .with(META_SHA256, hex(sha)))
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// A writer that hashes everything written through it (ring SHA-256).

@@ -17,35 +17,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::compact::Recent;
-use crate::error::{Error, Result};
+use crate::error::Error;
+use crate::recent::Recent;
 use crate::storage::{Metadata, Storage};
 
-/// A segment's bytes: small ones in memory, snapshots in a temp file.
-#[derive(Debug)]
-pub enum Body {
-    /// An encoded LTX file.
-    Memory(Vec<u8>),
-    /// An encoded LTX file on disk (deleted when the segment is dropped).
-    File(tempfile::TempPath),
-}
-
-impl Body {
-    /// Size in bytes.
-    pub fn len(&self) -> Result<u64> {
-        match self {
-            Body::Memory(v) => Ok(v.len() as u64),
-            Body::File(p) => std::fs::metadata(p)
-                .map(|m| m.len())
-                .map_err(|e| Error::io(p, e)),
-        }
-    }
-
-    /// True when empty.
-    pub fn is_empty(&self) -> bool {
-        matches!(self.len(), Ok(0))
-    }
-}
+pub use crate::segment::Body;
 
 /// One LTX object to store, and whom to tell when it is durable.
 pub struct Segment {
@@ -179,28 +155,7 @@ pub struct Uploader {
     recent: Arc<Recent>,
 }
 
-/// Capped exponential backoff with jitter for attempt `n` (0-based).
-pub fn backoff(n: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1u32 << n.min(16));
-    let d = base.min(cap);
-    // Jitter in [d/2, d): enough to spread a herd of uploaders.
-    let nanos = d.as_nanos() as u64;
-    let jitter = if nanos == 0 {
-        0
-    } else {
-        random_u64() % (nanos / 2).max(1)
-    };
-    Duration::from_nanos(nanos / 2 + jitter)
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let rng = ring::rand::SystemRandom::new();
-    if ring::rand::SecureRandom::fill(&rng, &mut b).is_err() {
-        return 0x9e37_79b9_7f4a_7c15;
-    }
-    u64::from_le_bytes(b)
-}
+pub use crate::util::backoff;
 
 impl Uploader {
     /// Start `threads` uploaders storing into `storage`, with a shared byte

@@ -7,7 +7,7 @@
 //! (uploads, start-up probes, and whatever compaction or retention later
 //! sends through the same storage) needs no cooperation from the callers.
 //! The database is the first segment of the key (or of the list prefix),
-//! which is how objects are laid out (DESIGN.md §4). Counters are atomics in
+//! which is how objects are laid out ([`crate::ltx::object_key`]). Counters are atomics in
 //! a map behind a `RwLock`: the write lock is only taken the first time a
 //! database is seen.
 

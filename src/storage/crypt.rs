@@ -64,8 +64,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::{Metadata, ObjectInfo, Precondition, Storage};
 use crate::error::{Error, Result};
 
-/// First bytes of every encrypted object.
-pub const MAGIC: &[u8; 8] = b"WSYNCENC";
+pub use crate::ltx::{encrypted_reason, ENCRYPTED_MAGIC as MAGIC, KEY_ENV};
+use crate::storage::META_SHA256;
+use crate::util::hex;
 /// Format version written and read.
 const VERSION: u8 = 1;
 /// Header size in bytes.
@@ -76,10 +77,6 @@ pub const CHUNK: u64 = 64 << 10;
 const TAG: u64 = 16;
 /// Stored bytes per full chunk.
 const STRIDE: u64 = CHUNK + TAG;
-/// Environment variable holding the current key (64 hex digits).
-pub const KEY_ENV: &str = "WALSYNC_ENCRYPTION_KEY";
-/// Metadata entry dropped from encrypted objects (see the module doc).
-const META_SHA256: &str = "walsync-sha256";
 
 /// One 256-bit key and its id. `Debug` prints only the id.
 #[derive(Clone)]
@@ -168,10 +165,6 @@ impl Key {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The key new objects are sealed with, and every key that may open one.
 #[derive(Clone, Debug)]
 pub struct Keyring {
@@ -230,18 +223,6 @@ impl Keyring {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-/// If `bytes` start with an encrypted object's header, the reason an LTX
-/// reader without a key gives: names the key id and the flag to pass.
-pub fn encrypted_reason(bytes: &[u8]) -> Option<String> {
-    if bytes.len() < 24 || &bytes[..8] != MAGIC {
-        return None;
-    }
-    Some(format!(
-        "object is encrypted (key id {}); pass --encryption-key-file or set {KEY_ENV}",
-        hex(&bytes[16..24])
-    ))
 }
 
 /// Plaintext size of an object stored with `stored` bytes, if that size is

@@ -13,7 +13,7 @@
 //! Keys are always relative to the backend's own prefix (`s3://bucket/prefix`
 //! or `file:///dir`): the backend prepends it on the way out and strips it on
 //! the way back, so callers work with keys such as
-//! `db/0000/0000000000000001-0000000000000001.ltx` (DESIGN.md §4).
+//! `db/0000/0000000000000001-0000000000000001.ltx` (the layout of [`crate::ltx::object_key`]).
 
 pub mod counting;
 pub mod crypt;
@@ -333,10 +333,12 @@ pub(crate) fn normalize_prefix(prefix: &str) -> String {
     prefix.trim_matches('/').to_string()
 }
 
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::util::hex;
+
+/// Metadata name holding the RFC 3339 timestamp Litestream's restore reads.
+pub const META_TIMESTAMP: &str = "litestream-timestamp";
+/// Metadata name holding the hex SHA-256 of the object.
+pub const META_SHA256: &str = "walsync-sha256";
 
 /// Shortens a server-provided message to one line of reasonable length.
 pub(crate) fn one_line(text: &str) -> String {

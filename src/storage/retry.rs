@@ -18,9 +18,8 @@
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::segment::{hex, META_SHA256};
-use crate::storage::{Metadata, ObjectInfo, Storage};
-use crate::upload::backoff;
+use crate::storage::{Metadata, ObjectInfo, Storage, META_SHA256};
+use crate::util::{backoff, hex};
 
 /// Attempts per request (the first one included).
 pub const ATTEMPTS: u32 = 8;

@@ -52,7 +52,7 @@ impl RoutedStorage {
 
     fn pick(&self, key: &str) -> Arc<dyn Storage> {
         // A database's lease object sits beside its directory.
-        let db = match key.strip_suffix(crate::lease::LEASE_SUFFIX) {
+        let db = match key.strip_suffix(crate::ltx::LEASE_SUFFIX) {
             Some(db) if !db.contains('/') => db,
             _ => database_of(key),
         };

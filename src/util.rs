@@ -1,0 +1,79 @@
+//! Small helpers every stage shares: hex text, retry backoff, random ids and
+//! the wall clock in milliseconds.
+//!
+//! Why a module of its own: these were written once per stage that needed
+//! them (three `hex`, two random-id helpers), and importing one stage's copy
+//! from another tied unrelated stages into one import loop. This is a leaf:
+//! it imports nothing of the crate.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Capped exponential backoff with jitter for attempt `n` (0-based).
+pub fn backoff(n: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1u32 << n.min(16));
+    let d = base.min(cap);
+    // Jitter in [d/2, d): enough to spread a herd of uploaders.
+    let nanos = d.as_nanos() as u64;
+    let jitter = if nanos == 0 {
+        0
+    } else {
+        random_u64() % (nanos / 2).max(1)
+    };
+    Duration::from_nanos(nanos / 2 + jitter)
+}
+
+/// 64 random bits from the system's generator (ring); if it fails, the
+/// time and the process id, unique enough for a probe key or holder id.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let rng = ring::rand::SystemRandom::new();
+    if ring::rand::SecureRandom::fill(&rng, &mut b).is_err() {
+        return now_ms() as u64 ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    system_time_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch of `t` (negative before it).
+pub fn system_time_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        assert_eq!(hex(&[0, 0x0f, 0xab, 0xff]), "000fabff");
+    }
+
+    #[test]
+    fn backoff_stays_within_half_and_whole_of_the_capped_step() {
+        for n in 0..40 {
+            let d = backoff(n, Duration::from_secs(4));
+            let step = Duration::from_millis(100)
+                .saturating_mul(1u32 << n.min(16))
+                .min(Duration::from_secs(4));
+            assert!(d >= step / 2 && d <= step, "attempt {n}: {d:?} vs {step:?}");
+        }
+    }
+}
