@@ -1,0 +1,563 @@
+//! One database's replication: the checkpoint-safe capture protocol.
+//!
+//! Why this is the heart of walsync: a committed transaction exists only in
+//! the WAL until SQLite checkpoints it, and a checkpoint followed by a WAL
+//! restart (or a TRUNCATE) destroys the frames. Missing them silently means a
+//! backup with a hole. The protocol below makes loss impossible where it can
+//! and *detectable* everywhere else, and answers detected doubt with a full
+//! snapshot as the next txid.
+//!
+//! # Facts it rests on (each checked against real SQLite in `tests/shm.rs`)
+//!
+//! 1. A read transaction whose snapshot uses WAL frames ("pinned") stops every
+//!    checkpointer from restarting or truncating the WAL.
+//! 2. A read transaction that needs no WAL frame (the WAL was fully
+//!    backfilled when it began) does not stop a restart, but it does stop any
+//!    further *backfill*; so while it is held, at most one restart can
+//!    happen, and it can only discard frames that were already backfilled.
+//! 3. While a connection holds the write lock (`BEGIN IMMEDIATE`, the
+//!    *fence*), nobody can commit, restart or truncate.
+//! 4. The wal-index header's `iChange` counts every committed transaction,
+//!    across restarts (`shm`).
+//!
+//! # The protocol
+//!
+//! - The wal-index is the authority on what is committed. Every read first
+//!   takes a consistent copy of its header (`shm`), then maps the WAL and
+//!   scans it only up to that header's `mxFrame` (frames past it may be
+//!   valid-looking leftovers of a writer that died before publishing).
+//! - `counted` follows `iChange`. Before anything read is shipped, the
+//!   number of transactions read must equal the number SQLite committed
+//!   since the last read (`iChange - counted`). If not, commits were lost
+//!   (e.g. checkpointed and overwritten while walsync held no pin): nothing
+//!   is shipped and the next txid is a full snapshot. So a segment is never
+//!   stored on top of a state that misses a commit.
+//! - The read transaction `R` is established under the fence after reading
+//!   the WAL to its end (start-up, after walsync's own checkpoints, after an
+//!   error). Once everything published has been read and the wal-index
+//!   changed since `R` began, `R` is moved to the newest snapshot without
+//!   the fence (`repin`), so the application's own checkpoints can copy
+//!   frames up to the newest commit; a commit that slips into that gap and
+//!   is checkpointed away is caught by the counter before anything else is
+//!   shipped.
+//! - The WAL is read through the memory map only under the fence or once `R`
+//!   is known to pin it (the wal-index showed `mxFrame > nBackfill` after `R`
+//!   began). In the other state the WAL holds nothing unread, so nothing is
+//!   read; this is also what keeps the map clear of truncated pages.
+//! - walsync checkpoints itself past a threshold: it takes the fence, ships
+//!   what committed meanwhile, ends `R`, runs a PASSIVE checkpoint, starts `R`
+//!   again and drops the fence (the next writer then restarts the WAL). Past
+//!   a larger threshold it runs TRUNCATE after the fence and re-establishes
+//!   `R`, the counter catching any commit that slipped in between.
+//! - One segment per database is in flight at a time (later ones queue), so
+//!   a crash never leaves a stored txid after a missing one.
+//! - On start-up the position comes from the newest object's header; only a
+//!   WAL of the same generation that still reaches that offset is continued.
+//!   Anything else (the app checkpointed while walsync was down, a new
+//!   database, a replaced file) starts with a snapshot.
+//! - walsync keeps its own descriptor of the database open as long as its
+//!   SQLite connection: closing any descriptor of a file drops every POSIX
+//!   lock the process holds on it, SQLite's included.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
+use crate::segment::{self, Encoded};
+use crate::shm::{Shm, ShmHeader};
+use crate::storage::{RetryReads, Storage};
+use crate::tail::{self, Tail, TailProbe};
+use crate::upload::{Ack, Budget, Segment};
+use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
+
+mod checkpoint;
+mod pass;
+mod protocol;
+mod resume;
+mod run;
+mod snapshot;
+mod stats;
+
+pub use resume::{find_resume_point, last_in_level, LastInLevel, Resumed};
+pub use stats::DbStats;
+
+/// Settings of one replicated database.
+#[derive(Clone, Debug)]
+pub struct DbConfig {
+    /// Path of the database file.
+    pub path: PathBuf,
+    /// Name in the bucket (the file name by default).
+    pub name: String,
+    /// Run a PASSIVE checkpoint once the WAL holds this many frames.
+    pub checkpoint_pages: u64,
+    /// Run a TRUNCATE checkpoint once the WAL file is this many pages long.
+    pub truncate_pages: u64,
+    /// Take a full snapshot this often (none when `None`).
+    pub snapshot_interval: Option<Duration>,
+    /// Minimum time between two PUTs of this database.
+    pub min_put_interval: Duration,
+    /// How long a fence may wait for the application's writer.
+    pub busy_timeout: Duration,
+    /// While uploads are stuck, past this WAL size (bytes) walsync stops
+    /// holding the WAL back: the application's checkpoints proceed and the
+    /// next txid will be a snapshot (0 = never).
+    pub max_wal_bytes: u64,
+    /// Uploads that made no progress for this long while the one in flight
+    /// failed are an outage (see `max_wal_bytes`).
+    pub stuck_after: Duration,
+    /// Directory for temporary snapshot files.
+    pub tmp_dir: PathBuf,
+    /// Retention window of the replica (`None`: keep everything); see
+    /// [`crate::compact`].
+    pub retention: Option<Duration>,
+}
+
+impl DbConfig {
+    /// Defaults for the database at `path`, named by its file name.
+    pub fn new(path: impl Into<PathBuf>) -> DbConfig {
+        let path = path.into();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        DbConfig {
+            path,
+            name,
+            checkpoint_pages: 1000,
+            truncate_pages: 16 * 1024,
+            snapshot_interval: Some(Duration::from_secs(24 * 3600)),
+            min_put_interval: Duration::ZERO,
+            busy_timeout: Duration::from_secs(5),
+            max_wal_bytes: 1 << 30,
+            stuck_after: STUCK_AFTER,
+            tmp_dir: std::env::temp_dir(),
+            retention: Some(crate::defaults::DEFAULT_RETENTION),
+        }
+    }
+}
+
+/// What the watcher thread is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The WAL or database file changed.
+    Wake,
+    /// Ship what is committed, wait for the uploads, then stop.
+    Shutdown,
+}
+
+/// Segments of one database in flight at once. One: a crash can then never
+/// leave a stored txid after a missing one (a hole no restore could cross),
+/// and group commit keeps throughput up: while one segment uploads, every
+/// transaction committed meanwhile is folded into the next.
+const MAX_INFLIGHT: usize = 1;
+
+/// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
+const SETTLE_CHECKS: u32 = 4;
+
+/// What [`Replica::ship_available`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ship {
+    /// Nothing new was committed.
+    Nothing,
+    /// New transactions went into a segment.
+    Shipped,
+    /// The WAL and the wal-index are mid-update: look again shortly.
+    NotReady,
+    /// Continuity is lost: nothing was shipped, a snapshot must come next.
+    Lost(String),
+}
+
+fn lost_reason(change: u32, counted: u32, read: usize) -> String {
+    let committed = change.wrapping_sub(counted);
+    if committed > u32::MAX / 2 {
+        format!(
+            "SQLite's commit counter went back by {} (the wal-index was rebuilt)",
+            counted.wrapping_sub(change)
+        )
+    } else {
+        format!(
+            "SQLite counted {committed} committed transaction(s) where walsync read {read}: \
+             some were checkpointed away before walsync read them"
+        )
+    }
+}
+
+/// How far the WAL has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Up to this position of this generation.
+    At(Position),
+    /// The WAL was empty (no header) when last read; the next generation to
+    /// appear continues from its start.
+    Empty,
+}
+
+/// One replicated database, driven by its own thread.
+pub struct Replica {
+    cfg: DbConfig,
+    storage: Arc<dyn Storage>,
+    segments: Sender<Segment>,
+    budget: Arc<Budget>,
+    acks_tx: Sender<Ack>,
+    acks: Receiver<Ack>,
+    stats: Arc<DbStats>,
+
+    conn: Option<Connection>,
+    /// walsync's own descriptor of the database file (pages for snapshots).
+    db_file: Option<File>,
+    in_read: bool,
+    pinned: bool,
+    /// The wal-index as seen just before the read transaction began: the
+    /// read transaction's snapshot is at least this new.
+    r_shm: Option<ShmHeader>,
+    /// Re-checks scheduled after a wake that changed nothing yet (a
+    /// checkpointer updates the wal-index only after writing the database).
+    settle: u32,
+    wal: WalMap,
+    shm: Shm,
+    db_id: Option<(u64, u64)>,
+
+    read: Option<Read>,
+    counted: Option<u32>,
+    next_txid: u64,
+    inflight: BTreeSet<u64>,
+    /// Segments encoded while another was in flight, sent in order.
+    pending: std::collections::VecDeque<(Encoded, u8)>,
+    last_put: Option<Instant>,
+    last_snapshot: Instant,
+    /// Txid of the snapshot in flight, if one is.
+    snapshot_inflight: Option<u64>,
+    /// What storage held at start-up (level ends for the compactor).
+    resumed: Option<Resumed>,
+    snapshot_reason: Option<String>,
+    deferred_until: Option<Instant>,
+    /// Set when an upload was refused because another writer holds the
+    /// replica (src/lease.rs): replication of this database stops.
+    fenced: Option<String>,
+    /// The database file as SQLite names it: `cfg.path` with every symlink
+    /// resolved. SQLite keeps `-wal` and `-shm` beside this file, not beside
+    /// a symlink to it; `cfg.path` stays the name in messages.
+    real: PathBuf,
+    /// `cfg.path` goes through a symlink: its target is checked on every
+    /// pass (a retargeted link is a replaced database).
+    via_symlink: bool,
+    /// Looks for commits written past the published end of the WAL.
+    tail: TailProbe,
+    /// When the last file event arrived.
+    last_event: Instant,
+    /// Poll interval on filesystems without reliable file events.
+    fs_poll: Option<Duration>,
+    /// Last time storage made progress on this database's uploads (an ack,
+    /// or a send with nothing in flight): an outage is time without it
+    /// while the upload in flight fails (`upload_failures`).
+    last_progress: Instant,
+    upload_failures: Arc<std::sync::atomic::AtomicU32>,
+    /// Told `(old, new)` resolved paths before reconnecting to a replaced
+    /// or moved file, so its lock is held and its events are watched where
+    /// SQLite now writes (see [`Replica::on_moved`]).
+    rewatch: Option<Moved>,
+}
+
+/// Callback told `(old, new)` resolved paths of a moved database.
+type Moved = Box<dyn FnMut(&Path, &Path) -> Result<()> + Send>;
+
+/// Uploads without progress for this long, the one in flight failing, are
+/// an outage: only then may the WAL past `max_wal_bytes` be released (once
+/// per outage). A big upload that is slow but succeeding is none.
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// `db` with every symlink resolved, as SQLite resolves it before it names
+/// the `-wal` and `-shm` files (`unixFullPathname`).
+pub fn resolve(db: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(db).map_err(|e| Error::io(db, e))
+}
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Replica {
+    /// Prepare replication of `cfg.path`: open it, check it is a WAL-mode
+    /// SQLite database, and find where storage left off.
+    pub fn open(
+        cfg: DbConfig,
+        storage: Arc<dyn Storage>,
+        segments: Sender<Segment>,
+        budget: Arc<Budget>,
+    ) -> Result<Replica> {
+        let (acks_tx, acks) = crossbeam_channel::unbounded();
+        let real = resolve(&cfg.path)?;
+        let via_symlink = !std::path::absolute(&cfg.path).is_ok_and(|a| a == real);
+        if via_symlink {
+            log::info!(
+                "{}: {} resolves to {}: its WAL is read there",
+                cfg.name,
+                cfg.path.display(),
+                real.display()
+            );
+        }
+        let fs_poll = tail::unreliable_events(&real).map(|fs| {
+            log::info!(
+                "{}: {} is on {fs}, where file events may be missed: checking it every {}",
+                cfg.name,
+                real.display(),
+                humantime::format_duration(tail::FS_POLL)
+            );
+            tail::FS_POLL
+        });
+        let mut r = Replica {
+            wal: WalMap::open(wal_path(&real))?,
+            shm: Shm::for_db(&real),
+            real,
+            via_symlink,
+            tail: TailProbe::new(),
+            last_event: Instant::now(),
+            fs_poll,
+            last_progress: Instant::now(),
+            upload_failures: Arc::default(),
+            rewatch: None,
+            cfg,
+            storage,
+            segments,
+            budget,
+            acks_tx,
+            acks,
+            stats: Arc::new(DbStats::default()),
+            conn: None,
+            db_file: None,
+            in_read: false,
+            pinned: false,
+            r_shm: None,
+            settle: 0,
+            db_id: None,
+            read: None,
+            counted: None,
+            next_txid: 1,
+            inflight: BTreeSet::new(),
+            pending: std::collections::VecDeque::new(),
+            last_put: None,
+            last_snapshot: Instant::now(),
+            snapshot_inflight: None,
+            resumed: None,
+            snapshot_reason: None,
+            deferred_until: None,
+            fenced: None,
+        };
+        r.connect()?;
+        // Each probe retried on its own: with a flaky S3 a start-up of ~20
+        // requests that must all succeed in a row would rarely get through.
+        let resumed = find_resume_point(&RetryReads(&*r.storage), &r.cfg.name)?;
+        r.resumed = resumed;
+        r.resume_from(resumed)?;
+        Ok(r)
+    }
+
+    /// The database's settings.
+    pub fn config(&self) -> &DbConfig {
+        &self.cfg
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<DbStats> {
+        self.stats.clone()
+    }
+
+    /// What storage held when replication started (`None`: nothing).
+    pub fn resumed(&self) -> Option<Resumed> {
+        self.resumed
+    }
+
+    /// Call `f(old, new)` before reconnecting to a replaced or moved file
+    /// (resolved paths; a retargeted symlink, a swapped directory), to move
+    /// the lock and the file-event watch there. An error stops the
+    /// reconnection (retried with backoff).
+    pub fn on_moved(&mut self, f: impl FnMut(&Path, &Path) -> Result<()> + Send + 'static) {
+        self.rewatch = Some(Box::new(f));
+    }
+
+    fn open_conn(&self) -> Result<Connection> {
+        let path = &self.cfg.path;
+        let c = Connection::open_with_flags(
+            &self.real,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::sqlite(path, e))?;
+        c.busy_timeout(self.cfg.busy_timeout)
+            .map_err(|e| Error::sqlite(path, e))?;
+        // Closing walsync's connection must never checkpoint unshipped frames.
+        c.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(|e| Error::sqlite(path, e))?;
+        c.execute_batch("PRAGMA cache_size=-64; PRAGMA wal_autocheckpoint=0;")
+            .map_err(|e| Error::sqlite(path, e))?;
+        Ok(c)
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        let path = self.cfg.path.clone();
+        // Closing any descriptor of a file drops every POSIX lock this
+        // process holds on it, SQLite's included (the classic fcntl trap).
+        // So descriptors of the previous file are closed before SQLite opens
+        // the new one, and walsync's own descriptor of the database stays
+        // open as long as its SQLite connection does (`db_file` is declared
+        // after `conn`, so it is dropped after it).
+        self.in_read = false;
+        self.conn = None;
+        self.db_file = None;
+        self.shm.reset();
+        let real = resolve(&path)?;
+        if real != self.real {
+            log::info!(
+                "{}: {} now resolves to {}",
+                self.cfg.name,
+                path.display(),
+                real.display()
+            );
+            self.wal = WalMap::open(wal_path(&real))?;
+            self.shm = Shm::for_db(&real);
+            self.real = real;
+        }
+        let c = self.open_conn()?;
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| Error::sqlite(&path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Config(format!(
+                "{}: not in WAL mode (journal_mode={mode}); walsync replicates WAL-mode databases only (PRAGMA journal_mode=WAL)",
+                path.display()
+            )));
+        }
+        self.db_id = file_id(&self.real);
+        self.db_file = Some(File::open(&self.real).map_err(|e| Error::io(&path, e))?);
+        self.conn = Some(c);
+        self.pinned = false;
+        Ok(())
+    }
+
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| Error::Config(format!("{}: no connection", self.cfg.path.display())))
+    }
+
+    fn sql(&self, sql: &str) -> Result<()> {
+        self.conn()?
+            .execute_batch(sql)
+            .map_err(|e| Error::sqlite(&self.cfg.path, e))
+    }
+
+    fn begin_read(&mut self) -> Result<()> {
+        if self.in_read {
+            return Ok(());
+        }
+        self.r_shm = self.shm.read()?;
+        let c = self.conn()?;
+        c.execute_batch("BEGIN")
+            .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
+        let r: rusqlite::Result<i64> =
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        if let Err(e) = r {
+            let _ = c.execute_batch("ROLLBACK");
+            return Err(Error::sqlite(&self.cfg.path, e));
+        }
+        self.in_read = true;
+        self.pinned = false;
+        Ok(())
+    }
+
+    fn end_read(&mut self) -> Result<()> {
+        if self.in_read {
+            self.in_read = false;
+            self.pinned = false;
+            self.sql("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    fn read_shm(&mut self) -> Result<Option<ShmHeader>> {
+        self.shm.read()
+    }
+
+    /// Right after the read transaction began: is the WAL pinned? If the
+    /// wal-index shows frames not yet backfilled, the read transaction either
+    /// uses WAL frames (fact 1) or blocks their backfill (fact 2); either way
+    /// nothing can restart or truncate the WAL while it is held.
+    fn note_read_began(&mut self) -> Result<Option<ShmHeader>> {
+        let shm = self.read_shm()?;
+        self.pinned = shm.is_some_and(|h| h.mx_frame > h.backfill);
+        Ok(shm)
+    }
+
+    /// Move the read transaction to the newest snapshot (no fence): called
+    /// when everything committed has been read and the wal-index changed
+    /// since the read transaction began. Without it, the application's own
+    /// checkpoints could only copy frames up to walsync's old read mark, and
+    /// a FULL/RESTART/TRUNCATE checkpoint would wait for walsync (its busy
+    /// timeout) while holding the writer lock. A commit that slips in
+    /// between and is checkpointed away is caught by the commit counter.
+    fn repin(&mut self) -> Result<()> {
+        log::trace!(
+            "{}: moving the read transaction to the newest snapshot",
+            self.cfg.name
+        );
+        self.end_read()?;
+        self.begin_read()?;
+        self.note_read_began()?;
+        Ok(())
+    }
+
+    /// Take the write lock on a second connection: nobody can commit,
+    /// checkpoint-restart or truncate until it is dropped.
+    fn fence(&self) -> Result<Fence> {
+        self.fence_within(self.cfg.busy_timeout)
+    }
+
+    /// A fence that gives up after `wait` (checkpoints are optional work: they
+    /// must not queue behind a long application transaction or a
+    /// checkpointer that waits for walsync).
+    fn fence_within(&self, wait: Duration) -> Result<Fence> {
+        let c = self.open_conn()?;
+        c.busy_timeout(wait)
+            .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
+        c.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
+        Ok(Fence(Some(c)))
+    }
+}
+
+/// The write lock held on a second connection (see the module doc).
+struct Fence(Option<Connection>);
+
+impl Fence {
+    /// Drop the write lock and hand back the connection.
+    fn release(mut self) -> Option<Connection> {
+        let c = self.0.take()?;
+        let _ = c.execute_batch("ROLLBACK");
+        Some(c)
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
+}

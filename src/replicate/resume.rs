@@ -1,0 +1,291 @@
+//! Where storage left off: the newest object and the WAL position it records.
+//!
+//! Why a file of its own: a restarted daemon must continue the replica
+//! exactly (same WAL generation, same offset) or start over with a snapshot;
+//! finding the newest object costs O(log txid) small LIST requests.
+
+use super::*;
+
+impl Replica {
+    pub(super) fn resume_from(&mut self, resumed: Option<Resumed>) -> Result<()> {
+        let Some(res) = resumed else {
+            self.snapshot_reason = Some("no replica in storage yet".into());
+            return Ok(());
+        };
+        self.next_txid = res.txid + 1;
+        self.stats.durable_txid.store(res.txid, Ordering::Relaxed);
+        let snap = res.level_ends[usize::from(SNAPSHOT_LEVEL)];
+        self.stats.snapshot_txid.store(snap, Ordering::Relaxed);
+        // The periodic snapshot timer runs from the newest stored snapshot,
+        // not from process start: a daemon restarted more often than the
+        // interval must still take them.
+        if let Some(age) = res.snapshot_time.and_then(|t| t.elapsed().ok()) {
+            if let Some(t) = Instant::now().checked_sub(age) {
+                self.last_snapshot = t;
+            }
+        }
+        if res.offset == 0 {
+            self.snapshot_reason = Some("newest replica object records no WAL position".into());
+            return Ok(());
+        }
+        let fence = self.fence()?;
+        self.wal.refresh()?;
+        let data = self.wal.bytes();
+        let header = match WalHeader::parse(data) {
+            Ok(h) => h,
+            Err(_) if data.is_empty() => {
+                self.snapshot_reason =
+                    Some("WAL is empty: it was checkpointed while walsync was not running".into());
+                return Ok(());
+            }
+            Err(e) => return Err(e.at(self.wal.path())),
+        };
+        // Say which of the three it was: a message blaming the salts when
+        // they are equal sends the user looking in the wrong place.
+        let changed = if (header.salt1, header.salt2) != (res.salt1, res.salt2) {
+            Some(format!(
+                "WAL generation changed while walsync was not running (salts {:08x}/{:08x} → {:08x}/{:08x})",
+                res.salt1, res.salt2, header.salt1, header.salt2
+            ))
+        } else if header.page_size != res.page_size {
+            Some(format!(
+                "WAL page size changed from {} to {} while walsync was not running",
+                res.page_size, header.page_size
+            ))
+        } else if (data.len() as u64) < res.offset {
+            Some(format!(
+                "WAL shrank to {} bytes, below the stored offset {}, while walsync was not running",
+                data.len(),
+                res.offset
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = changed {
+            self.snapshot_reason = Some(reason);
+            return Ok(());
+        }
+        let frame = header.frame_size();
+        let rel = res.offset.checked_sub(wal::WAL_HEADER_SIZE as u64);
+        let Some(rel) = rel.filter(|r| r % frame == 0) else {
+            self.snapshot_reason = Some(format!(
+                "stored WAL offset {} is not a frame boundary",
+                res.offset
+            ));
+            return Ok(());
+        };
+        // The running checksum at the offset is the checksum of the frame
+        // before it, recorded in that frame's header.
+        let checksum = if rel == 0 {
+            header.checksum
+        } else {
+            let at = (res.offset - frame) as usize;
+            let mut fh = [0u8; wal::FRAME_HEADER_SIZE];
+            fh.copy_from_slice(&data[at..at + wal::FRAME_HEADER_SIZE]);
+            let fh = wal::FrameHeader::parse(&fh);
+            if !fh.is_commit() || (fh.salt1, fh.salt2) != (header.salt1, header.salt2) {
+                self.snapshot_reason = Some(
+                    "frame before the stored WAL offset is not a commit of this generation".into(),
+                );
+                return Ok(());
+            }
+            fh.checksum
+        };
+        let pos = Position {
+            offset: res.offset,
+            checksum,
+            ..Position::start(&header)
+        };
+        log::info!(
+            "{}: resuming after txid {} at WAL offset {}",
+            self.cfg.name,
+            res.txid,
+            res.offset
+        );
+        self.read = Some(Read::At(pos));
+        self.establish(fence, true)
+    }
+}
+
+/// Resume information from the newest object in storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Newest txid stored.
+    pub txid: u64,
+    /// WAL position after it, when its header records one.
+    pub salt1: u32,
+    /// See `salt1`.
+    pub salt2: u32,
+    /// Offset just past the last shipped frame (0 = none recorded).
+    pub offset: u64,
+    /// Page size.
+    pub page_size: u32,
+    /// Highest max txid stored in each level (index = level; 0 = none).
+    pub level_ends: [u64; 10],
+    /// When the newest snapshot was stored (from the listing), if any.
+    pub snapshot_time: Option<std::time::SystemTime>,
+}
+
+/// Find the newest txid in storage and the WAL position recorded with it,
+/// in O(log txid) small LIST requests per level (no full listing).
+pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resumed>> {
+    let mut best: Option<(u64, String)> = None;
+    let mut level_ends = [0u64; 10];
+    let mut snapshot_time = None;
+    for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
+        if let Some(last) = last_in_level(storage, db, level)? {
+            level_ends[usize::from(level)] = last.max_txid;
+            if level == SNAPSHOT_LEVEL {
+                snapshot_time = last.modified;
+            }
+            if best.as_ref().is_none_or(|(b, _)| last.max_txid > *b) {
+                best = Some((last.max_txid, last.key));
+            }
+        }
+    }
+    let Some((txid, key)) = best else {
+        return Ok(None);
+    };
+    let head = storage.get_range(&key, 0, Some(ltx::HEADER_SIZE as u64))?;
+    let h = Header::decode(&head).map_err(|reason| Error::ltx(&key, reason))?;
+    let offset = if h.wal_offset > 0 {
+        (h.wal_offset + h.wal_size) as u64
+    } else {
+        0
+    };
+    Ok(Some(Resumed {
+        txid,
+        salt1: h.wal_salt1,
+        salt2: h.wal_salt2,
+        offset,
+        page_size: h.page_size,
+        level_ends,
+        snapshot_time,
+    }))
+}
+
+/// The newest object of one level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastInLevel {
+    /// Its max txid.
+    pub max_txid: u64,
+    /// Its key.
+    pub key: String,
+    /// When it was stored, if the listing says.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// The file with the highest max txid in one level, by exponential then
+/// binary search on the sort field (min txid; max txid for snapshots).
+/// Keys fetched per start-up probe (one LIST request either way).
+const PROBE_PAGE: usize = 100;
+
+pub fn last_in_level(storage: &dyn Storage, db: &str, level: u8) -> Result<Option<LastInLevel>> {
+    let dir = ltx::level_prefix("", db, level);
+    let probe = |t: u64| -> Result<Option<crate::storage::ObjectInfo>> {
+        let after = if level == SNAPSHOT_LEVEL {
+            format!("{dir}{:016x}-{t:016x}", 1)
+        } else {
+            format!("{dir}{t:016x}")
+        };
+        // Keys that are not LTX names (a stray upload, an editor's backup
+        // file) sort among or after the real ones: skip them, within one
+        // page, instead of letting them wedge start-up.
+        Ok(storage
+            .list_page(&dir, Some(&after), PROBE_PAGE)?
+            .into_iter()
+            .find(|o| {
+                let name = o.key.rsplit('/').next().unwrap_or("");
+                ltx::parse_object_name(name)
+                    .is_some_and(|(min, _)| level != SNAPSHOT_LEVEL || min == 1)
+            }))
+    };
+    let Some(_) = probe(0)? else {
+        return Ok(None);
+    };
+    // Largest t with probe(t) non-empty.
+    let mut lo = 0u64;
+    let mut hi = 1u64;
+    while hi < u64::MAX / 2 && probe(hi)?.is_some() {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if probe(mid)?.is_some() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    // Every LTX key after `lo` has the same (largest) min txid; of those
+    // (two compactions can start at one txid) the one reaching furthest.
+    let after = if level == SNAPSHOT_LEVEL {
+        format!("{dir}{:016x}-{lo:016x}", 1)
+    } else {
+        format!("{dir}{lo:016x}")
+    };
+    let best = storage
+        .list_page(&dir, Some(&after), PROBE_PAGE)?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            let (min, max) = ltx::parse_object_name(name)?;
+            (level != SNAPSHOT_LEVEL || min == 1).then_some((max, o))
+        })
+        .max_by_key(|(max, _)| *max);
+    let Some((max, info)) = best else {
+        return Ok(None);
+    };
+    Ok(Some(LastInLevel {
+        max_txid: max,
+        key: info.key,
+        modified: info.last_modified,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{FileStorage, Metadata};
+
+    #[test]
+    fn newest_txid_is_found_past_stray_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::create(dir.path()).unwrap();
+        for t in 1..=37u64 {
+            s.put(
+                &ltx::object_key("", "a.db", 0, t, t),
+                b"x",
+                &Metadata::new(),
+            )
+            .unwrap();
+        }
+        s.put(
+            &ltx::object_key("", "a.db", 9, 1, 20),
+            b"x",
+            &Metadata::new(),
+        )
+        .unwrap();
+        for stray in [
+            "a.db/0000/zz-not-ltx",
+            "a.db/0000/0000000000000003-x.ltx",
+            "a.db/0009/README",
+            "a.db/0009/0000000000000002-0000000000000030.ltx",
+        ] {
+            s.put(stray, b"x", &Metadata::new()).unwrap();
+        }
+        assert_eq!(
+            last_in_level(&s, "a.db", 0).unwrap().map(|l| l.max_txid),
+            Some(37)
+        );
+        assert_eq!(
+            last_in_level(&s, "a.db", SNAPSHOT_LEVEL)
+                .unwrap()
+                .map(|l| l.max_txid),
+            Some(20)
+        );
+        assert_eq!(last_in_level(&s, "a.db", 1).unwrap(), None);
+        assert_eq!(last_in_level(&s, "b.db", 0).unwrap(), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! The watcher thread's loop and its shutdown drain.
+//!
+//! Why a file of its own: the loop owns the timers and the channels; the
+//! drain ships everything committed before the process exits.
+
+use super::*;
+
+impl Replica {
+    /// The watcher thread's loop: runs until `Shutdown`, the event channel
+    /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
+    /// `drain_timeout`.
+    pub fn run(
+        mut self,
+        events: Receiver<Event>,
+        shutdown: Receiver<()>,
+        drain_timeout: Duration,
+    ) -> Result<()> {
+        let mut retry = 0u32;
+        let mut timer: Option<Instant> = None;
+        let mut pending_error: Option<Instant>;
+        loop {
+            match self.tick() {
+                Ok(next) => {
+                    self.stats.passes.fetch_add(1, Ordering::Relaxed);
+                    retry = 0;
+                    timer = next;
+                    pending_error = None;
+                }
+                Err(e @ Error::Fenced(_)) => {
+                    log::error!("{e}");
+                    let _ = self.end_read();
+                    return Err(e);
+                }
+                Err(e) => {
+                    let wait = crate::upload::backoff(retry, Duration::from_secs(30));
+                    log::error!(
+                        "{}: {e} (retrying in {:.1}s)",
+                        self.cfg.name,
+                        wait.as_secs_f32()
+                    );
+                    retry = retry.saturating_add(1);
+                    pending_error = Some(Instant::now() + wait);
+                }
+            }
+            let deadline = [timer, pending_error].into_iter().flatten().min();
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let never = crossbeam_channel::never();
+            let tick = match timeout {
+                Some(t) => crossbeam_channel::after(t),
+                None => never,
+            };
+            crossbeam_channel::select! {
+                recv(events) -> ev => match ev {
+                    Ok(Event::Wake) => self.woken(),
+                    Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
+                },
+                recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
+                recv(shutdown) -> _ => return self.drain(drain_timeout),
+                recv(tick) -> _ => {}
+            }
+            // Coalesce a burst of events into one pass.
+            while let Ok(a) = self.acks.try_recv() {
+                self.on_ack(a);
+            }
+            loop {
+                match events.try_recv() {
+                    Ok(Event::Wake) => self.woken(),
+                    Ok(Event::Shutdown) => return self.drain(drain_timeout),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Ship everything committed (or the snapshot continuity needs) and wait
+    /// for the uploads, up to `timeout`.
+    pub(super) fn drain(mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut result = Ok(());
+        loop {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let idle = self.inflight.is_empty() && self.pending.is_empty();
+            if idle {
+                let r = match self.snapshot_reason.clone() {
+                    Some(reason) if self.conn.is_some() => self.snapshot(&reason),
+                    Some(_) => break, // the database is gone; nothing to read
+                    None if !self.in_read && self.read.is_some() && self.conn.is_some() => {
+                        // An earlier step failed after ending the read
+                        // transaction: re-establish it (it ships on the way).
+                        let counted_unknown = self.counted.is_none();
+                        self.fence()
+                            .and_then(|f| self.establish(f, counted_unknown))
+                    }
+                    None => self.step(),
+                };
+                if let Err(e) = r {
+                    result = Err(e);
+                    break;
+                }
+                let settled = self.snapshot_reason.is_none()
+                    && (self.in_read || self.conn.is_none() || self.read.is_none());
+                if self.inflight.is_empty() && self.pending.is_empty() && settled {
+                    break; // nothing more to ship
+                }
+                if self.inflight.is_empty() && self.pending.is_empty() {
+                    continue; // a snapshot or re-establish is due: go again
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.acks.recv_timeout(left) {
+                Ok(a) => {
+                    self.on_ack(a);
+                    if let Err(e) = self.check_fenced().and_then(|()| self.flush_pending()) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = self.end_read();
+        let unshipped = self.inflight.len() + self.pending.len();
+        if result.is_ok() && unshipped > 0 {
+            result = Err(Error::Config(format!(
+                "{}: {unshipped} segment(s) not uploaded at shutdown; they stay in the WAL and ship on the next start",
+                self.cfg.name
+            )));
+        }
+        result
+    }
+}
