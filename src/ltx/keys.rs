@@ -1,0 +1,111 @@
+//! The bucket layout: object keys and names, and the other names under a
+//! database's prefix.
+//!
+//! Why a file of its own: every stage that reads or writes the bucket agrees
+//! on these names through this one place.
+
+/// `<min %016x>-<max %016x>.ltx`.
+pub fn file_name(min_txid: u64, max_txid: u64) -> String {
+    format!("{min_txid:016x}-{max_txid:016x}.ltx")
+}
+
+/// The directory part of a key: `<prefix>/<db>/<level %04x>/` (no leading
+/// slash when the prefix is empty; slashes at either end of `prefix` and
+/// `db` are dropped).
+pub fn level_prefix(prefix: &str, db: &str, level: u8) -> String {
+    let prefix = prefix.trim_matches('/');
+    let db = db.trim_matches('/');
+    if prefix.is_empty() {
+        format!("{db}/{level:04x}/")
+    } else {
+        format!("{prefix}/{db}/{level:04x}/")
+    }
+}
+
+/// Suffix of a lease object's key: `<db>.walsync-lease`, beside the
+/// database's `<db>/` prefix ([`crate::lease`]).
+pub const LEASE_SUFFIX: &str = ".walsync-lease";
+
+/// First bytes of every object sealed by client-side encryption
+/// ([`crate::storage::crypt`]).
+pub const ENCRYPTED_MAGIC: &[u8; 8] = b"WSYNCENC";
+/// Environment variable holding the current encryption key (64 hex digits).
+pub const KEY_ENV: &str = "WALSYNC_ENCRYPTION_KEY";
+
+/// If `bytes` start with an encrypted object's header, the reason an LTX
+/// reader without a key gives: names the key id and the flag to pass.
+pub fn encrypted_reason(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 24 || &bytes[..8] != ENCRYPTED_MAGIC {
+        return None;
+    }
+    Some(format!(
+        "object is encrypted (key id {}); pass --encryption-key-file or set {KEY_ENV}",
+        crate::util::hex(&bytes[16..24])
+    ))
+}
+
+/// The object key of an LTX file:
+/// `<prefix>/<db>/<level %04x>/<min %016x>-<max %016x>.ltx`.
+pub fn object_key(prefix: &str, db: &str, level: u8, min_txid: u64, max_txid: u64) -> String {
+    let mut k = level_prefix(prefix, db, level);
+    k.push_str(&file_name(min_txid, max_txid));
+    k
+}
+
+fn parse_hex_fixed(s: &str, len: usize) -> Option<u64> {
+    if s.len() != len || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Parse `<min %016x>-<max %016x>.ltx` (lowercase hex only, `1 ≤ min ≤ max`).
+pub fn parse_object_name(file_name: &str) -> Option<(u64, u64)> {
+    let stem = file_name.strip_suffix(".ltx")?;
+    let (a, b) = stem.split_once('-')?;
+    let min = parse_hex_fixed(a, 16)?;
+    let max = parse_hex_fixed(b, 16)?;
+    (min >= 1 && min <= max).then_some((min, max))
+}
+
+/// A parsed object key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    /// Database name (may itself contain `/`).
+    pub db: String,
+    /// Level (0 = per-sync segments, 9 = snapshots).
+    pub level: u8,
+    /// First transaction id.
+    pub min_txid: u64,
+    /// Last transaction id.
+    pub max_txid: u64,
+}
+
+/// Parse a full key `<prefix>/<db>/<level %04x>/<min>-<max>.ltx` written
+/// under `prefix`. `None` if the key is not under the prefix or not an LTX
+/// object key.
+pub fn parse_object_key(prefix: &str, key: &str) -> Option<ObjectKey> {
+    let prefix = prefix.trim_matches('/');
+    let rest = if prefix.is_empty() {
+        key
+    } else {
+        key.strip_prefix(prefix)?.strip_prefix('/')?
+    };
+    let (dir, name) = rest.rsplit_once('/')?;
+    let (db, level) = dir.rsplit_once('/')?;
+    // `object_key` never writes an empty path segment (it trims the slashes
+    // around prefix and name), so `a//b`, `/db` or `db/` are no keys of
+    // ours: accepting them named databases (`/app.db`) that `restore` and
+    // `list` then could not find (found by fuzzing, tests/fuzz_regressions.rs).
+    if db.split('/').any(str::is_empty) {
+        return None;
+    }
+    let level = u8::try_from(parse_hex_fixed(level, 4)?).ok()?;
+    let (min_txid, max_txid) = parse_object_name(name)?;
+    Some(ObjectKey {
+        db: db.to_string(),
+        level,
+        min_txid,
+        max_txid,
+    })
+}
