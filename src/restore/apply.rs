@@ -1,0 +1,307 @@
+//! Downloading the plan's objects in parallel and applying them in order.
+//!
+//! Why a file of its own: the bounded-memory transfer (a window of objects in
+//! flight, big ones spooled to disk) and the page application are the part
+//! that sets a restore's speed.
+
+use super::*;
+
+/// Download the plan's objects in parallel and apply them in order into
+/// `file`; returns (page size, pages) of the result.
+pub(super) fn download_and_apply(
+    storage: &dyn Storage,
+    plan: &Plan,
+    file: &File,
+    tmp_path: &Path,
+    spool_dir: &Path,
+    opts: &RestoreOptions,
+) -> Result<(u32, u32)> {
+    let n = plan.objects.len();
+    let threads = opts.parallel.clamp(1, 256).min(n);
+    let window = threads * 2;
+    let names: Vec<String> = plan
+        .objects
+        .iter()
+        .map(|o| format!("{}/{}", storage_root(&plan.location, &plan.db), o.key))
+        .collect();
+    let cancel = AtomicBool::new(false);
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
+    let (res_tx, res_rx) = crossbeam_channel::unbounded::<(usize, Result<Fetched>)>();
+    let mut progress = Progress::new(opts.progress, plan);
+
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            let cancel = &cancel;
+            let names = &names;
+            s.spawn(move || {
+                for i in job_rx {
+                    if cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = fetch(
+                        storage,
+                        &plan.objects[i],
+                        &names[i],
+                        spool_dir,
+                        opts.spool_threshold,
+                    );
+                    if res_tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        drop(job_rx);
+
+        let result = (|| {
+            let mut applier = Applier {
+                file,
+                tmp_path,
+                page_size: 0,
+                first: String::new(),
+                commit: 0,
+                buf: Vec::new(),
+            };
+            let mut pending: BTreeMap<usize, Fetched> = BTreeMap::new();
+            let mut sent = 0usize;
+            let mut ahead_bytes = 0u64;
+            for (i, (object, name)) in plan.objects.iter().zip(&names).enumerate() {
+                // Keep the window full: the next object always, more while
+                // the count and byte budgets allow.
+                while sent < n
+                    && (sent == i
+                        || (sent < i + window
+                            && ahead_bytes + plan.objects[sent].size <= opts.window_bytes))
+                {
+                    ahead_bytes += plan.objects[sent].size;
+                    job_tx
+                        .send(sent)
+                        .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    sent += 1;
+                }
+                let fetched = loop {
+                    if let Some(f) = pending.remove(&i) {
+                        break f;
+                    }
+                    let (j, r) = res_rx
+                        .recv()
+                        .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    pending.insert(j, r?);
+                };
+                applier.apply(object, name, fetched)?;
+                ahead_bytes = ahead_bytes.saturating_sub(object.size);
+                progress.update(i + 1, object.size);
+            }
+            Ok((applier.page_size, applier.commit))
+        })();
+        cancel.store(true, Ordering::Relaxed);
+        drop(job_tx);
+        progress.finish();
+        result
+    })
+}
+
+struct Applier<'a> {
+    file: &'a File,
+    tmp_path: &'a Path,
+    page_size: u32,
+    first: String,
+    commit: u32,
+    buf: Vec<u8>,
+}
+
+impl Applier<'_> {
+    fn apply(&mut self, o: &ReplicaObject, name: &str, fetched: Fetched) -> Result<()> {
+        match fetched.body {
+            Body::Memory(bytes) => self.apply_from(o, name, bytes.as_slice()),
+            Body::Spooled(f) => self.apply_from(o, name, BufReader::with_capacity(1 << 20, f)),
+        }
+    }
+
+    fn apply_from<R: Read>(&mut self, o: &ReplicaObject, name: &str, r: R) -> Result<()> {
+        let mut dec = Decoder::new(r, name)?;
+        let h = *dec.header();
+        check_header_matches(&h, o, name)?;
+        if self.page_size == 0 {
+            if !h.is_snapshot() {
+                return Err(Error::ltx(
+                    name,
+                    "the first object of a restore must be a snapshot (min txid 1)",
+                ));
+            }
+            self.page_size = h.page_size;
+            self.first = name.to_string();
+            self.buf = vec![0u8; h.page_size as usize];
+        } else if h.page_size != self.page_size {
+            return Err(Error::ltx(
+                name,
+                format!(
+                    "page size {} differs from page size {} of {}",
+                    h.page_size, self.page_size, self.first
+                ),
+            ));
+        }
+        let ps = u64::from(self.page_size);
+        while let Some(pgno) = dec.next_page(&mut self.buf)? {
+            self.file
+                .write_all_at(&self.buf, u64::from(pgno - 1) * ps)
+                .map_err(|e| Error::io(self.tmp_path, e))?;
+        }
+        // The database has exactly `commit` pages after this object.
+        self.file
+            .set_len(u64::from(h.commit) * ps)
+            .map_err(|e| Error::io(self.tmp_path, e))?;
+        self.commit = h.commit;
+        Ok(())
+    }
+}
+
+/// A progress line on stderr, only for terminals and slow restores.
+struct Progress {
+    enabled: bool,
+    start: Instant,
+    last: Option<Instant>,
+    total_objects: usize,
+    total_bytes: u64,
+    bytes: u64,
+    db: String,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(requested: bool, plan: &Plan) -> Progress {
+        Progress {
+            enabled: requested && io::stderr().is_terminal(),
+            start: Instant::now(),
+            last: None,
+            total_objects: plan.objects.len(),
+            total_bytes: plan.total_bytes(),
+            bytes: 0,
+            db: plan.db.clone(),
+            shown: false,
+        }
+    }
+
+    fn update(&mut self, done: usize, bytes: u64) {
+        self.bytes += bytes;
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.start) < Duration::from_secs(1)
+            || self
+                .last
+                .is_some_and(|l| now.duration_since(l) < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let secs = now.duration_since(self.start).as_secs_f64();
+        let mut err = io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[K{}: {done}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s",
+            self.db,
+            self.total_objects,
+            self.bytes as f64 / 1e6,
+            self.total_bytes as f64 / 1e6,
+            self.bytes as f64 / 1e6 / secs
+        );
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    fn finish(&mut self) {
+        if self.shown {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// A downloaded, SHA-256-checked object.
+enum Body {
+    Memory(Vec<u8>),
+    Spooled(File),
+}
+
+/// A downloaded object whose `walsync-sha256` (when present) matched.
+pub(crate) struct Fetched {
+    body: Body,
+}
+
+impl Fetched {
+    /// Its bytes, from memory or from the spool file.
+    pub(crate) fn reader(self) -> Box<dyn Read + Send> {
+        match self.body {
+            Body::Memory(bytes) => Box::new(io::Cursor::new(bytes)),
+            Body::Spooled(f) => Box::new(BufReader::with_capacity(1 << 20, f)),
+        }
+    }
+}
+
+/// Fetch one object, check its SHA-256 metadata when present.
+pub(crate) fn fetch(
+    storage: &dyn Storage,
+    o: &ReplicaObject,
+    name: &str,
+    spool_dir: &Path,
+    spool_threshold: u64,
+) -> Result<Fetched> {
+    let (body, meta, digest) = if o.size >= spool_threshold {
+        let info = storage.head(&o.key)?.ok_or_else(|| {
+            Error::storage(
+                name,
+                StorageErrorKind::NotFound,
+                "object listed but gone (deleted during the restore?)",
+            )
+        })?;
+        let mut file = tempfile::tempfile_in(spool_dir).map_err(|e| Error::io(spool_dir, e))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut off = 0u64;
+        while off < info.size {
+            let want = RANGE_CHUNK.min(info.size - off);
+            let chunk = storage.get_range(&o.key, off, Some(want))?;
+            if chunk.len() as u64 != want {
+                return Err(Error::ltx(
+                    name,
+                    format!(
+                        "short read at offset {off}: got {} bytes of {want}",
+                        chunk.len()
+                    ),
+                ));
+            }
+            ctx.update(&chunk);
+            file.write_all(&chunk)
+                .map_err(|e| Error::io(spool_dir, e))?;
+            off += want;
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(spool_dir, e))?;
+        (
+            Body::Spooled(file),
+            info.metadata,
+            ctx.finish().as_ref().to_vec(),
+        )
+    } else {
+        let (bytes, info) = storage.get_with_info(&o.key)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec();
+        (Body::Memory(bytes), info.metadata, digest)
+    };
+    if let Some(expected) = meta.get(META_SHA256) {
+        let got = hex(&digest);
+        if !expected.trim().eq_ignore_ascii_case(&got) {
+            return Err(Error::ltx(
+                name,
+                format!("SHA-256 mismatch: {META_SHA256} metadata says {expected}, the object hashes to {got}"),
+            ));
+        }
+    }
+    Ok(Fetched { body })
+}
