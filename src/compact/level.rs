@@ -1,0 +1,131 @@
+//! One level's pass: which objects of the level below come next, and
+//! merging them into one object of this level.
+//!
+//! Why a file of its own: choosing inputs is where a compaction could skip or
+//! overlap history; the chain rules live here.
+
+use super::*;
+
+fn parse_level_objects(
+    db: &str,
+    level: u8,
+    listing: Vec<crate::storage::ObjectInfo>,
+) -> Vec<ReplicaObject> {
+    let mut out = Vec::new();
+    for info in listing {
+        match ltx::parse_object_key("", &info.key) {
+            Some(k) if k.db == db && k.level == level => out.push(ReplicaObject {
+                key: info.key,
+                level,
+                min_txid: k.min_txid,
+                max_txid: k.max_txid,
+                size: info.size,
+            }),
+            _ => log::debug!(
+                "{db}: compaction skips {} (not an LTX object name)",
+                info.key
+            ),
+        }
+    }
+    out.sort_by_key(|o| (o.min_txid, o.max_txid));
+    out
+}
+
+/// The chain of level-`level - 1` objects a level-`level` object would
+/// merge next, starting right after txid `pos` (at most [`MAX_INPUTS`]).
+/// `Ok(None)`: nothing to merge.
+///
+/// When nothing continues `pos` exactly, the chain starts at the first
+/// object after the hole. That is always safe: a merged object is exactly
+/// its inputs, and a restore uses it only where a chain reaches its first
+/// txid, as it would use the inputs. Holes are normal: a snapshot's own txid
+/// (level 9 only), or a level left empty by retention after a long idle
+/// spell (the chain then continues from a higher level's object).
+pub fn next_inputs(
+    storage: &dyn Storage,
+    db: &str,
+    level: u8,
+    pos: u64,
+) -> Result<Option<Vec<ReplicaObject>>> {
+    let src = level - 1;
+    let dir = ltx::level_prefix("", db, src);
+    let after = format!("{dir}{pos:016x}-ffffffffffffffff.ltx");
+    let objects = parse_level_objects(db, src, storage.list(&dir, Some(&after))?);
+    let continues = |objs: &[ReplicaObject]| {
+        objs.iter()
+            .any(|o| o.min_txid <= pos + 1 && o.max_txid > pos)
+    };
+    if objects.is_empty() {
+        return Ok(None);
+    }
+    if !continues(&objects) && src > 0 {
+        // Compacted levels are small: an object that starts before `pos`
+        // and ends after it (two compactors wrote overlapping merges) is
+        // only found in the whole listing.
+        let all = parse_level_objects(db, src, storage.list(&dir, None)?);
+        if continues(&all) {
+            return Ok(chain_after(&all, pos));
+        }
+    }
+    Ok(chain_after(&objects, pos))
+}
+
+/// Greedy chain (furthest reach first) through `objects` from `pos`, or
+/// from the first object after `pos` when none continues it.
+fn chain_after(objects: &[ReplicaObject], pos: u64) -> Option<Vec<ReplicaObject>> {
+    let candidates: Vec<&ReplicaObject> = objects.iter().filter(|o| o.max_txid > pos).collect();
+    let first_min = candidates.iter().map(|o| o.min_txid).min()?;
+    let mut cur = pos.max(first_min - 1);
+    let mut chain: Vec<ReplicaObject> = Vec::new();
+    while chain.len() < MAX_INPUTS {
+        let next = candidates
+            .iter()
+            .filter(|o| o.min_txid <= cur + 1 && o.max_txid > cur)
+            .max_by_key(|o| (o.max_txid, std::cmp::Reverse(o.size)));
+        match next {
+            Some(o) => {
+                cur = o.max_txid;
+                chain.push((*o).clone());
+            }
+            None => break,
+        }
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+/// Merge the next chain of level-`level - 1` objects after `pos` into one
+/// level-`level` object and store it. Returns the stored object, or `None`
+/// when there was nothing to merge.
+pub fn compact_level(
+    storage: &dyn Storage,
+    db: &str,
+    level: u8,
+    pos: u64,
+    ctx: &Ctx<'_>,
+) -> Result<Option<ReplicaObject>> {
+    if !(1..=MAX_LEVEL).contains(&level) {
+        return Err(Error::Config(format!("internal: compaction level {level}")));
+    }
+    let Some(inputs) = next_inputs(storage, db, level, pos)? else {
+        return Ok(None);
+    };
+    let root = storage.describe();
+    let enc = merge(storage, &root, &inputs, ctx)?;
+    let h = enc.header;
+    let key = ltx::object_key("", db, level, h.min_txid, h.max_txid);
+    let size = put_encoded(storage, &key, enc, ctx.recent)?;
+    log::debug!(
+        "{db}: compacted {} level-{} object(s) into {key} (txids {}..{}, {size} bytes)",
+        inputs.len(),
+        level - 1,
+        h.min_txid,
+        h.max_txid
+    );
+    Ok(Some(ReplicaObject {
+        key,
+        level,
+        min_txid: h.min_txid,
+        max_txid: h.max_txid,
+        size,
+    }))
+}
