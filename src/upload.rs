@@ -61,6 +61,11 @@ pub struct Budget {
     limit: u64,
     used: Mutex<u64>,
     freed: Condvar,
+    /// Unix time (ms) of the first failed PUT since the last stored one;
+    /// 0 while the last attempt succeeded. Shared by every watcher: a
+    /// segment still waiting in the queue has failed no attempt of its own,
+    /// yet its database is in the same outage.
+    failing_since_ms: AtomicU64,
 }
 
 impl Budget {
@@ -70,6 +75,32 @@ impl Budget {
             limit: limit.max(1),
             used: Mutex::new(0),
             freed: Condvar::new(),
+            failing_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// An uploader stored an object: the pool is not failing.
+    pub fn note_stored(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// An upload attempt failed (keeps the start of the failing streak).
+    pub fn note_failed(&self) {
+        let now = u64::try_from(crate::util::now_ms()).unwrap_or(1).max(1);
+        let _ =
+            self.failing_since_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// How long every upload attempt has failed (zero while the last one
+    /// succeeded).
+    pub fn failing_for(&self) -> Duration {
+        match self.failing_since_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => {
+                let now = u64::try_from(crate::util::now_ms()).unwrap_or(since);
+                Duration::from_millis(now.saturating_sub(since))
+            }
         }
     }
 
@@ -261,6 +292,7 @@ fn run(
             };
             match result {
                 Ok(bytes) => {
+                    budget.note_stored();
                     stats.puts.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                     log::debug!("{}: stored {} ({bytes} bytes)", seg.db, seg.key);
@@ -289,6 +321,7 @@ fn run(
                 Err(e) => {
                     stats.put_errors.fetch_add(1, Ordering::Relaxed);
                     seg.failures.fetch_add(1, Ordering::Relaxed);
+                    budget.note_failed();
                     let retryable = e.storage_kind().is_some_and(|k| k.is_retryable());
                     // Transient failures retry at least every 5 s, so replication
                     // catches up soon after S3 returns; permanent ones (403,

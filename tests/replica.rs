@@ -413,6 +413,81 @@ fn a_stuck_outage_releases_the_wal_past_its_limit() {
     run.stop();
 }
 
+/// With more databases than uploader threads, a database whose segment
+/// waits in the queue behind a failing one has failed no attempt of its
+/// own; the outage of the whole pool must release its WAL all the same.
+#[test]
+fn a_queued_database_is_released_in_an_outage_too() {
+    let a = World::new();
+    let b = World::new();
+    for w in [&a, &b] {
+        app(&w.db)
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT);",
+            )
+            .unwrap();
+    }
+    // One uploader thread for both, storing into a's bucket.
+    let uploader = Uploader::start(a.storage.clone(), 1, 64 << 20);
+    let mut runs = Vec::new();
+    for (w, name) in [(&a, "r.db"), (&b, "b.db")] {
+        let mut cfg = w.cfg();
+        cfg.name = name.into();
+        cfg.max_wal_bytes = 256 << 10;
+        cfg.stuck_after = Duration::from_millis(300);
+        let rep =
+            Replica::open(cfg, a.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
+        let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
+        let h = std::thread::spawn(move || rep.run(ev_rx, sd_rx, Duration::from_secs(5)));
+        runs.push((ev_tx, sd_tx, h));
+    }
+    let listed = |name: &str| {
+        restore::list_replica(&*a.storage, name)
+            .map(|r| r.objects.len())
+            .unwrap_or(0)
+    };
+    wait_for("both first snapshots", || {
+        listed("r.db") > 0 && listed("b.db") > 0
+    });
+    a.slow.failing.store(true, Ordering::SeqCst); // storage is down
+    let (ca, cb) = (app(&a.db), app(&b.db));
+    // a's segment takes the only uploader thread and fails there; b's then
+    // waits in the queue for the whole outage.
+    ca.execute("INSERT INTO t VALUES ('first')", []).unwrap();
+    let _ = runs[0].0.try_send(Event::Wake);
+    std::thread::sleep(Duration::from_millis(300));
+    let wal_b = PathBuf::from(format!("{}-wal", b.db.display()));
+    let mut released = false;
+    for i in 0..400 {
+        ca.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
+            .unwrap();
+        cb.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
+            .unwrap();
+        for (tx, _, _) in &runs {
+            let _ = tx.try_send(Event::Wake);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        if i % 20 == 19 {
+            let (busy, _, _): (i64, i64, i64) = cb
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .unwrap();
+            if busy == 0 && std::fs::metadata(&wal_b).map_or(0, |m| m.len()) == 0 {
+                released = true;
+                break;
+            }
+        }
+    }
+    a.slow.failing.store(false, Ordering::SeqCst);
+    for (_, sd, h) in runs {
+        drop(sd);
+        let _ = h.join();
+    }
+    assert!(released, "the queued database's WAL was never released");
+}
+
 /// Append to the real WAL the frames of one more committed transaction
 /// (`INSERT INTO t VALUES ('phantom')`) without publishing it in the
 /// wal-index: what a writer that died between writing its frames and
@@ -456,14 +531,15 @@ fn one_outage_release_does_not_cause_a_snapshot_storm() {
         .unwrap();
     let mut cfg = w.cfg();
     cfg.max_wal_bytes = 256 << 10;
+    cfg.stuck_after = Duration::from_millis(300);
     let run = start(&w, cfg);
     wait_for("snapshot 1", || has_txid(&w.keys(), 1));
-    w.slow.delay_ms.store(3_600_000, Ordering::SeqCst);
+    w.slow.failing.store(true, Ordering::SeqCst); // storage is down
     for i in 0..200 {
         c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
             .unwrap();
         run.wake();
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
     // app's own PASSIVE checkpoint (does not shrink the file)
     let _: (i64, i64, i64) = c
@@ -472,6 +548,9 @@ fn one_outage_release_does_not_cause_a_snapshot_storm() {
         })
         .unwrap();
     w.slow.delay_ms.store(100, Ordering::SeqCst); // storage back (100 ms per PUT)
+    w.slow.failing.store(false, Ordering::SeqCst);
+    // The outage released the WAL once: its snapshot follows the recovery.
+    wait_for("the snapshot after the outage", || snaps(&w) >= 2);
     std::thread::sleep(Duration::from_millis(1500));
     let before = snaps(&w);
     for i in 0..40 {

@@ -21,8 +21,12 @@ impl Replica {
         // every pass would turn every transaction into a full snapshot. Once
         // released, the snapshot waits for the uploads to come back, so this
         // fires at most once per outage.
+        // Failing: this database's upload, or — for a segment still queued
+        // behind others, or one waiting for the byte budget — every upload.
         let stalled = self.last_progress.elapsed();
-        if stalled < self.cfg.stuck_after || self.upload_failures.load(Ordering::Relaxed) == 0 {
+        let failing = self.upload_failures.load(Ordering::Relaxed) > 0
+            || self.budget.failing_for() >= self.cfg.stuck_after;
+        if stalled < self.cfg.stuck_after || !failing {
             return Ok(());
         }
         // What the pinned read transaction holds back is the current

@@ -20,9 +20,10 @@ impl Replica {
             return self.release_if_wal_too_big(); // the WAL is the buffer
         }
         if self.budget.exhausted() {
-            // Other databases hold the budget: look again shortly.
+            // Other databases hold the budget: look again shortly. During an
+            // outage the budget stays full, so the WAL is the buffer here too.
             self.deferred_until = Some(Instant::now() + Duration::from_millis(50));
-            return Ok(());
+            return self.release_if_wal_too_big();
         }
         if let Some(last) = self.last_put {
             let due = last + self.cfg.min_put_interval;
@@ -240,6 +241,7 @@ impl Replica {
         }
         self.inflight.remove(&ack.txid);
         self.last_progress = Instant::now();
+        self.upload_failures = Arc::default();
         if self.snapshot_inflight == Some(ack.txid) {
             self.snapshot_inflight = None;
             self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use s3::creds::Credentials;
@@ -26,6 +26,9 @@ use super::{
     err, normalize_prefix, one_line, validate_key, Metadata, ObjectInfo, Precondition, Storage,
 };
 use crate::error::{Error, Result, StorageErrorKind};
+
+/// Longest time one S3 request may take (see [`S3Storage::new`]).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Region used when neither a flag nor the environment names one.
 const DEFAULT_REGION: &str = "us-east-1";
@@ -273,6 +276,11 @@ impl S3Storage {
         } else {
             bucket.set_subdomain_style();
         }
+        // Every request ends within this time: a server that hangs becomes a
+        // failed attempt, which is retried and which the WAL escape valve
+        // counts as an outage (`--max-wal-mib`). One PUT carries at most
+        // 16 MiB (larger objects go in parts), so this needs ~2.2 Mbit/s.
+        bucket.set_request_timeout(Some(REQUEST_TIMEOUT));
         Ok(S3Storage {
             bucket,
             bucket_name: config.bucket,
