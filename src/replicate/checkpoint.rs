@@ -84,7 +84,7 @@ impl Replica {
     }
 
     /// walsync's own checkpoint (see the module doc).
-    pub(super) fn checkpoint(&mut self, truncate: bool) -> Result<()> {
+    fn checkpoint(&mut self, truncate: bool) -> Result<()> {
         let fence = match self.fence_within(Duration::from_millis(200)) {
             Ok(f) => f,
             Err(e) => {
@@ -137,7 +137,7 @@ impl Replica {
         self.establish(fence, false)
     }
 
-    pub(super) fn fence_retrying(&self) -> Result<Fence> {
+    fn fence_retrying(&self) -> Result<Fence> {
         let mut attempt = 0;
         loop {
             match self.fence() {

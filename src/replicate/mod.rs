@@ -58,6 +58,17 @@
 //! - walsync keeps its own descriptor of the database open as long as its
 //!   SQLite connection: closing any descriptor of a file drops every POSIX
 //!   lock the process holds on it, SQLite's included.
+//!
+//! # Files
+//!
+//! - `mod.rs`: settings, the per-database state, the connection, the read
+//!   transaction that pins the WAL, and the fence.
+//! - `protocol.rs`: read what the wal-index publishes, the counter check,
+//!   cut segments and send them in txid order, acknowledgements.
+//! - `pass.rs`: one pass per wake-up (what is due, what was missed, when to
+//!   look again).
+//! - `checkpoint.rs`: walsync's own checkpoints and the WAL escape valve.
+//! - `snapshot.rs`, `resume.rs`, `run.rs` (loop and drain), `stats.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -154,15 +165,6 @@ pub enum Event {
     Shutdown,
 }
 
-/// Segments of one database in flight at once. One: a crash can then never
-/// leave a stored txid after a missing one (a hole no restore could cross),
-/// and group commit keeps throughput up: while one segment uploads, every
-/// transaction committed meanwhile is folded into the next.
-const MAX_INFLIGHT: usize = 1;
-
-/// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
-const SETTLE_CHECKS: u32 = 4;
-
 /// What [`Replica::ship_available`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ship {
@@ -174,21 +176,6 @@ enum Ship {
     NotReady,
     /// Continuity is lost: nothing was shipped, a snapshot must come next.
     Lost(String),
-}
-
-fn lost_reason(change: u32, counted: u32, read: usize) -> String {
-    let committed = change.wrapping_sub(counted);
-    if committed > u32::MAX / 2 {
-        format!(
-            "SQLite's commit counter went back by {} (the wal-index was rebuilt)",
-            counted.wrapping_sub(change)
-        )
-    } else {
-        format!(
-            "SQLite counted {committed} committed transaction(s) where walsync read {read}: \
-             some were checkpointed away before walsync read them"
-        )
-    }
 }
 
 /// How far the WAL has been read.

@@ -6,6 +6,15 @@
 
 use super::*;
 
+/// Segments of one database in flight at once. One: a crash can then never
+/// leave a stored txid after a missing one (a hole no restore could cross),
+/// and group commit keeps throughput up: while one segment uploads, every
+/// transaction committed meanwhile is folded into the next.
+const MAX_INFLIGHT: usize = 1;
+
+/// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
+const SETTLE_CHECKS: u32 = 4;
+
 impl Replica {
     /// Handle a wake-up: read and ship what is new, check the commit
     /// counter, checkpoint when due.
@@ -105,7 +114,7 @@ impl Replica {
     /// looked at again shortly, whatever else is scheduled; a commit written
     /// but not yet published (see [`crate::tail`]) is polled for until it is.
     /// Both count as replication lag from the moment they were first seen.
-    pub(super) fn watch_tail(&mut self) -> Result<()> {
+    fn watch_tail(&mut self) -> Result<()> {
         if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {
             return Ok(());
         }
@@ -176,7 +185,7 @@ impl Replica {
     /// the wal-index only afterwards, without another file event. Look again
     /// a few times (5, 20, 80, 320 ms) after a wake-up that changed nothing;
     /// an idle database stops waking after that.
-    pub(super) fn settle_later(&mut self) {
+    fn settle_later(&mut self) {
         if self.settle < SETTLE_CHECKS {
             let wait = Duration::from_millis(5 << (2 * self.settle));
             self.settle += 1;
@@ -188,7 +197,7 @@ impl Replica {
     /// Everything published has been read: move the read transaction forward
     /// if its mark may be old or a checkpointer made progress (and may now
     /// wait for walsync); otherwise look again shortly (settle).
-    pub(super) fn repin_if_changed(&mut self, shm: &ShmHeader) -> Result<()> {
+    fn repin_if_changed(&mut self, shm: &ShmHeader) -> Result<()> {
         let changed = self.r_shm.is_none_or(|r| {
             (r.mx_frame, r.backfill, r.salt1, r.salt2)
                 != (shm.mx_frame, shm.backfill, shm.salt1, shm.salt2)
@@ -233,31 +242,8 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_ack(&mut self, ack: Ack) {
-        if let Some(why) = ack.fenced {
-            // Not stored: it stays in flight, nothing more is sent.
-            self.fenced = Some(why);
-            return;
-        }
-        self.inflight.remove(&ack.txid);
-        self.last_progress = Instant::now();
-        self.upload_failures = Arc::default();
-        if self.snapshot_inflight == Some(ack.txid) {
-            self.snapshot_inflight = None;
-            self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);
-        }
-        let durable = match (self.inflight.first(), self.pending.front()) {
-            (Some(t), _) => t - 1,
-            (None, Some((e, _))) => e.header.max_txid - 1,
-            (None, None) => self.next_txid - 1,
-        };
-        self.stats.durable_txid.store(durable, Ordering::Relaxed);
-        self.stats.note_durable(durable);
-        self.stats.segments.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Re-open after the database file was replaced, deleted or recreated.
-    pub(super) fn check_file(&mut self) -> Result<bool> {
+    fn check_file(&mut self) -> Result<bool> {
         let id = file_id(&self.cfg.path);
         // Through a symlink, the same file may now be reached at another
         // place (where SQLite keeps another WAL): that is a move too.

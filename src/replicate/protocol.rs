@@ -8,6 +8,21 @@
 
 use super::*;
 
+fn lost_reason(change: u32, counted: u32, read: usize) -> String {
+    let committed = change.wrapping_sub(counted);
+    if committed > u32::MAX / 2 {
+        format!(
+            "SQLite's commit counter went back by {} (the wal-index was rebuilt)",
+            counted.wrapping_sub(change)
+        )
+    } else {
+        format!(
+            "SQLite counted {committed} committed transaction(s) where walsync read {read}: \
+             some were checkpointed away before walsync read them"
+        )
+    }
+}
+
 impl Replica {
     /// Under `fence`: read the WAL to its end, ship it, (re)start the read
     /// transaction and set the commit counter. `trust_salts` is the start-up
@@ -172,7 +187,7 @@ impl Replica {
         Ok(Ship::Shipped)
     }
 
-    pub(super) fn emit(&mut self, txs: &[Transaction]) -> Result<()> {
+    fn emit(&mut self, txs: &[Transaction]) -> Result<()> {
         let Some(last) = txs.last() else {
             return Ok(());
         };
@@ -232,5 +247,28 @@ impl Replica {
         }
         self.last_put = Some(Instant::now());
         Ok(())
+    }
+
+    pub(super) fn on_ack(&mut self, ack: Ack) {
+        if let Some(why) = ack.fenced {
+            // Not stored: it stays in flight, nothing more is sent.
+            self.fenced = Some(why);
+            return;
+        }
+        self.inflight.remove(&ack.txid);
+        self.last_progress = Instant::now();
+        self.upload_failures = Arc::default();
+        if self.snapshot_inflight == Some(ack.txid) {
+            self.snapshot_inflight = None;
+            self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);
+        }
+        let durable = match (self.inflight.first(), self.pending.front()) {
+            (Some(t), _) => t - 1,
+            (None, Some((e, _))) => e.header.max_txid - 1,
+            (None, None) => self.next_txid - 1,
+        };
+        self.stats.durable_txid.store(durable, Ordering::Relaxed);
+        self.stats.note_durable(durable);
+        self.stats.segments.fetch_add(1, Ordering::Relaxed);
     }
 }

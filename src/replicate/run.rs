@@ -1,7 +1,8 @@
 //! The watcher thread's loop and its shutdown drain.
 //!
-//! Why a file of its own: the loop owns the timers and the channels; the
-//! drain ships everything committed before the process exits.
+//! Why a file of its own: the loop owns the channels (file events, acks,
+//! shutdown) and sleeps until the pass's next timer; the drain ships
+//! everything committed before the process exits.
 
 use super::*;
 
@@ -74,7 +75,7 @@ impl Replica {
 
     /// Ship everything committed (or the snapshot continuity needs) and wait
     /// for the uploads, up to `timeout`.
-    pub(super) fn drain(mut self, timeout: Duration) -> Result<()> {
+    fn drain(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut result = Ok(());
         loop {

@@ -21,7 +21,7 @@ impl Replica {
         Ok(txid)
     }
 
-    pub(super) fn wait_uploaded(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
+    fn wait_uploaded(&mut self, deadline: Instant, timeout: Duration) -> Result<()> {
         self.flush_pending()?;
         while !self.inflight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
