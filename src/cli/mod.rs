@@ -1,0 +1,192 @@
+//! Command-line interface shared by the `walsync` and `walsync-sync` binaries.
+//!
+//! Why one module: `walsync-sync ARGS` must behave exactly like
+//! `walsync sync ARGS` (a systemd `ExecStart=` line names one binary and has no
+//! shell), so both binaries parse the same [`SyncArgs`] and call the same
+//! function. Every command ends through [`exit`], which prints an error as one
+//! line on stderr and exits non-zero.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::config::DbSpec;
+use crate::daemon;
+use crate::error::{Error, Result};
+use crate::lease::{self, FencedStorage, Fencer};
+use crate::ltx;
+use crate::ops;
+use crate::replicate::DbConfig;
+use crate::restore::{self, RestoreOptions, Target};
+use crate::storage::{self, S3Options, Storage};
+
+/// walsync: continuous replication of SQLite databases to S3-compatible storage.
+#[derive(FromArgs, Debug)]
+pub struct Walsync {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+/// The `walsync` subcommands.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Sync(Box<SyncArgs>),
+    Restore(RestoreArgs),
+    Snapshot(SnapshotArgs),
+    List(ListArgs),
+    Verify(VerifyArgs),
+    Compact(CompactArgs),
+}
+
+/// `bucket` (a name, `s3://bucket/prefix` or `file:///dir`) with `prefix` appended.
+pub fn prefixed_spec(bucket: &str, prefix: Option<&str>) -> String {
+    match prefix {
+        None => bucket.to_string(),
+        Some(p) if bucket.contains("://") => {
+            format!("{}/{}", bucket.trim_end_matches('/'), p.trim_matches('/'))
+        }
+        Some(p) => format!("s3://{}/{}", bucket, p.trim_matches('/')),
+    }
+}
+
+/// The storage spec for a database whose own `prefix` replaces the global
+/// one: the bucket (without any prefix in `s3://bucket/prefix`) plus `prefix`.
+pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
+    if let Some(rest) = bucket.strip_prefix("s3://") {
+        let name = rest.split('/').next().unwrap_or(rest);
+        return format!("s3://{name}/{}", prefix.trim_matches('/'));
+    }
+    // A bucket name gets the prefix; a directory (`file:///dir`) has no
+    // prefix of its own, so the database's prefix nests under it.
+    prefixed_spec(bucket, Some(prefix))
+}
+
+/// Run a parsed `walsync` command line.
+pub fn run(args: Walsync) -> Result<()> {
+    match args.command {
+        Command::Sync(a) => run_sync(*a),
+        Command::Restore(a) => run_restore(a),
+        Command::Snapshot(a) => run_snapshot(a),
+        Command::List(a) => run_list(a),
+        Command::Verify(a) => run_verify(a),
+        Command::Compact(a) => run_compact(a),
+    }
+}
+
+/// The store named by `spec` twice: as is (`raw`: lease objects) and as the
+/// pipeline sees it (`data`: encrypting when a key is configured).
+pub fn open_store(
+    spec: &str,
+    s3: &S3Options,
+    key_file: Option<&str>,
+    decryption_files: &[String],
+    daemon: bool,
+) -> Result<(Arc<dyn Storage>, Arc<dyn Storage>)> {
+    // The daemon says which key is in force; one-shot commands keep stderr
+    // to their one line.
+    let level = if daemon {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    let raw: Arc<dyn Storage> = Arc::from(storage::open(spec, s3)?);
+    let env = std::env::var(storage::crypt::KEY_ENV).ok();
+    let data: Arc<dyn Storage> =
+        match storage::Keyring::from_options(key_file, decryption_files, env)? {
+            Some(keys) => {
+                log::log!(
+                    level,
+                    "client-side encryption on: key id {} (new objects)",
+                    keys.current_id()
+                );
+                Arc::new(storage::CryptStorage::new(raw.clone(), keys))
+            }
+            None => raw.clone(),
+        };
+    Ok((raw, data))
+}
+
+/// Wraps `data` so every PUT of an LTX object checks this process's lease
+/// in `raw`. The daemon probes for conditional writes after its start-up
+/// checks ([`Fencer::start`]); `probe_now` does it here.
+pub fn fence(
+    raw: Arc<dyn Storage>,
+    data: Arc<dyn Storage>,
+    ttl: Duration,
+    probe_now: bool,
+) -> Result<(Arc<dyn Storage>, Arc<Fencer>)> {
+    let fencer = Arc::new(Fencer::unprobed(raw.clone(), ttl));
+    if probe_now {
+        raw.check()?;
+        fencer.start(false)?;
+    }
+    let storage: Arc<dyn Storage> = Arc::new(FencedStorage::new(data, fencer.clone()));
+    Ok((storage, fencer))
+}
+
+/// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
+pub fn s3_options(endpoint: Option<String>, region: Option<String>, path_style: bool) -> S3Options {
+    S3Options {
+        endpoint,
+        region,
+        path_style: path_style.then_some(true),
+    }
+}
+
+/// Parse a `--txid` value: decimal, or hexadecimal with a `0x` prefix (the
+/// form object names use).
+pub fn parse_txid(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse::<u64>(),
+    };
+    match parsed {
+        Ok(t) if t >= 1 => Ok(t),
+        _ => Err(Error::Config(format!(
+            "--txid {s:?}: expected a txid ≥ 1 (decimal, or hex with 0x)"
+        ))),
+    }
+}
+
+/// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).
+pub fn init_logging() {
+    let env = env_logger::Env::default().default_filter_or("walsync=info");
+    // ureq logs each request's full URL at debug level; for the heartbeat
+    // that URL is a secret (its token), so ureq is capped at info whatever
+    // RUST_LOG says (a later directive for the same module wins).
+    // A second call (tests) is harmless; ignore its error.
+    let _ = env_logger::Builder::from_env(env)
+        .filter_module("ureq", log::LevelFilter::Info)
+        .filter_module("ureq_proto", log::LevelFilter::Info)
+        .try_init();
+}
+
+/// Print `result`'s error as one line and exit with a non-zero status.
+pub fn exit(result: Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("walsync: error: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+mod compact_cmd;
+mod list_cmd;
+mod restore_cmd;
+mod snapshot_cmd;
+mod sync_cmd;
+mod verify_cmd;
+
+pub use compact_cmd::*;
+pub use list_cmd::*;
+pub use restore_cmd::*;
+pub use snapshot_cmd::*;
+pub use sync_cmd::*;
+pub use verify_cmd::*;

@@ -1,0 +1,147 @@
+//! `walsync restore`: a database at its newest state, a txid or a time.
+
+use super::*;
+
+/// Restore a database from its replica.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "restore")]
+pub struct RestoreArgs {
+    /// database name in the bucket (its file name, e.g. app.db)
+    #[argh(positional)]
+    pub name: String,
+
+    /// output path of the restored database
+    #[argh(option, short = 'o')]
+    pub output: String,
+
+    /// bucket name, `s3://bucket/prefix` or `file:///dir`
+    #[argh(option)]
+    pub bucket: String,
+
+    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+    #[argh(option)]
+    pub region: Option<String>,
+
+    /// use path-style addressing (needed by most self-hosted servers)
+    #[argh(switch)]
+    pub path_style: bool,
+
+    /// restore exactly this txid (decimal, or hex with 0x) instead of the newest
+    #[argh(option)]
+    pub txid: Option<String>,
+
+    /// restore the newest state at or before this RFC 3339 time
+    #[argh(option)]
+    pub timestamp: Option<String>,
+
+    /// replace an existing output file
+    #[argh(switch)]
+    pub force: bool,
+
+    /// do nothing (exit 0) when the output file already exists
+    #[argh(switch)]
+    pub if_db_not_exists: bool,
+
+    /// do nothing (exit 0) when the bucket holds no replica of the database
+    #[argh(switch)]
+    pub if_replica_exists: bool,
+
+    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
+    #[argh(option)]
+    pub encryption_key_file: Option<String>,
+
+    /// file holding an older key that only decrypts (key rotation); repeatable
+    #[argh(option)]
+    pub decryption_key_file: Vec<String>,
+
+    /// parallel downloads (default 8)
+    #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
+    pub parallel: usize,
+}
+
+/// Run `walsync restore`.
+pub fn run_restore(a: RestoreArgs) -> Result<()> {
+    let out = Path::new(&a.output);
+    if a.if_db_not_exists && out.exists() {
+        log::info!(
+            "{}: exists, nothing restored (--if-db-not-exists)",
+            out.display()
+        );
+        return Ok(());
+    }
+    let target = match (&a.txid, &a.timestamp) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "--txid and --timestamp cannot be used together".into(),
+            ))
+        }
+        (Some(t), None) => Target::Txid(parse_txid(t)?),
+        (None, Some(ts)) => Target::Timestamp(ltx::parse_timestamp(ts)?),
+        (None, None) => Target::Latest,
+    };
+    if a.parallel == 0 {
+        return Err(Error::Config("--parallel must be at least 1".into()));
+    }
+    if !a.force && out.exists() {
+        return Err(Error::Restore(format!(
+            "{}: already exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    let opts = s3_options(a.endpoint, a.region, a.path_style);
+    let (_, storage) = open_store(
+        &a.bucket,
+        &opts,
+        a.encryption_key_file.as_deref(),
+        &a.decryption_key_file,
+        false,
+    )?;
+    // The newest state or a txid: a few listing pages per level; else (or
+    // when that finds no chain) the full listing, which explains failures.
+    // An object listed a moment ago can be gone when its header is read
+    // (retention, `walsync compact`): plan again, a bounded number of times.
+    let plan_once = || -> Result<Option<restore::Plan>> {
+        if let Some(plan) = restore::plan_by_level(&*storage, &a.name, target)? {
+            return Ok(Some(plan));
+        }
+        let replica = restore::list_replica(&*storage, &a.name)?;
+        if replica.is_empty() && a.if_replica_exists {
+            return Ok(None);
+        }
+        replica.plan(&*storage, target).map(Some)
+    };
+    let mut attempt = 0;
+    let plan = loop {
+        match plan_once() {
+            Ok(Some(plan)) => break plan,
+            Ok(None) => {
+                log::info!(
+                    "{}: no replica in {}, nothing restored (--if-replica-exists)",
+                    a.name,
+                    storage.describe()
+                );
+                return Ok(());
+            }
+            Err(e)
+                if e.storage_kind() == Some(crate::StorageErrorKind::NotFound) && attempt < 3 =>
+            {
+                attempt += 1;
+                log::warn!("{}: {e}; planning again", a.name);
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let ropts = RestoreOptions {
+        parallel: a.parallel,
+        force: a.force,
+        progress: std::io::stderr().is_terminal(),
+        ..RestoreOptions::default()
+    };
+    let summary = restore::restore(&*storage, &plan, out, &ropts)?;
+    println!("{}", summary.line());
+    Ok(())
+}
