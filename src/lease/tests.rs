@@ -1,0 +1,106 @@
+//! Unit tests of leases, fencing and the conditional-write probe.
+
+use super::*;
+use crate::storage::FileStorage;
+
+fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path()).unwrap());
+    (dir, s)
+}
+
+#[test]
+fn file_store_does_conditional_writes() {
+    let (_d, s) = store();
+    assert_eq!(probe(&*s).unwrap(), Mode::Conditional);
+    assert!(s.list("", None).unwrap().is_empty(), "probe object left");
+}
+
+#[test]
+fn second_holder_is_refused_until_expiry() {
+    let (_d, s) = store();
+    for mode in [Mode::Conditional, Mode::Fallback] {
+        let db = format!("app-{mode:?}.db");
+        let a = Fencer::new(s.clone(), mode, Duration::from_millis(400));
+        let b = Fencer::new(s.clone(), mode, Duration::from_millis(400));
+        a.acquire(&db, None).unwrap();
+        let e = b.acquire(&db, None).unwrap_err().to_string();
+        assert!(e.contains(&db) && e.contains(a.holder()), "{e}");
+        std::thread::sleep(Duration::from_millis(500));
+        b.acquire(&db, None).unwrap();
+        // `a` is fenced out at its next renewal, and stays out.
+        let e = a.ensure(&db).unwrap_err().to_string();
+        assert!(e.contains("fenced out") && e.contains(b.holder()), "{e}");
+        assert!(a.ensure(&db).is_err());
+        b.ensure(&db).unwrap();
+        // A clean release lets the next writer in at once.
+        b.release(&db);
+        let c = Fencer::new(s.clone(), mode, Duration::from_secs(60));
+        c.acquire(&db, None).unwrap();
+    }
+}
+
+#[test]
+fn a_restart_holding_the_same_local_lock_takes_over_at_once() {
+    let (d, s) = store();
+    let db_file = d.path().join("app.db");
+    std::fs::write(&db_file, b"").unwrap();
+    let ttl = Duration::from_secs(60);
+    let lock = crate::lock::try_lock(&db_file).unwrap();
+    let id = local_identity(&lock).unwrap();
+    let a = Fencer::new(s.clone(), Mode::Fallback, ttl);
+    a.acquire("app.db", Some(&id)).unwrap();
+    drop(lock); // `a` crashed: its lock is gone, its lease is not
+                // Another process without that lock is refused.
+    let b = Fencer::new(s.clone(), Mode::Fallback, ttl);
+    assert!(b.acquire("app.db", Some("other:1:2")).is_err());
+    assert!(b.acquire("app.db", None).is_err());
+    // The restart takes the lock again and the lease at once.
+    let lock = crate::lock::try_lock(&db_file).unwrap();
+    let c = Fencer::new(s.clone(), Mode::Fallback, ttl);
+    c.acquire("app.db", local_identity(&lock).as_deref())
+        .unwrap();
+    let e = a.ensure("app.db");
+    assert!(e.is_ok(), "{e:?}"); // `a` had plenty of TTL left: no check
+}
+
+#[test]
+fn conditional_segment_puts_refuse_a_second_writer() {
+    let (_d, s) = store();
+    let fa = Arc::new(Fencer::new(s.clone(), Mode::Conditional, DEFAULT_TTL));
+    let a = FencedStorage::new(s.clone(), fa.clone());
+    fa.acquire("x.db", None).unwrap();
+    let key = "x.db/0000/0000000000000001-0000000000000001.ltx";
+    a.put(key, b"one", &Metadata::new()).unwrap();
+    // Our own retry of the same PUT is fine.
+    a.put(key, b"one", &Metadata::new()).unwrap();
+    // A writer that bypassed the lease (same key, other holder) is refused.
+    let fb = Arc::new(Fencer::new(s.clone(), Mode::Conditional, DEFAULT_TTL));
+    fb.held.lock().unwrap().insert(
+        "x.db".into(),
+        Arc::new(Mutex::new(Held {
+            expires_ms: i64::MAX / 2,
+            ..Held::default()
+        })),
+    );
+    let b = FencedStorage::new(s.clone(), fb);
+    let e = b
+        .put(key, b"two", &Metadata::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fenced out") && e.contains(fa.holder()), "{e}");
+    assert_eq!(s.get(key).unwrap(), b"one");
+}
+
+#[test]
+fn lease_text_round_trips() {
+    let mut l = Lease {
+        holder: "h:1:ab".into(),
+        expires_ms: 1_700_000_000_000,
+        local: None,
+    };
+    assert_eq!(Lease::decode(&l.encode()), Some(l.clone()));
+    l.local = Some("boot:1:2".into());
+    assert_eq!(Lease::decode(&l.encode()), Some(l));
+    assert_eq!(Lease::decode(b"junk"), None);
+}
