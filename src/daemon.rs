@@ -46,7 +46,7 @@ pub struct Options {
     pub compaction: Policy,
     /// Cap on storage requests per second, shared by all databases (0 = none).
     pub max_requests_per_sec: u32,
-    /// Writer fencing in the bucket (src/lease.rs); `None` = off.
+    /// Writer fencing in the bucket ([`crate::lease`]); `None` = off.
     pub fencer: Option<Arc<crate::lease::Fencer>>,
     /// Where the fencer's lease objects go, routed by database name like
     /// the data (a database with its own prefix keeps its lease there).

@@ -1,4 +1,4 @@
-//! Client-side encryption (src/storage/crypt.rs) against the local S3 server.
+//! Client-side encryption (src/storage/crypt/) against the local S3 server.
 //!
 //! The daemon replicates with `--encryption-key-file`; the tests then look
 //! at the bucket with a plain client (no key) and through the CLI with no,

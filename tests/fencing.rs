@@ -1,4 +1,4 @@
-//! Writer fencing (src/lease.rs): two `walsync-sync` processes replicating
+//! Writer fencing (src/lease/): two `walsync-sync` processes replicating
 //! the same database name to the same prefix never interleave txids.
 //!
 //! - Fallback mode against Garage (which ignores `If-None-Match`): a second

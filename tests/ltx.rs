@@ -211,7 +211,7 @@ fn round_trip_page_sizes_and_contents() {
 
 /// 16,385 pages of 64 KiB: about 20 s in a debug build, so opt-in
 /// (`cargo test --release --test ltx -- --ignored`); the lock-page rules
-/// themselves are unit-tested in `src/ltx.rs`.
+/// themselves are unit-tested in `src/ltx/tests.rs`.
 #[test]
 #[ignore]
 fn snapshot_skips_lock_page() {

@@ -198,7 +198,7 @@ fn list_and_verify_commands() {
         .unwrap();
     // Commits before the daemon replicates end up in its first snapshot;
     // wait until it stored one per database (start-up takes a writer lease,
-    // src/lease.rs) so the commits below ship as level-0 segments.
+    // src/lease/) so the commits below ship as level-0 segments.
     let t0 = Instant::now();
     for n in ["a.db", "b.db"] {
         let r = oracle::Replica::new(storage.clone(), n);

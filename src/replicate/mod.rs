@@ -228,7 +228,7 @@ pub struct Replica {
     snapshot_reason: Option<String>,
     deferred_until: Option<Instant>,
     /// Set when an upload was refused because another writer holds the
-    /// replica (src/lease.rs): replication of this database stops.
+    /// replica ([`crate::lease`]): replication of this database stops.
     fenced: Option<String>,
     /// The database file as SQLite names it: `cfg.path` with every symlink
     /// resolved. SQLite keeps `-wal` and `-shm` beside this file, not beside
