@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::Error;
 use crate::recent::Recent;
 use crate::storage::{Metadata, Storage};
+use crate::util::Since;
 
 pub use crate::segment::Body;
 
@@ -61,11 +62,11 @@ pub struct Budget {
     limit: u64,
     used: Mutex<u64>,
     freed: Condvar,
-    /// Unix time (ms) of the first failed PUT since the last stored one;
-    /// 0 while the last attempt succeeded. Shared by every watcher: a
-    /// segment still waiting in the queue has failed no attempt of its own,
-    /// yet its database is in the same outage.
-    failing_since_ms: AtomicU64,
+    /// Since the first failed PUT after the last stored one (clear while
+    /// the last attempt succeeded). Shared by every watcher: a segment still
+    /// waiting in the queue has failed no attempt of its own, yet its
+    /// database is in the same outage.
+    failing: Since,
 }
 
 impl Budget {
@@ -75,33 +76,24 @@ impl Budget {
             limit: limit.max(1),
             used: Mutex::new(0),
             freed: Condvar::new(),
-            failing_since_ms: AtomicU64::new(0),
+            failing: Since::default(),
         }
     }
 
     /// An uploader stored an object: the pool is not failing.
     pub fn note_stored(&self) {
-        self.failing_since_ms.store(0, Ordering::Relaxed);
+        self.failing.clear();
     }
 
     /// An upload attempt failed (keeps the start of the failing streak).
     pub fn note_failed(&self) {
-        let now = u64::try_from(crate::util::now_ms()).unwrap_or(1).max(1);
-        let _ =
-            self.failing_since_ms
-                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.failing.mark();
     }
 
     /// How long every upload attempt has failed (zero while the last one
     /// succeeded).
     pub fn failing_for(&self) -> Duration {
-        match self.failing_since_ms.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            since => {
-                let now = u64::try_from(crate::util::now_ms()).unwrap_or(since);
-                Duration::from_millis(now.saturating_sub(since))
-            }
-        }
+        self.failing.elapsed()
     }
 
     /// Reserve `n` bytes, waiting up to `timeout`. A request larger than the

@@ -6,6 +6,7 @@
 //! from another tied unrelated stages into one import loop. This is a leaf:
 //! it imports nothing of the crate.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Lower-case hex of `bytes`.
@@ -57,9 +58,71 @@ pub fn system_time_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// Since when a condition has held, shared between threads: set once when
+/// it starts (later marks keep the first time), cleared when it ends.
+#[derive(Debug, Default)]
+pub struct Since(AtomicU64);
+
+impl Since {
+    /// The condition holds (from now, unless it already did).
+    pub fn mark(&self) {
+        let now = u64::try_from(now_ms()).unwrap_or(1).max(1);
+        let _ = self
+            .0
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The condition ended.
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+
+    /// Clear it, returning since when it held.
+    pub fn take(&self) -> Option<SystemTime> {
+        match self.0.swap(0, Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+
+    /// How long it has held (zero when it does not).
+    pub fn elapsed(&self) -> Duration {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ms => (UNIX_EPOCH + Duration::from_millis(ms))
+                .elapsed()
+                .unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// True while the condition holds.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_keeps_the_first_mark_until_cleared() {
+        let s = Since::default();
+        assert!(!s.is_set());
+        assert_eq!(s.elapsed(), Duration::ZERO);
+        s.mark();
+        let first = s.0.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+        s.mark();
+        assert_eq!(
+            s.0.load(Ordering::Relaxed),
+            first,
+            "a later mark keeps the first time"
+        );
+        assert!(s.take().is_some());
+        assert!(!s.is_set());
+        assert_eq!(s.take(), None);
+    }
 
     #[test]
     fn hex_is_lower_case_two_digits_per_byte() {

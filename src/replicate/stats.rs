@@ -4,10 +4,9 @@
 //! compactor read these while the watcher thread writes them; lag is defined
 //! here, once.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::ltx;
+use crate::util::Since;
 
 /// Counters readable from other threads.
 #[derive(Debug, Default)]
@@ -29,9 +28,9 @@ pub struct DbStats {
     /// Segments cut but not yet durable: `(max txid, when first seen)`,
     /// oldest first (replication lag, see [`DbStats::lag`]).
     unacked: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::SystemTime)>>,
-    /// Unix time (ms) since which something committed in the WAL has not
-    /// been read (published or only written); 0 = nothing.
-    unread_since_ms: std::sync::atomic::AtomicU64,
+    /// Since when something committed in the WAL has not been read
+    /// (published or only written).
+    unread: Since,
     /// Set by the compactor when the newest snapshot disappeared from
     /// storage: the next txid must be a snapshot.
     pub replica_missing: std::sync::atomic::AtomicBool,
@@ -41,11 +40,10 @@ impl DbStats {
     /// A segment ending at `txid` was cut from the WAL now; its lag counts
     /// from when its first transaction was seen unread, if it was.
     pub fn note_cut(&self, txid: u64) {
-        let since = self.unread_since_ms.swap(0, Ordering::Relaxed);
-        let at = match since {
-            0 => std::time::SystemTime::now(),
-            ms => std::time::UNIX_EPOCH + Duration::from_millis(ms),
-        };
+        let at = self
+            .unread
+            .take()
+            .unwrap_or_else(std::time::SystemTime::now);
         let mut q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
         q.push_back((txid, at));
     }
@@ -53,17 +51,12 @@ impl DbStats {
     /// Something committed is in the WAL and not read yet (keeps the
     /// earliest time it was seen).
     pub fn note_unread(&self) {
-        let _ = self.unread_since_ms.compare_exchange(
-            0,
-            u64::try_from(ltx::now_ms()).unwrap_or(1).max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.unread.mark();
     }
 
     /// Everything committed in the WAL has been read.
     pub fn note_read_all(&self) {
-        self.unread_since_ms.store(0, Ordering::Relaxed);
+        self.unread.clear();
     }
 
     /// Everything up to `txid` is durable.
@@ -80,12 +73,7 @@ impl DbStats {
     pub fn lag(&self) -> Duration {
         let q = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
         let cut = q.front().and_then(|(_, at)| at.elapsed().ok());
-        let unread = match self.unread_since_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => (std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .elapsed()
-                .ok(),
-        };
+        let unread = self.unread.is_set().then(|| self.unread.elapsed());
         cut.max(unread).unwrap_or(Duration::ZERO)
     }
 }
