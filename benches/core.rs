@@ -50,7 +50,7 @@ use divan::counter::{BytesCount, ItemsCount};
 use divan::{black_box, Bencher};
 use ring::digest::{digest, SHA256};
 use walsync::ltx::{self, Header};
-use walsync::wal::{
+use walsync::sqlite::wal::{
     checksum, Checksum, FrameHeader, Position, Scanner, WalHeader, FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
 };

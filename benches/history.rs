@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 use walsync::compact;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, Plan, RestoreOptions, Target};
-use walsync::segment::{META_SHA256, META_TIMESTAMP};
 use walsync::storage::{
     Metadata, ObjectInfo, Precondition, S3Config, S3Options, S3Storage, Storage,
 };
+use walsync::storage::{META_SHA256, META_TIMESTAMP};
 
 const PS: usize = 4096;
 const ROW: usize = 2000;
@@ -233,11 +233,11 @@ fn meta_for(h: &Header, body: &[u8]) -> Metadata {
         )
         .with(
             META_SHA256,
-            walsync::segment::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()),
+            walsync::util::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()),
         )
 }
 
-use walsync::ltx::now_ms;
+use walsync::util::now_ms;
 
 fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`:

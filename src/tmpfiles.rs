@@ -1,6 +1,6 @@
 //! Temporary LTX files: names that say whose they are, and a start-up sweep.
 //!
-//! Why: a snapshot, a segment over [`crate::segment::MEMORY_LIMIT`] or a
+//! Why: a snapshot, a segment over [`crate::upload::segment::MEMORY_LIMIT`] or a
 //! compaction is encoded into a file in the temp directory (and, with
 //! encryption, sealed into a second one) so memory stays bounded; the file is
 //! deleted once stored. A SIGKILL, an OOM kill or a power cut skips that

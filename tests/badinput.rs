@@ -73,7 +73,7 @@ impl Place {
         for info in self.storage.list("", None).expect("list") {
             let body = self.storage.get(&info.key).expect("get");
             let sha = ring::digest::digest(&ring::digest::SHA256, &body);
-            out.insert(info.key, walsync::segment::hex(sha.as_ref()));
+            out.insert(info.key, walsync::util::hex(sha.as_ref()));
         }
         out
     }
@@ -683,7 +683,7 @@ fn corrupt_page_size(_: &Path, victim: &Path) {
     let other = if ps == 1024 { 2048u32 } else { 1024 };
     data[8..12].copy_from_slice(&other.to_be_bytes());
     let be = data[3] == 0x83;
-    let sum = walsync::wal::checksum(be, walsync::wal::Checksum(0, 0), &data[..24]);
+    let sum = walsync::sqlite::wal::checksum(be, walsync::sqlite::wal::Checksum(0, 0), &data[..24]);
     data[24..28].copy_from_slice(&sum.0.to_be_bytes());
     data[28..32].copy_from_slice(&sum.1.to_be_bytes());
     std::fs::write(&wal, data).unwrap();

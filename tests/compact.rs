@@ -32,13 +32,13 @@ use common::oracle::{self, app_state, Writer};
 use walsync::compact;
 use walsync::ltx::{self, Header, SNAPSHOT_LEVEL};
 use walsync::restore::{self, ReplicaObject, RestoreOptions, Target};
-use walsync::segment::{META_SHA256, META_TIMESTAMP};
 use walsync::storage::{FileStorage, Metadata, S3Storage, Storage};
+use walsync::storage::{META_SHA256, META_TIMESTAMP};
 
 const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
-use walsync::ltx::now_ms;
+use walsync::util::now_ms;
 
 // ---------------------------------------------------------------------------
 // Synthetic replicas
@@ -57,7 +57,7 @@ struct Synth {
     /// Txid of the newest snapshot.
     last_snapshot: u64,
     /// Where level-0 bodies go as the uploaders would put them.
-    recent: Option<Arc<compact::Recent>>,
+    recent: Option<Arc<walsync::replica::recent::Recent>>,
 }
 
 impl Synth {
@@ -79,8 +79,7 @@ impl Synth {
 
     fn put(&self, level: u8, h: Header, pages: Vec<(u32, Vec<u8>)>) -> String {
         let bytes = ltx::encode_to_vec(h, pages).unwrap();
-        let sha =
-            walsync::segment::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        let sha = walsync::util::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
         let meta = Metadata::new()
             .with(
                 META_TIMESTAMP,
@@ -202,8 +201,8 @@ fn merge_equals_sequential_application() {
         )
         .unwrap();
         let merged = match enc.body {
-            walsync::upload::Body::Memory(b) => b,
-            walsync::upload::Body::File(p) => std::fs::read(&p).unwrap(),
+            walsync::upload::segment::Body::Memory(b) => b,
+            walsync::upload::segment::Body::File(p) => std::fs::read(&p).unwrap(),
         };
         let h = Header::decode(&merged[..ltx::HEADER_SIZE]).unwrap();
         assert_eq!((h.min_txid, h.max_txid), (2, s.txid), "case {case}");
@@ -230,7 +229,7 @@ fn merge_equals_sequential_application() {
 fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng) -> Synth {
     let mut s = Synth::new(storage.clone(), db);
     // Small enough that some merges read from the cache, some from storage.
-    let recent = Arc::new(compact::Recent::new(24 << 10));
+    let recent = Arc::new(walsync::replica::recent::Recent::new(24 << 10));
     s.recent = Some(recent.clone());
     s.image = vec![common::pseudo_random(PS as usize, 1); 3];
     let cancel = AtomicBool::new(false);
@@ -965,7 +964,7 @@ fn review_level1_compaction_resumes_after_idle_retention() {
     assert_eq!(restore_image(&*storage, db, s.txid), s.states[&s.txid]);
     // ... but the restarted daemon's compactor starts from find_resume_point's
     // level ends (DbState::new) and finds nothing to merge.
-    let res = walsync::replicate::find_resume_point(&*storage, db)
+    let res = walsync::capture::find_resume_point(&*storage, db)
         .unwrap()
         .unwrap();
     eprintln!("level ends after restart: {:?}", res.level_ends);
@@ -1058,7 +1057,7 @@ fn review_level2_stalls_after_overlapping_merges() {
         assert_eq!(restore_image(&*storage, db, t), s.states[&t], "txid {t}");
     }
     // Restart: level ends from storage.
-    let res = walsync::replicate::find_resume_point(&*storage, db)
+    let res = walsync::capture::find_resume_point(&*storage, db)
         .unwrap()
         .unwrap();
     eprintln!("level ends after restart: {:?}", res.level_ends);

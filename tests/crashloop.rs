@@ -49,7 +49,7 @@ fn env_num(name: &str, default: u64) -> u64 {
     }
 }
 
-use walsync::ltx::now_ms;
+use walsync::util::now_ms;
 
 fn rfc3339_ms(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)

@@ -185,7 +185,7 @@ fn round_trip_page_sizes_and_contents() {
             // Snapshot: every page 1..=commit.
             let commit = 5;
             let pages = pages_for(page_size, &[1, 2, 3, 4, 5], &mut rng, kind);
-            let h = Header::new(page_size, commit, 1, 4, ltx::now_ms());
+            let h = Header::new(page_size, commit, 1, 4, walsync::util::now_ms());
             let bytes = ltx::encode_to_vec(h, pages.clone()).unwrap();
             let (h2, got) = ltx::decode_all(&bytes, "snap").unwrap();
             assert_eq!(h2, h);

@@ -69,7 +69,7 @@ fn snapshot(replica: &Path, image: &[u8], txid: u64) {
         .map(|(i, c)| (i as u32 + 1, c))
         .filter(|(p, _)| *p != ltx::lock_pgno(ps))
         .collect();
-    let header = Header::new(ps, commit, 1, txid, ltx::now_ms());
+    let header = Header::new(ps, commit, 1, txid, walsync::util::now_ms());
     write_ltx(replica, ltx::SNAPSHOT_LEVEL, header, &pages);
 }
 
@@ -161,7 +161,7 @@ fn litestream_restores_our_level0_on_top_of_snapshot() {
         .collect();
     assert!(!changed.is_empty() && changed.len() < after.len() / ps as usize);
     let commit = (after.len() / ps as usize) as u32;
-    let header = Header::new(ps, commit, 2, 2, ltx::now_ms());
+    let header = Header::new(ps, commit, 2, 2, walsync::util::now_ms());
     write_ltx(&replica, 0, header, &changed);
 
     let out = tmp.path().join("out.db");

@@ -119,7 +119,7 @@ fn snapshot_command_and_the_daemon_lock() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        walsync::lock::try_lock(&db).is_err(),
+        walsync::sqlite::lock::try_lock(&db).is_err(),
         "the daemon holds the lock"
     );
     w.commit(3);

@@ -24,7 +24,7 @@ const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 const POINTS: usize = 60;
 
-use walsync::ltx::now_ms;
+use walsync::util::now_ms;
 
 fn restore_cli(bucket: &str, name: &str, out: &Path, flag: &str, value: &str) -> (i64, i64) {
     let o = Command::new(WALSYNC_BIN)

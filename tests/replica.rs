@@ -1,7 +1,7 @@
 //! Regression tests for the capture protocol, driving a `Replica` directly
 //! (a directory store with an adjustable PUT delay standing in for a slow S3)
 //! and judging only by restoring and comparing rows with the source. They
-//! come from a review of `src/replicate/`; each failed before its fix.
+//! come from a review of `src/capture/`; each failed before its fix.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
-use walsync::replicate::{DbConfig, Event, Replica};
+use walsync::capture::{DbConfig, Event, Replica};
 use walsync::restore::{self, RestoreOptions, Target};
 use walsync::storage::{FileStorage, Metadata, ObjectInfo, Precondition, Storage};
 use walsync::upload::Uploader;

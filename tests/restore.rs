@@ -14,8 +14,9 @@ use std::process::Command;
 
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, Plan, RestoreOptions, Target};
-use walsync::segment::{hex, META_SHA256, META_TIMESTAMP};
 use walsync::storage::{FileStorage, Metadata, Storage};
+use walsync::storage::{META_SHA256, META_TIMESTAMP};
+use walsync::util::hex;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

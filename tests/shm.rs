@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
-use walsync::shm::Shm;
-use walsync::wal::{Position, Scanner, WalHeader};
+use walsync::sqlite::shm::Shm;
+use walsync::sqlite::wal::{Position, Scanner, WalHeader};
 
 struct Db {
     _dir: tempfile::TempDir,

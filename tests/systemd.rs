@@ -94,7 +94,7 @@ fn example_config_is_valid() {
     // unit's ExecStart names, parses and validates.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = root.join("scripts/walsync.example.toml");
-    let file = walsync::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let file = walsync::daemon::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let dbs = file.databases(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dbs.len(), 2);
     assert_eq!(dbs[1].name.as_deref(), Some("billing"));

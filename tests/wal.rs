@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
-use walsync::wal::{
+use walsync::sqlite::wal::{
     self, checksum, resume, Checksum, Position, Resume, Scanner, StopReason, Transaction, WalError,
     WalHeader, MAGIC_BE, WAL_HEADER_SIZE,
 };

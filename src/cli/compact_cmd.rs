@@ -60,7 +60,7 @@ pub fn run_compact(a: CompactArgs) -> Result<()> {
         &a.name,
         (!retention.is_zero()).then_some(retention),
         a.dry_run,
-        ltx::now_ms(),
+        crate::util::now_ms(),
         &std::env::temp_dir(),
         &mut out,
     )?;

@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::DbSpec;
+use crate::capture::DbConfig;
 use crate::daemon;
+use crate::daemon::config::DbSpec;
 use crate::error::{Error, Result};
 use crate::lease::{self, FencedStorage, Fencer};
 use crate::ltx;
 use crate::ops;
-use crate::replicate::DbConfig;
 use crate::restore::{self, RestoreOptions, Target};
 use crate::storage::{self, S3Options, Storage};
 

@@ -55,7 +55,7 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
     let db_name = daemon::db_name(Path::new(&a.database))?;
     if let Err(e) = fencer.acquire(&db_name, None) {
         // A daemon on this host: its lock names the process more precisely.
-        crate::lock::try_lock(Path::new(&a.database))?;
+        crate::sqlite::lock::try_lock(Path::new(&a.database))?;
         return Err(e);
     }
     let result = ops::snapshot(Path::new(&a.database), storage.clone(), timeout);

@@ -125,7 +125,7 @@ pub struct SyncArgs {
 
 impl SyncArgs {
     pub(super) fn duration(flag: &str, value: &str) -> Result<Duration> {
-        crate::config::duration(&format!("--{flag}"), value)
+        crate::daemon::config::duration(&format!("--{flag}"), value)
     }
 
     /// Fill every setting not given as a flag from the `--config` file, and
@@ -134,7 +134,7 @@ impl SyncArgs {
         let mut specs: Vec<DbSpec> = Vec::new();
         if let Some(path) = self.config.clone() {
             let path = Path::new(&path);
-            let file = crate::config::load(path)?;
+            let file = crate::daemon::config::load(path)?;
             specs = file.databases(path)?;
             macro_rules! fill {
                 ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f.clone(); } )* };
@@ -229,7 +229,7 @@ impl SyncArgs {
         let heartbeat = match &self.heartbeat_url {
             None => None,
             Some(url) => {
-                let hb = crate::heartbeat::Config {
+                let hb = crate::daemon::heartbeat::Config {
                     url: url.clone(),
                     interval: Self::duration(
                         "heartbeat-interval",

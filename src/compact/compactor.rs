@@ -310,7 +310,7 @@ impl DbState {
                     Err(e) => {
                         self.failures = self.failures.saturating_add(1);
                         let wait =
-                            crate::upload::backoff(self.failures, iv.max(Duration::from_secs(30)));
+                            crate::util::backoff(self.failures, iv.max(Duration::from_secs(30)));
                         self.due[level] = now + wait;
                         log::warn!(
                             "{name}: level-{level} compaction failed (next try in {:.0}s): {e}",
@@ -340,7 +340,7 @@ impl DbState {
         let name = self.entry.name.clone();
         let positions = self.positions();
         let check = retention_check_interval(window);
-        let plan = match plan_retention(storage, &name, window, ltx::now_ms()) {
+        let plan = match plan_retention(storage, &name, window, crate::util::now_ms()) {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("{name}: retention pass failed: {e}");

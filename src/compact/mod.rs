@@ -1,7 +1,7 @@
 //! Compaction and retention: a replica that stays small and fast to restore
 //! without ever losing a state a restore inside the retention window needs.
 //!
-//! Why a stage of its own: the capture protocol (`replicate`) ships one
+//! Why a stage of its own: the capture protocol (`capture`) ships one
 //! level-0 object per group of commits, which is what makes commit→S3
 //! latency low, but a busy database then leaves hundreds of thousands of
 //! tiny objects a day. Restoring from them costs one GET each, and keeping
@@ -64,16 +64,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::capture::DbStats;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Decoder, Header, SNAPSHOT_LEVEL};
-pub use crate::recent::Recent;
-use crate::replicate::DbStats;
+use crate::replica::recent::Recent;
 use crate::restore::{self, ReplicaObject, SPOOL_THRESHOLD};
-use crate::segment::{self, Encoded, MEMORY_LIMIT};
 use crate::storage::Storage;
-use crate::upload::Body;
+use crate::upload::segment::Body;
+use crate::upload::segment::{self, Encoded, MEMORY_LIMIT};
 
-pub use crate::ltx::MAX_LEVEL;
+use crate::ltx::MAX_LEVEL;
 
 /// Default intervals of levels 1, 2 and 3.
 pub const DEFAULT_INTERVALS: [Duration; 3] = [
@@ -81,8 +81,6 @@ pub const DEFAULT_INTERVALS: [Duration; 3] = [
     Duration::from_secs(5 * 60),
     Duration::from_secs(60 * 60),
 ];
-
-pub use crate::defaults::DEFAULT_RETENTION;
 
 /// Default time an object stays deletable before it is deleted.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);

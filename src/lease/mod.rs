@@ -3,7 +3,7 @@
 //! Why: two `walsync-sync` processes (on one host or two) replicating the
 //! same database name to the same prefix would each allocate txids from the
 //! same newest object and interleave their segments, leaving a replica no
-//! restore can trust. The local `flock` (src/lock.rs) covers one host and one
+//! restore can trust. The local `flock` (src/sqlite/lock.rs) covers one host and one
 //! path only; this covers the bucket.
 //!
 //! # Lease
@@ -19,7 +19,7 @@
 //!   after a crash (systemd `Restart=on-failure`) immediate instead of
 //!   waiting out the TTL: a lease whose holder recorded the identity of the
 //!   local database lock we now hold (boot id, device and inode of the lock
-//!   file, src/lock.rs) belonged to a process that is gone, because that
+//!   file, src/sqlite/lock.rs) belonged to a process that is gone, because that
 //!   process held the lock for as long as it shipped;
 //! - **renews** it only when about to ship and less than half the TTL is
 //!   left, so an idle database costs zero requests (no renewal timer). A
@@ -63,7 +63,7 @@ use crate::util::{now_ms, random_u64};
 
 /// Default lease lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
-pub use crate::ltx::LEASE_SUFFIX;
+use crate::ltx::LEASE_SUFFIX;
 /// Metadata naming the writer of an object (tells our own retried
 /// conditional PUT from another writer's object).
 pub const META_WRITER: &str = "walsync-writer";
@@ -204,7 +204,7 @@ struct Held {
 /// Identity of a database lock this process holds: the kernel's boot id and
 /// the lock file's device and inode. Equal identities in a lease and here
 /// mean the lease's holder held this very lock, which we now hold: it is gone.
-pub fn local_identity(lock: &crate::lock::DbLock) -> Option<String> {
+pub fn local_identity(lock: &crate::sqlite::lock::DbLock) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let md = std::fs::metadata(lock.path()).ok()?;

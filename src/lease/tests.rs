@@ -46,7 +46,7 @@ fn a_restart_holding_the_same_local_lock_takes_over_at_once() {
     let db_file = d.path().join("app.db");
     std::fs::write(&db_file, b"").unwrap();
     let ttl = Duration::from_secs(60);
-    let lock = crate::lock::try_lock(&db_file).unwrap();
+    let lock = crate::sqlite::lock::try_lock(&db_file).unwrap();
     let id = local_identity(&lock).unwrap();
     let a = Fencer::new(s.clone(), Mode::Fallback, ttl);
     a.acquire("app.db", Some(&id)).unwrap();
@@ -56,7 +56,7 @@ fn a_restart_holding_the_same_local_lock_takes_over_at_once() {
     assert!(b.acquire("app.db", Some("other:1:2")).is_err());
     assert!(b.acquire("app.db", None).is_err());
     // The restart takes the lock again and the lease at once.
-    let lock = crate::lock::try_lock(&db_file).unwrap();
+    let lock = crate::sqlite::lock::try_lock(&db_file).unwrap();
     let c = Fencer::new(s.clone(), Mode::Fallback, ttl);
     c.acquire("app.db", local_identity(&lock).as_deref())
         .unwrap();

@@ -109,7 +109,6 @@ pub fn max_compressed_page_size(page_size: u32) -> usize {
     lz4_flex::block::get_maximum_output_size(page_size as usize)
 }
 
-pub use crate::util::now_ms;
 use crate::util::system_time_ms;
 
 mod decode;

@@ -73,8 +73,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::ltx::{self, Decoder, Header};
-use crate::segment::{hex, META_SHA256};
+use crate::storage::META_SHA256;
 use crate::storage::{RetryReads, Storage};
+use crate::util::hex;
 
 /// Default number of download threads.
 pub const DEFAULT_PARALLEL: usize = 8;

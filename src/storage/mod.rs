@@ -333,7 +333,7 @@ pub(crate) fn normalize_prefix(prefix: &str) -> String {
     prefix.trim_matches('/').to_string()
 }
 
-pub(crate) use crate::util::hex;
+use crate::util::hex;
 
 /// Metadata name holding the RFC 3339 timestamp Litestream's restore reads.
 pub const META_TIMESTAMP: &str = "litestream-timestamp";

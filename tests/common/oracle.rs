@@ -57,7 +57,7 @@ pub struct Restored {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    walsync::segment::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    walsync::util::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 impl Replica {

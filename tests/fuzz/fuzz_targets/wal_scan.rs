@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use walsync::wal::{
+use walsync::sqlite::wal::{
     self, checksum, Checksum, Position, Resume, Scanner, WalHeader, FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
 };

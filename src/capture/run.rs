@@ -33,7 +33,7 @@ impl Replica {
                     return Err(e);
                 }
                 Err(e) => {
-                    let wait = crate::upload::backoff(retry, Duration::from_secs(30));
+                    let wait = crate::util::backoff(retry, Duration::from_secs(30));
                     log::error!(
                         "{}: {e} (retrying in {:.1}s)",
                         self.cfg.name,

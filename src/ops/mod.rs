@@ -6,7 +6,7 @@
 //! object's time); `verify` answers "can I trust this backup" by planning the
 //! chain to the newest txid, downloading and checking every object, and
 //! optionally restoring it; `snapshot` ships a full snapshot now, guarded by
-//! the same lock the daemon holds (src/lock.rs) so two processes never
+//! the same lock the daemon holds (src/sqlite/lock.rs) so two processes never
 //! allocate the same txid.
 
 use std::collections::BTreeMap;
@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::capture::{DbConfig, Replica as Shipper};
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
-use crate::replicate::{DbConfig, Replica as Shipper};
 use crate::restore::{self, ReplicaObject, RestoreOptions, Target};
-use crate::segment::{hex, META_SHA256};
+use crate::storage::META_SHA256;
 use crate::storage::{Metadata, Storage};
 use crate::upload::Uploader;
+use crate::util::hex;
 
 // ---------------------------------------------------------------------------
 // list
@@ -644,7 +645,7 @@ pub fn snapshot(db: &Path, storage: Arc<dyn Storage>, timeout: Duration) -> Resu
             db.display()
         )));
     }
-    let _lock = crate::lock::try_lock(db)?;
+    let _lock = crate::sqlite::lock::try_lock(db)?;
     storage.check()?;
     let mut cfg = DbConfig::new(db);
     cfg.name = crate::daemon::db_name(db)?;

@@ -1,12 +1,25 @@
 //! `walsync sync`: wiring the pipeline together for many databases.
 //!
-//! Why a module of its own: the per-database protocol (`replicate`), the
-//! uploader pool (`upload`) and change notification (`watch`) are each
-//! testable alone; this is the part that owns process-level concerns — glob
+//! Why a folder of its own: the per-database protocol ([`crate::capture`]),
+//! the uploader pool ([`crate::upload`]) and change notification ([`watch`])
+//! are each testable alone; this is the part that owns process-level
+//! concerns — glob
 //! expansion (a systemd `ExecStart=` line has no shell), name collisions,
 //! start-up checks that must fail loudly (credentials, bucket), one thread per
 //! database, picking up databases created later, and signals: the first
 //! SIGTERM/SIGINT ships everything committed and exits, a second exits at once.
+//!
+//! - [`config`]: the `--config` file (databases, overrides, settings).
+//! - [`watch`]: one inotify instance routing file changes to databases.
+//! - [`metrics`]: database registry, Prometheus endpoint, request log.
+//! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - [`notify`]: systemd readiness, stopping and watchdog notifications.
+
+pub mod config;
+pub mod heartbeat;
+pub mod metrics;
+pub mod notify;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,14 +29,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::capture::{DbConfig, Event, Replica};
 use crate::compact::{Compactor, DbEntry, Policy};
-use crate::config::DbSpec;
+use crate::daemon::config::DbSpec;
+use crate::daemon::metrics::{DbState, Registry};
 use crate::error::{Error, Result};
-use crate::metrics::{DbState, Registry};
-use crate::replicate::{DbConfig, Event, Replica};
 use crate::storage::{CountingStorage, RateLimited, RoutedStorage, Storage};
 use crate::upload::Uploader;
-use crate::watch::{self, Discovery, Router};
+use watch::{Discovery, Router};
 
 /// Daemon-wide settings (per-database ones are templated by `db`).
 #[derive(Clone, Debug)]
@@ -41,7 +54,7 @@ pub struct Options {
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Push heartbeats while healthy.
-    pub heartbeat: Option<crate::heartbeat::Config>,
+    pub heartbeat: Option<crate::daemon::heartbeat::Config>,
     /// Compaction levels and retention grace (see [`crate::compact`]).
     pub compaction: Policy,
     /// Cap on storage requests per second, shared by all databases (0 = none).
@@ -54,7 +67,7 @@ pub struct Options {
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
-/// [`crate::compact::Recent`]): 30 s of level 0 for a few busy databases.
+/// [`crate::replica::recent::Recent`]): 30 s of level 0 for a few busy databases.
 const RECENT_BYTES: usize = 8 << 20;
 
 /// The storage of databases with a prefix or key of their own.
@@ -246,12 +259,12 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         uploader.budget(),
     ));
     if let Some(addr) = opts.metrics_addr {
-        crate::metrics::serve(addr, registry.clone())?;
+        crate::daemon::metrics::serve(addr, registry.clone())?;
     }
     if let Some(hb) = &opts.heartbeat {
-        crate::heartbeat::spawn(hb.clone(), registry.clone())?;
+        crate::daemon::heartbeat::spawn(hb.clone(), registry.clone())?;
     }
-    crate::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
+    crate::daemon::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
     let mut policy = opts.compaction.clone();
     if policy.intervals[0].is_some() {
         // Level 1 merges what the uploaders just stored: keep those bodies
@@ -293,7 +306,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // Readiness is polled until every database found now made its first
     // pass; afterwards the same ticker feeds the systemd watchdog from this
     // loop, so a wedged main loop stops the pings.
-    let watchdog = crate::notify::watchdog_interval();
+    let watchdog = crate::daemon::notify::watchdog_interval();
     let mut ready = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
     loop {
@@ -309,19 +322,19 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 if !ready && daemon.registry.ready() {
                     ready = true;
                     log::info!("start-up complete");
-                    crate::notify::ready();
+                    crate::daemon::notify::ready();
                     ticker = match watchdog {
                         Some(every) => crossbeam_channel::tick(every),
                         None => crossbeam_channel::never(),
                     };
                 }
                 if ready && watchdog.is_some() {
-                    crate::notify::watchdog();
+                    crate::daemon::notify::watchdog();
                 }
             },
         }
     }
-    crate::notify::stopping();
+    crate::daemon::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
     let second_signal = std::thread::spawn(move || {
         if signals.recv().is_ok() {
@@ -396,7 +409,7 @@ impl Daemon {
 
     fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {
         // The file as SQLite names it: its WAL lives beside this path, and
-        // file events name this directory's entries (replicate::resolve).
+        // file events name this directory's entries (capture::resolve).
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if let Some(other) = self.running.get(&key) {
             if self.names.get(&other.name).is_some_and(|p| p != path) {
@@ -474,13 +487,13 @@ impl Daemon {
                 let mut reported: Option<String> = None;
                 // Held while this thread ships the database: a second
                 // process (another daemon, `walsync snapshot`) is refused
-                // instead of allocating the same txids (src/lock.rs).
-                let mut lock: Option<crate::lock::DbLock> = None;
+                // instead of allocating the same txids (src/sqlite/lock.rs).
+                let mut lock: Option<crate::sqlite::lock::DbLock> = None;
                 let mut rep = loop {
                     let transient;
                     let locked = match lock {
                         Some(_) => Ok(()),
-                        None => crate::lock::try_lock(&db_path).map(|l| lock = Some(l)),
+                        None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
                     };
                     // The bucket lease is taken before the resume point is
                     // read: no other writer can ship this name meanwhile.
@@ -564,7 +577,7 @@ impl Daemon {
                 rep.on_moved(move |old, new| {
                     let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
                     if !slot.as_ref().is_some_and(|l| l.covers(new)) {
-                        let fresh = crate::lock::try_lock(new)?;
+                        let fresh = crate::sqlite::lock::try_lock(new)?;
                         *slot = Some(fresh);
                     }
                     moved_router.remove_database(old);

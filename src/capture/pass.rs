@@ -2,7 +2,7 @@
 //!
 //! Why a file of its own: this is what runs on every wake-up — what is due
 //! now, what was missed (a replaced file, a commit published without an
-//! event, see [`crate::tail`]) and when to look again.
+//! event, see [`crate::sqlite::tail`]) and when to look again.
 
 use super::*;
 
@@ -112,7 +112,7 @@ impl Replica {
     /// After a pass: is anything committed still unread? Something
     /// published and not read yet (a pass that was deferred or not ready) is
     /// looked at again shortly, whatever else is scheduled; a commit written
-    /// but not yet published (see [`crate::tail`]) is polled for until it is.
+    /// but not yet published (see [`crate::sqlite::tail`]) is polled for until it is.
     /// Both count as replication lag from the moment they were first seen.
     fn watch_tail(&mut self) -> Result<()> {
         if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
-use crate::recent::Recent;
+use crate::replica::recent::Recent;
 use crate::storage::{Metadata, Storage};
 use crate::util::Since;
 
-pub use crate::segment::Body;
+use crate::upload::segment::Body;
 
 /// One LTX object to store, and whom to tell when it is durable.
 pub struct Segment {
@@ -178,7 +178,7 @@ pub struct Uploader {
     recent: Arc<Recent>,
 }
 
-pub use crate::util::backoff;
+use crate::util::backoff;
 
 impl Uploader {
     /// Start `threads` uploaders storing into `storage`, with a shared byte

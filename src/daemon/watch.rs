@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
+use crate::capture::Event;
 use crate::error::{Error, Result};
-use crate::replicate::Event;
 
 /// What the router sends to the daemon besides per-database wake-ups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +219,6 @@ pub fn is_database_name(path: &Path) -> bool {
     !(name.ends_with("-wal")
         || name.ends_with("-shm")
         || name.ends_with("-journal")
-        || name.ends_with(crate::lock::LOCK_SUFFIX)
+        || name.ends_with(crate::sqlite::lock::LOCK_SUFFIX)
         || name.starts_with('.'))
 }

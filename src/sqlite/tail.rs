@@ -33,8 +33,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::shm::ShmHeader;
-use crate::wal::{self, Checksum, FrameHeader, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
+use crate::sqlite::shm::ShmHeader;
+use crate::sqlite::wal::{
+    self, Checksum, FrameHeader, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE,
+};
 
 /// How often a database with a written, unpublished commit is looked at.
 pub const TAIL_POLL: Duration = Duration::from_millis(100);

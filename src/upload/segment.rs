@@ -4,7 +4,7 @@
 //! → one level-0 segment) and the snapshot path (every page of the database
 //! at one consistent point → one level-9 object) produce the same thing, an
 //! LTX file plus the metadata the uploader stores with it. Keeping the byte
-//! work here leaves `replicate` with only the protocol.
+//! work here leaves `capture` with only the protocol.
 //!
 //! A segment folds one or more committed transactions: for every page the
 //! newest frame wins, pages beyond the last commit's database size are
@@ -20,14 +20,14 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::ltx::{self, Encoder, Header};
+use crate::sqlite::wal::{self, Position, Transaction};
 use crate::storage::Metadata;
-use crate::wal::{self, Position, Transaction};
 
 /// Segments whose raw pages exceed this are encoded into a temp file.
 pub const MEMORY_LIMIT: u64 = 8 << 20;
 
-pub use crate::storage::{META_SHA256, META_TIMESTAMP};
-pub use crate::util::hex;
+use crate::storage::{META_SHA256, META_TIMESTAMP};
+use crate::util::hex;
 
 /// A segment's bytes: small ones in memory, snapshots in a temp file.
 #[derive(Debug)]
@@ -108,7 +108,7 @@ pub fn encode_transactions(
     }
     let lock = ltx::lock_pgno(page_size);
     pages.retain(|pgno, _| *pgno <= commit && *pgno != lock);
-    let mut header = Header::new(page_size, commit, txid, txid, ltx::now_ms());
+    let mut header = Header::new(page_size, commit, txid, txid, crate::util::now_ms());
     wal_fields(&mut header, first.start_offset(), &last.end);
     let raw = pages.len() as u64 * u64::from(page_size);
     encode_with(header, raw, tmp_dir, |w| {

@@ -144,7 +144,7 @@ impl Replica {
                 Ok(f) => return Ok(f),
                 Err(e) if attempt < 20 => {
                     log::debug!("{}: fence busy: {e}", self.cfg.name);
-                    std::thread::sleep(crate::upload::backoff(attempt, Duration::from_secs(2)));
+                    std::thread::sleep(crate::util::backoff(attempt, Duration::from_secs(2)));
                     attempt += 1;
                 }
                 Err(e) => return Err(e),

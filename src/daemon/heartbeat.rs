@@ -14,8 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::daemon::metrics::Registry;
 use crate::error::{Error, Result};
-use crate::metrics::Registry;
 
 /// Heartbeat settings.
 #[derive(Clone)]

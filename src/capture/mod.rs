@@ -83,12 +83,14 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
-use crate::segment::{self, Encoded};
-use crate::shm::{Shm, ShmHeader};
+use crate::sqlite::shm::{Shm, ShmHeader};
+use crate::sqlite::tail::{self, Tail, TailProbe};
+use crate::sqlite::wal::{
+    self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap,
+};
 use crate::storage::{RetryReads, Storage};
-use crate::tail::{self, Tail, TailProbe};
+use crate::upload::segment::{self, Encoded};
 use crate::upload::{Ack, Budget, Segment};
-use crate::wal::{self, Position, Resume, Scanner, StopReason, Transaction, WalHeader, WalMap};
 
 mod checkpoint;
 mod pass;

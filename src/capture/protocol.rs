@@ -223,8 +223,8 @@ impl Replica {
         let failures: Arc<std::sync::atomic::AtomicU32> = Arc::default();
         // Files are streamed from disk; only their read buffer counts.
         let charge = self.budget.force(match enc.body {
-            crate::upload::Body::Memory(_) => len,
-            crate::upload::Body::File(_) => len.min(16 << 20),
+            crate::upload::segment::Body::Memory(_) => len,
+            crate::upload::segment::Body::File(_) => len.min(16 << 20),
         });
         self.segments
             .send(Segment {

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::capture::DbStats;
 use crate::error::{Error, Result};
-use crate::replicate::DbStats;
 use crate::storage::counting::{self, CountingStorage, RequestKind, ERROR_KINDS};
 use crate::upload::{Budget, QueueProbe, Stats};
 

@@ -598,7 +598,7 @@ impl WalMap {
         // raises SIGBUS, so the invariant is: the WAL is not truncated while
         // this map is read. SQLite shrinks a WAL in a TRUNCATE checkpoint, on
         // the first commit after a restart when `journal_size_limit` is set
-        // (`walLimitSize`), and when the last connection closes. `replicate`
+        // (`walLimitSize`), and when the last connection closes. `capture`
         // reads the map only (a) under its fence — a held write lock, so no
         // checkpoint can restart or truncate and no commit can happen — or
         // (b) after `refresh` while its read transaction is known to pin the

@@ -9,7 +9,7 @@
 //! one for **every committed write transaction** (`walFrames` in `wal.c`) and
 //! keeps across WAL restarts. Comparing `iChange` with the number of commits
 //! walsync has read turns "no committed transaction was lost" from a hope into
-//! a check (see `replicate`).
+//! a check (see `capture`).
 //!
 //! Layout (`struct WalIndexHdr` / `WalCkptInfo` in SQLite's `wal.c`, native
 //! byte order): two 48-byte copies of the header at offsets 0 and 48, then
@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::wal::{checksum, Checksum};
+use crate::sqlite::wal::{checksum, Checksum};
 
 const HDR_SIZE: usize = 48;
 const READ_SIZE: usize = 2 * HDR_SIZE + 4;

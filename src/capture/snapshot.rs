@@ -10,7 +10,7 @@ impl Replica {
     /// `walsync snapshot`: wait for the segments in flight, take a snapshot
     /// as the next txid, and wait until storage acknowledged it (everything
     /// up to `timeout`). Returns the snapshot's txid. The caller must hold
-    /// the database's [`crate::lock`] so no other process allocates txids.
+    /// the database's [`crate::sqlite::lock`] so no other process allocates txids.
     pub fn snapshot_now(&mut self, reason: &str, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
         self.wait_uploaded(deadline, timeout)?;
@@ -136,7 +136,7 @@ impl Replica {
             }
         };
         let txid = self.next_txid;
-        let mut header = Header::new(page_size, commit, 1, txid, ltx::now_ms());
+        let mut header = Header::new(page_size, commit, 1, txid, crate::util::now_ms());
         if let Some(Read::At(p)) = self.read {
             segment::wal_fields(&mut header, wal::WAL_HEADER_SIZE as u64, &p);
         }
