@@ -424,7 +424,7 @@ fn main() {
 
     let before_plan = counts.snapshot();
     let t = Instant::now();
-    let replica = restore::list_replica(&*storage, &db).unwrap();
+    let replica = walsync::replica::list(&*storage, &db).unwrap();
     let mut l0: Vec<_> = replica
         .objects
         .iter()
@@ -499,7 +499,7 @@ fn main() {
     std::fs::write(Path::new(&a.out).join("history.txt"), &text).unwrap();
     std::fs::write(Path::new(&a.out).join("history.json"), json).unwrap();
     // Leave the bucket clean for the next run.
-    let keys: Vec<String> = restore::list_replica(&*storage, &db)
+    let keys: Vec<String> = walsync::replica::list(&*storage, &db)
         .unwrap()
         .objects
         .into_iter()

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::oracle::{self, app_state, Writer};
 use walsync::compact;
 use walsync::ltx::{self, Header, SNAPSHOT_LEVEL};
-use walsync::restore::{self, ReplicaObject, RestoreOptions, Target};
+use walsync::replica::ReplicaObject;
+use walsync::restore::{self, RestoreOptions, Target};
 use walsync::storage::{FileStorage, Metadata, S3Storage, Storage};
 use walsync::storage::{META_SHA256, META_TIMESTAMP};
 
@@ -286,14 +287,14 @@ fn compact_by_hand_keeps_exactly_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path().join("b")).unwrap());
     let s = synthetic_history(storage.clone(), "h.db", &mut rng);
-    let before = restore::list_replica(&*storage, "h.db").unwrap().objects;
+    let before = walsync::replica::list(&*storage, "h.db").unwrap().objects;
     let levels: Vec<u8> = before.iter().map(|o| o.level).collect();
     for l in [0, 1, 2, 3, 9] {
         assert!(levels.contains(&l), "history has level {l}");
     }
     // Every state restores before retention, through the compacted chain,
     // planned from the full listing and level by level.
-    let replica = restore::list_replica(&*storage, "h.db").unwrap();
+    let replica = walsync::replica::list(&*storage, "h.db").unwrap();
     let mut by_level = 0;
     for t in 1..=s.txid {
         let full = replica.plan(&*storage, Target::Txid(t)).unwrap();
@@ -334,7 +335,7 @@ fn compact_by_hand_keeps_exactly_the_window() {
     .unwrap();
     let dry_text = String::from_utf8(out).unwrap();
     assert_eq!(
-        restore::list_replica(&*storage, "h.db").unwrap().objects,
+        walsync::replica::list(&*storage, "h.db").unwrap().objects,
         before,
         "--dry-run changed nothing"
     );
@@ -358,7 +359,7 @@ fn compact_by_hand_keeps_exactly_the_window() {
         done.deleted, dry.deleted,
         "dry run predicted the deletions:\n{dry_text}\n---\n{text}"
     );
-    let after = restore::list_replica(&*storage, "h.db").unwrap().objects;
+    let after = walsync::replica::list(&*storage, "h.db").unwrap().objects;
     assert_eq!(after.len(), before.len() - done.deleted);
     let t0 = 151u64;
     // Inside the window: every txid restores exactly.

@@ -279,7 +279,7 @@ fn litestream_restores_walsync_daemon_backup() {
     daemon.stop();
     eprintln!("writer done in {:.1?}: {} rows", t0.elapsed(), w.last);
 
-    let listed = restore::list_replica(&*env.storage, "app.db").unwrap();
+    let listed = walsync::replica::list(&*env.storage, "app.db").unwrap();
     let newest = listed.newest_txid();
     let first_snapshot = listed
         .objects
@@ -350,7 +350,7 @@ fn walsync_restores_litestream_backup() {
     loop {
         ls.assert_running();
         std::thread::sleep(Duration::from_millis(400));
-        if let Ok(r) = restore::list_replica(&*env.storage, "lsrc.db") {
+        if let Ok(r) = walsync::replica::list(&*env.storage, "lsrc.db") {
             if !r.is_empty() && r.newest_txid() == shipped {
                 stable += 1;
                 if stable == 3 {
@@ -365,7 +365,7 @@ fn walsync_restores_litestream_backup() {
     }
     ls.stop();
 
-    let listed = restore::list_replica(&*env.storage, "lsrc.db").unwrap();
+    let listed = walsync::replica::list(&*env.storage, "lsrc.db").unwrap();
     let newest = listed.newest_txid();
     let first_snapshot = listed
         .objects

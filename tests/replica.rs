@@ -152,7 +152,7 @@ impl World {
     }
 
     fn keys(&self) -> Vec<String> {
-        restore::list_replica(&*self.storage, "r.db")
+        walsync::replica::list(&*self.storage, "r.db")
             .map(|r| r.objects.into_iter().map(|o| o.key).collect())
             .unwrap_or_default()
     }
@@ -443,7 +443,7 @@ fn a_queued_database_is_released_in_an_outage_too() {
         runs.push((ev_tx, sd_tx, h));
     }
     let listed = |name: &str| {
-        restore::list_replica(&*a.storage, name)
+        walsync::replica::list(&*a.storage, name)
             .map(|r| r.objects.len())
             .unwrap_or(0)
     };

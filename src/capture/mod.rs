@@ -83,6 +83,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
+use crate::replica::{last_in_level, read_header};
 use crate::sqlite::shm::{Shm, ShmHeader};
 use crate::sqlite::tail::{self, Tail, TailProbe};
 use crate::sqlite::wal::{
@@ -100,7 +101,7 @@ mod run;
 mod snapshot;
 mod stats;
 
-pub use resume::{find_resume_point, last_in_level, LastInLevel, Resumed};
+pub use resume::{find_resume_point, Resumed};
 pub use stats::DbStats;
 
 /// Settings of one replicated database.

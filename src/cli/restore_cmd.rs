@@ -108,7 +108,7 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         if let Some(plan) = restore::plan_by_level(&*storage, &a.name, target)? {
             return Ok(Some(plan));
         }
-        let replica = restore::list_replica(&*storage, &a.name)?;
+        let replica = crate::replica::list(&*storage, &a.name)?;
         if replica.is_empty() && a.if_replica_exists {
             return Ok(None);
         }

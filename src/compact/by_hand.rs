@@ -33,7 +33,7 @@ pub fn compact_by_hand(
     let db = db.trim_matches('/');
     let mut ends = [0u64; 10];
     for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
-        if let Some(last) = crate::capture::last_in_level(storage, db, level)? {
+        if let Some(last) = replica::last_in_level(storage, db, level)? {
             ends[usize::from(level)] = last.max_txid;
         }
     }

@@ -5,31 +5,7 @@
 //! overlap history; the chain rules live here.
 
 use super::*;
-
-fn parse_level_objects(
-    db: &str,
-    level: u8,
-    listing: Vec<crate::storage::ObjectInfo>,
-) -> Vec<ReplicaObject> {
-    let mut out = Vec::new();
-    for info in listing {
-        match ltx::parse_object_key("", &info.key) {
-            Some(k) if k.db == db && k.level == level => out.push(ReplicaObject {
-                key: info.key,
-                level,
-                min_txid: k.min_txid,
-                max_txid: k.max_txid,
-                size: info.size,
-            }),
-            _ => log::debug!(
-                "{db}: compaction skips {} (not an LTX object name)",
-                info.key
-            ),
-        }
-    }
-    out.sort_by_key(|o| (o.min_txid, o.max_txid));
-    out
-}
+use crate::replica::listing::{self, Strictness};
 
 /// The chain of level-`level - 1` objects a level-`level` object would
 /// merge next, starting right after txid `pos` (at most [`MAX_INPUTS`]).
@@ -48,9 +24,9 @@ pub fn next_inputs(
     pos: u64,
 ) -> Result<Option<Vec<ReplicaObject>>> {
     let src = level - 1;
-    let dir = ltx::level_prefix("", db, src);
-    let after = format!("{dir}{pos:016x}-ffffffffffffffff.ltx");
-    let objects = parse_level_objects(db, src, storage.list(&dir, Some(&after))?);
+    let level_objects =
+        |after| replica::list_level(storage, db, src, after, u64::MAX, Strictness::Lenient);
+    let objects = level_objects(Some(listing::after_txid(db, src, pos)))?;
     let continues = |objs: &[ReplicaObject]| {
         objs.iter()
             .any(|o| o.min_txid <= pos + 1 && o.max_txid > pos)
@@ -62,7 +38,7 @@ pub fn next_inputs(
         // Compacted levels are small: an object that starts before `pos`
         // and ends after it (two compactors wrote overlapping merges) is
         // only found in the whole listing.
-        let all = parse_level_objects(db, src, storage.list(&dir, None)?);
+        let all = level_objects(None)?;
         if continues(&all) {
             return Ok(chain_after(&all, pos));
         }
@@ -70,26 +46,15 @@ pub fn next_inputs(
     Ok(chain_after(&objects, pos))
 }
 
-/// Greedy chain (furthest reach first) through `objects` from `pos`, or
+/// The greedy chain ([`replica::chain`]) through `objects` from `pos`, or
 /// from the first object after `pos` when none continues it.
 fn chain_after(objects: &[ReplicaObject], pos: u64) -> Option<Vec<ReplicaObject>> {
-    let candidates: Vec<&ReplicaObject> = objects.iter().filter(|o| o.max_txid > pos).collect();
-    let first_min = candidates.iter().map(|o| o.min_txid).min()?;
-    let mut cur = pos.max(first_min - 1);
-    let mut chain: Vec<ReplicaObject> = Vec::new();
-    while chain.len() < MAX_INPUTS {
-        let next = candidates
-            .iter()
-            .filter(|o| o.min_txid <= cur + 1 && o.max_txid > cur)
-            .max_by_key(|o| (o.max_txid, std::cmp::Reverse(o.size)));
-        match next {
-            Some(o) => {
-                cur = o.max_txid;
-                chain.push((*o).clone());
-            }
-            None => break,
-        }
-    }
+    let first_min = objects
+        .iter()
+        .filter(|o| o.max_txid > pos)
+        .map(|o| o.min_txid)
+        .min()?;
+    let (chain, _) = replica::greedy(objects, pos.max(first_min - 1), u64::MAX, MAX_INPUTS);
     (!chain.is_empty()).then_some(chain)
 }
 

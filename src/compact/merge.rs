@@ -117,11 +117,11 @@ pub fn merge(
         let name = format!("{root}/{}", o.key);
         let reader: Box<dyn std::io::Read + Send> = match recent.and_then(|r| r.take(&o.key)) {
             Some(bytes) => Box::new(std::io::Cursor::new(bytes)),
-            None => restore::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?.reader(),
+            None => replica::fetch(storage, o, &name, tmp_dir, SPOOL_THRESHOLD)?.reader(),
         };
         let mut dec = Decoder::new(reader, name.clone())?;
         let h = *dec.header();
-        restore::check_header_matches(&h, o, &name)?;
+        replica::check_header_matches(&h, o, &name)?;
         if let Some(prev) = last {
             if h.page_size != prev.page_size {
                 return Err(Error::ltx(

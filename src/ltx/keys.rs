@@ -109,3 +109,40 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<ObjectKey> {
         max_txid,
     })
 }
+
+/// The database a key or listing prefix belongs to, the one mapping every
+/// wrapper that routes or counts by database uses:
+///
+/// - a lease object `<db>.walsync-lease` → `<db>`;
+/// - an LTX object key ([`parse_object_key`]) → its database;
+/// - anything under a level directory, `<db>/<level %04x>/…` (a level
+///   prefix, a stray file) → the part before the last such directory;
+/// - a database prefix `<db>/` → `<db>`;
+/// - any other key with a `/` → its first segment.
+///
+/// `None` for a key with no `/` at all or an empty first segment.
+pub fn database_of(key: &str) -> Option<&str> {
+    if let Some(db) = key.strip_suffix(LEASE_SUFFIX) {
+        if !db.is_empty() && !db.ends_with('/') {
+            return Some(db);
+        }
+    }
+    if let Some(k) = parse_object_key("", key) {
+        return Some(&key[..k.db.len()]);
+    }
+    let is_level = |seg: &str| parse_hex_fixed(seg, 4).is_some_and(|l| l <= u64::from(u8::MAX));
+    let mut db = None;
+    let mut offset = 0;
+    let segments: Vec<&str> = key.split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        // A level directory: not the first segment, followed by a `/`.
+        if i > 0 && i + 1 < segments.len() && is_level(seg) {
+            db = Some(&key[..offset - 1]);
+        }
+        offset += seg.len() + 1;
+    }
+    let db = db
+        .or_else(|| key.strip_suffix('/'))
+        .or_else(|| key.split_once('/').map(|(first, _)| first))?;
+    (!db.is_empty() && !db.starts_with('/')).then_some(db)
+}

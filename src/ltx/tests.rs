@@ -159,3 +159,31 @@ fn small_round_trip() {
     assert_eq!(h2, h);
     assert_eq!(got, pages);
 }
+
+#[test]
+fn database_of_maps_every_kind_of_key() {
+    let cases = [
+        (
+            "app.db/0000/0000000000000003-0000000000000003.ltx",
+            Some("app.db"),
+        ),
+        (
+            "acme/data.db/0009/0000000000000001-0000000000000003.ltx",
+            Some("acme/data.db"),
+        ),
+        ("app.db.walsync-lease", Some("app.db")),
+        ("acme/data.db.walsync-lease", Some("acme/data.db")),
+        ("app.db/0000/x.ltx", Some("app.db")),
+        ("acme/data.db/0000/", Some("acme/data.db")),
+        ("app.db/", Some("app.db")),
+        ("acme/data.db/", Some("acme/data.db")),
+        ("app.db/README", Some("app.db")),
+        ("app", None),
+        ("", None),
+        ("/0000/x", None),
+        (".walsync-lease", None),
+    ];
+    for (key, want) in cases {
+        assert_eq!(database_of(key), want, "{key}");
+    }
+}

@@ -18,12 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::capture::{DbConfig, Replica as Shipper};
 use crate::error::{Error, Result};
-use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
-use crate::restore::{self, ReplicaObject, RestoreOptions, Target};
-use crate::storage::META_SHA256;
+use crate::ltx::{self, SNAPSHOT_LEVEL};
+use crate::replica::{self, ReplicaObject};
+use crate::restore::{self, RestoreOptions, Target};
+use crate::storage::sha256_mismatch;
 use crate::storage::{Metadata, Storage};
 use crate::upload::Uploader;
-use crate::util::hex;
 
 // ---------------------------------------------------------------------------
 // list
@@ -120,7 +120,8 @@ pub fn list_databases(storage: &dyn Storage, parallel: usize) -> Result<Vec<DbLi
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((d, _)) = out.get(i) else { break };
-                let ts = header_of(storage, &d.newest_key).map(|h| h.timestamp_ms);
+                let ts = replica::read_header(storage, &d.newest_key, &d.newest_key)
+                    .map(|h| h.timestamp_ms);
                 if let Err(e) = &ts {
                     log::warn!(
                         "{}: cannot read the header of {}: {e}",
@@ -145,39 +146,22 @@ pub fn list_databases(storage: &dyn Storage, parallel: usize) -> Result<Vec<DbLi
     Ok(out.into_iter().map(|(d, _)| d).collect())
 }
 
-fn header_of(storage: &dyn Storage, key: &str) -> Result<Header> {
-    let head = storage.get_range(key, 0, Some(ltx::HEADER_SIZE as u64))?;
-    Header::decode(&head).map_err(|reason| Error::ltx(key, reason))
-}
-
 /// Every object of database `db` with one listing, ordered by level then
-/// txid. Errors like [`restore::list_replica`] on keys it cannot explain.
+/// txid. Errors like [`replica::list`] on keys it cannot explain.
 pub fn list_files(storage: &dyn Storage, db: &str) -> Result<Vec<FileListing>> {
-    let db = db.trim_matches('/');
-    if db.is_empty() {
-        return Err(Error::Config("empty database name".into()));
-    }
-    let mut out = Vec::new();
-    for info in storage.list(&format!("{db}/"), None)? {
-        match ltx::parse_object_key("", &info.key) {
-            Some(k) if k.db == db => out.push(FileListing {
-                key: info.key,
-                level: k.level,
-                min_txid: k.min_txid,
-                max_txid: k.max_txid,
-                size: info.size,
-                time_ms: system_ms(info.last_modified),
-            }),
-            Some(_) => {}
-            None => {
-                return Err(Error::Restore(format!(
-                    "{db}: unparseable object name {}/{} under the database prefix",
-                    storage.describe(),
-                    info.key
-                )))
-            }
-        }
-    }
+    let (replica, times) = replica::list_with_times(storage, db)?;
+    let mut out: Vec<FileListing> = replica
+        .objects
+        .into_iter()
+        .map(|o| FileListing {
+            time_ms: system_ms(times.get(&o.key).copied()),
+            key: o.key,
+            level: o.level,
+            min_txid: o.min_txid,
+            max_txid: o.max_txid,
+            size: o.size,
+        })
+        .collect();
     out.sort_by_key(|f| (f.level, f.min_txid, f.max_txid));
     Ok(out)
 }
@@ -405,7 +389,6 @@ impl VerifyReport {
 
 /// Objects at least this large are checked through ranged GETs, streamed.
 const STREAM_THRESHOLD: u64 = 64 << 20;
-const RANGE_CHUNK: u64 = 16 << 20;
 
 /// Reads an object through ranged GETs, hashing what it returns.
 struct RangedReader<'a> {
@@ -424,7 +407,7 @@ impl Read for RangedReader<'_> {
             if self.off >= self.size {
                 return Ok(0);
             }
-            let want = RANGE_CHUNK.min(self.size - self.off);
+            let want = replica::fetch::RANGE_CHUNK.min(self.size - self.off);
             let chunk = self
                 .storage
                 .get_range(self.key, self.off, Some(want))
@@ -479,16 +462,7 @@ pub fn verify_object(storage: &dyn Storage, o: &ReplicaObject) -> Result<ltx::Su
         check_sha(name, &info.metadata, digest.as_ref())?;
         (ltx::verify(bytes.as_slice(), name)?, bytes.len() as u64)
     };
-    let h = &summary.header;
-    if (h.min_txid, h.max_txid) != (o.min_txid, o.max_txid) {
-        return Err(Error::ltx(
-            name,
-            format!(
-                "header says txids {}..{}, the name says {}..{}",
-                h.min_txid, h.max_txid, o.min_txid, o.max_txid
-            ),
-        ));
-    }
+    replica::check_header_matches(&summary.header, o, name)?;
     if summary.size != size {
         return Err(Error::ltx(
             name,
@@ -503,16 +477,10 @@ pub fn verify_object(storage: &dyn Storage, o: &ReplicaObject) -> Result<ltx::Su
 }
 
 fn check_sha(name: &str, meta: &Metadata, digest: &[u8]) -> Result<()> {
-    if let Some(expected) = meta.get(META_SHA256) {
-        let got = hex(digest);
-        if !expected.trim().eq_ignore_ascii_case(&got) {
-            return Err(Error::ltx(
-                name,
-                format!("SHA-256 mismatch: {META_SHA256} metadata says {expected}, the object hashes to {got}"),
-            ));
-        }
+    match sha256_mismatch(meta, digest) {
+        Some(why) => Err(Error::ltx(name, why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Verify database `db`: plan the chain to the newest txid, download and
@@ -524,7 +492,7 @@ pub fn verify_db(storage: &dyn Storage, db: &str, opts: &VerifyOptions) -> Verif
         db: db.trim_matches('/').to_string(),
         ..VerifyReport::default()
     };
-    let replica = match restore::list_replica(storage, db) {
+    let replica = match replica::list(storage, db) {
         Ok(r) => r,
         Err(e) => {
             report.problems.push(e.to_string());

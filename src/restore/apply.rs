@@ -115,9 +115,9 @@ struct Applier<'a> {
 
 impl Applier<'_> {
     fn apply(&mut self, o: &ReplicaObject, name: &str, fetched: Fetched) -> Result<()> {
-        match fetched.body {
-            Body::Memory(bytes) => self.apply_from(o, name, bytes.as_slice()),
-            Body::Spooled(f) => self.apply_from(o, name, BufReader::with_capacity(1 << 20, f)),
+        match fetched {
+            Fetched::Memory(bytes) => self.apply_from(o, name, bytes.as_slice()),
+            Fetched::Spooled(f) => self.apply_from(o, name, BufReader::with_capacity(1 << 20, f)),
         }
     }
 
@@ -221,87 +221,4 @@ impl Progress {
             let _ = err.flush();
         }
     }
-}
-
-/// A downloaded, SHA-256-checked object.
-enum Body {
-    Memory(Vec<u8>),
-    Spooled(File),
-}
-
-/// A downloaded object whose `walsync-sha256` (when present) matched.
-pub(crate) struct Fetched {
-    body: Body,
-}
-
-impl Fetched {
-    /// Its bytes, from memory or from the spool file.
-    pub(crate) fn reader(self) -> Box<dyn Read + Send> {
-        match self.body {
-            Body::Memory(bytes) => Box::new(io::Cursor::new(bytes)),
-            Body::Spooled(f) => Box::new(BufReader::with_capacity(1 << 20, f)),
-        }
-    }
-}
-
-/// Fetch one object, check its SHA-256 metadata when present.
-pub(crate) fn fetch(
-    storage: &dyn Storage,
-    o: &ReplicaObject,
-    name: &str,
-    spool_dir: &Path,
-    spool_threshold: u64,
-) -> Result<Fetched> {
-    let (body, meta, digest) = if o.size >= spool_threshold {
-        let info = storage.head(&o.key)?.ok_or_else(|| {
-            Error::storage(
-                name,
-                StorageErrorKind::NotFound,
-                "object listed but gone (deleted during the restore?)",
-            )
-        })?;
-        let mut file = tempfile::tempfile_in(spool_dir).map_err(|e| Error::io(spool_dir, e))?;
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut off = 0u64;
-        while off < info.size {
-            let want = RANGE_CHUNK.min(info.size - off);
-            let chunk = storage.get_range(&o.key, off, Some(want))?;
-            if chunk.len() as u64 != want {
-                return Err(Error::ltx(
-                    name,
-                    format!(
-                        "short read at offset {off}: got {} bytes of {want}",
-                        chunk.len()
-                    ),
-                ));
-            }
-            ctx.update(&chunk);
-            file.write_all(&chunk)
-                .map_err(|e| Error::io(spool_dir, e))?;
-            off += want;
-        }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(spool_dir, e))?;
-        (
-            Body::Spooled(file),
-            info.metadata,
-            ctx.finish().as_ref().to_vec(),
-        )
-    } else {
-        let (bytes, info) = storage.get_with_info(&o.key)?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes)
-            .as_ref()
-            .to_vec();
-        (Body::Memory(bytes), info.metadata, digest)
-    };
-    if let Some(expected) = meta.get(META_SHA256) {
-        let got = hex(&digest);
-        if !expected.trim().eq_ignore_ascii_case(&got) {
-            return Err(Error::ltx(
-                name,
-                format!("SHA-256 mismatch: {META_SHA256} metadata says {expected}, the object hashes to {got}"),
-            ));
-        }
-    }
-    Ok(Fetched { body })
 }

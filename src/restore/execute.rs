@@ -95,8 +95,7 @@ pub fn restore(
                     plan.txid
                 );
                 file.set_len(0).map_err(|e| Error::io(&tmp_path, e))?;
-                current =
-                    list_replica(storage, &plan.db)?.plan(storage, Target::Txid(plan.txid))?;
+                current = list(storage, &plan.db)?.plan(storage, Target::Txid(plan.txid))?;
             }
             Err(e) => return Err(e),
         }

@@ -8,29 +8,15 @@
 //!
 //! A restore has two steps:
 //!
-//! 1. **Plan** ([`list_replica`], [`Replica::plan`], or [`plan`] for both):
-//!    one listing of `<db>/` (all levels at once; every key must parse, a
-//!    stray object under the database prefix is an error, not silently
-//!    skipped), then a chain (bucket layout: [`crate::ltx::object_key`]): a full snapshot (any object
+//! 1. **Plan** ([`plan`]): the replica is read through
+//!    [`crate::replica`]: a listing (every key must parse, a stray object
+//!    under the database prefix is an error, not silently skipped), then the
+//!    greedy chain ([`crate::replica::chain`]): a full snapshot (any object
 //!    with min txid 1, normally the newest level-9 snapshot at or before the
 //!    target) followed by objects from any level satisfying
 //!    `next.min ≤ prev.max + 1 < next.max + 1`, ending exactly at the target.
-//!    The chain is chosen greedily: at every step the object reaching the
-//!    furthest without passing the target. Because an object reachable from
-//!    an earlier position is also reachable from a later one, greedy never
-//!    misses a chain that exists and uses the fewest objects (fewest GETs):
-//!    a compacted level-1 file replaces the level-0 files it covers.
-//!
-//!    A timestamp target is resolved to a txid first. The authoritative time
-//!    of an object is the `timestamp_ms` field of its LTX header (the
-//!    `litestream-timestamp` metadata is a copy of it, and objects written by
-//!    Litestream's file backend have no metadata at all), read with a ranged
-//!    GET of the first 100 bytes. Within one level objects are written in
-//!    txid order, so their timestamps grow with their txids: a binary search
-//!    per level finds the newest object whose timestamp is at or before the
-//!    target with `O(log n)` small GETs per level instead of one HEAD per
-//!    object (what Litestream does). The restored txid is the largest such
-//!    object's max txid over all levels.
+//!    A timestamp target is resolved to a txid first
+//!    ([`crate::replica::timeline`]).
 //!
 //! 2. **Execute** ([`restore`]): a pool of threads GETs the planned objects
 //!    in parallel while the calling thread applies them strictly in plan
@@ -63,31 +49,29 @@
 //! removed with `force`).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result, StorageErrorKind};
-use crate::ltx::{self, Decoder, Header};
-use crate::storage::META_SHA256;
+use crate::ltx::{self, Decoder};
+use crate::replica::listing::{self, list, list_level, Strictness};
+use crate::replica::{
+    check_header_matches, fetch, greedy, storage_root, Fetched, Replica, ReplicaObject,
+    SPOOL_THRESHOLD,
+};
 use crate::storage::{RetryReads, Storage};
-use crate::util::hex;
 
 /// Default number of download threads.
 pub const DEFAULT_PARALLEL: usize = 8;
 /// Default byte budget for objects fetched ahead of the one being applied.
 pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
-/// Objects at least this large are streamed to a temporary file with ranged
-/// GETs instead of being held in memory.
-pub const SPOOL_THRESHOLD: u64 = 64 << 20;
 /// Times a restore plans again after a planned object disappeared.
 const MAX_REPLANS: usize = 3;
-/// Size of one ranged GET when spooling a large object.
-const RANGE_CHUNK: u64 = 16 << 20;
 
 /// Which state of the database to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,32 +83,6 @@ pub enum Target {
     /// The newest txid whose object timestamp is at or before this time
     /// (milliseconds since the Unix epoch).
     Timestamp(i64),
-}
-
-/// One LTX object of a replica, as named by its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaObject {
-    /// Key relative to the storage's prefix.
-    pub key: String,
-    /// Level (0 = per-sync segments, 1–8 compactions, 9 = snapshots).
-    pub level: u8,
-    /// First txid covered (1 = full snapshot).
-    pub min_txid: u64,
-    /// Last txid covered.
-    pub max_txid: u64,
-    /// Size in bytes, from the listing.
-    pub size: u64,
-}
-
-/// Every LTX object stored for one database.
-#[derive(Debug, Clone)]
-pub struct Replica {
-    /// Database name (key prefix).
-    pub db: String,
-    /// Where the replica lives, for messages (`s3://bucket/prefix/db`).
-    pub location: String,
-    /// The objects, in key order.
-    pub objects: Vec<ReplicaObject>,
 }
 
 /// The objects to apply, in order, to rebuild `db` at `txid`.
@@ -222,6 +180,6 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use apply::*;
+use apply::*;
 pub use execute::*;
 pub use plan::*;

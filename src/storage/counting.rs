@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use super::{Metadata, ObjectInfo, Storage};
 use crate::error::{Result, StorageErrorKind};
+use crate::ltx;
 
 /// The request kinds counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,13 +189,10 @@ impl CountingStorage {
     }
 }
 
-/// The database a key or list prefix belongs to: its first path segment, or
-/// [`NO_DATABASE`] when the prefix does not name one completely.
+/// The database a key or list prefix belongs to ([`ltx::database_of`]), or
+/// [`NO_DATABASE`] when it names none.
 pub fn database_of(key: &str) -> &str {
-    match key.split_once('/') {
-        Some((db, _)) if !db.is_empty() => db,
-        _ => NO_DATABASE,
-    }
+    ltx::database_of(key).unwrap_or(NO_DATABASE)
 }
 
 impl Storage for CountingStorage {

@@ -340,6 +340,20 @@ pub const META_TIMESTAMP: &str = "litestream-timestamp";
 /// Metadata name holding the hex SHA-256 of the object.
 pub const META_SHA256: &str = "walsync-sha256";
 
+/// The one SHA-256 check of a fetched body: `None` when `meta` holds no
+/// [`META_SHA256`] (Litestream's objects) or it matches `digest` (compared
+/// as hex, ignoring case and surrounding whitespace); otherwise the reason,
+/// naming both digests.
+pub fn sha256_mismatch(meta: &Metadata, digest: &[u8]) -> Option<String> {
+    let expected = meta.get(META_SHA256)?;
+    let got = hex(digest);
+    (!expected.trim().eq_ignore_ascii_case(&got)).then(|| {
+        format!(
+            "SHA-256 mismatch: {META_SHA256} metadata says {expected}, the object hashes to {got}"
+        )
+    })
+}
+
 /// Shortens a server-provided message to one line of reasonable length.
 pub(crate) fn one_line(text: &str) -> String {
     let line: String = text

@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::storage::{Metadata, ObjectInfo, Storage, META_SHA256};
-use crate::util::{backoff, hex};
+use crate::storage::{Metadata, ObjectInfo, Storage};
+use crate::util::backoff;
 
 /// Attempts per request (the first one included).
 pub const ATTEMPTS: u32 = 8;
@@ -83,14 +83,9 @@ fn retry_while<T>(
 pub struct RetryReads<'a>(pub &'a dyn Storage);
 
 fn sha_mismatch(body: &[u8], info: &ObjectInfo) -> Option<String> {
-    let want = info.metadata.get(META_SHA256)?;
-    let got = hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
-    (got != want).then(|| {
-        format!(
-            "body ({} bytes) does not match its {META_SHA256} metadata",
-            body.len()
-        )
-    })
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    super::sha256_mismatch(&info.metadata, digest.as_ref())
+        .map(|why| format!("body ({} bytes): {why}", body.len()))
 }
 
 impl Storage for RetryReads<'_> {

@@ -51,11 +51,7 @@ impl RoutedStorage {
     }
 
     fn pick(&self, key: &str) -> Arc<dyn Storage> {
-        // A database's lease object sits beside its directory.
-        let db = match key.strip_suffix(crate::ltx::LEASE_SUFFIX) {
-            Some(db) if !db.contains('/') => db,
-            _ => database_of(key),
-        };
+        let db = database_of(key);
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())

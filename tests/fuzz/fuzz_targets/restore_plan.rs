@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use walsync::ltx;
-use walsync::restore::{Replica, ReplicaObject, Target};
+use walsync::replica::{Replica, ReplicaObject};
+use walsync::restore::Target;
 use walsync::storage::FileStorage;
 
 fn storage() -> &'static FileStorage {
