@@ -1,4 +1,4 @@
-//! Regression tests for the capture protocol, driving a `Replica` directly
+//! Regression tests for the capture protocol, driving a `Capture` directly
 //! (a directory store with an adjustable PUT delay standing in for a slow S3)
 //! and judging only by restoring and comparing rows with the source. They
 //! come from a review of `src/capture/`; each failed before its fix.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
-use walsync::capture::{DbConfig, Event, Replica};
+use walsync::capture::{Capture, DbConfig, Event};
 use walsync::restore::{self, RestoreOptions, Target};
 use walsync::storage::{FileStorage, Metadata, ObjectInfo, Precondition, Storage};
 use walsync::upload::Uploader;
@@ -193,7 +193,7 @@ struct Running {
 
 fn start(w: &World, cfg: DbConfig) -> Running {
     let uploader = Uploader::start(w.storage.clone(), 1, 64 << 20);
-    let rep = Replica::open(cfg, w.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
+    let rep = Capture::open(cfg, w.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
     let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
     let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
     let handle = std::thread::spawn(move || rep.run(ev_rx, sd_rx, Duration::from_secs(20)));
@@ -436,7 +436,7 @@ fn a_queued_database_is_released_in_an_outage_too() {
         cfg.max_wal_bytes = 256 << 10;
         cfg.stuck_after = Duration::from_millis(300);
         let rep =
-            Replica::open(cfg, a.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
+            Capture::open(cfg, a.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
         let h = std::thread::spawn(move || rep.run(ev_rx, sd_rx, Duration::from_secs(5)));

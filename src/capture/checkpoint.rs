@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl Replica {
+impl Capture {
     /// During a long storage outage the read transaction keeps the WAL from
     /// being reused, so it grows with every commit. Past `max_wal_bytes`,
     /// stop holding it: the application's checkpoints work again, nothing is
@@ -14,7 +14,7 @@ impl Replica {
     /// snapshot once the queued segments are stored. Point-in-time history
     /// between the last stored txid and that snapshot is what is given up.
     pub(super) fn release_if_wal_too_big(&mut self) -> Result<()> {
-        if self.cfg.max_wal_bytes == 0 || !self.in_read || !self.pinned {
+        if self.cfg.max_wal_bytes == 0 || !self.pin.pinned() {
             return Ok(());
         }
         // Only a real outage: uploads in flight are normal, and releasing on
@@ -61,7 +61,7 @@ impl Replica {
     /// its own copy of the frames, and a crash before its upload only costs
     /// a snapshot on restart, never data.
     pub(super) fn maybe_checkpoint(&mut self) -> Result<()> {
-        if !self.pinned || self.snapshot_reason.is_some() {
+        if !self.pin.pinned() || self.snapshot_reason.is_some() {
             return Ok(());
         }
         let Some(Read::At(p)) = self.read else {

@@ -168,7 +168,7 @@ pub enum Event {
     Shutdown,
 }
 
-/// What [`Replica::ship_available`] found.
+/// What [`Capture::ship_available`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ship {
     /// Nothing new was committed.
@@ -191,8 +191,63 @@ enum Read {
     Empty,
 }
 
+/// Where the read transaction `R` stands: the pin of the protocol (see the
+/// module docs, facts 1 and 2). A pin without a read transaction cannot be
+/// written down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// No read transaction: nothing stops a checkpointer from restarting
+    /// or truncating the WAL.
+    Released,
+    /// `R` is open but not known to pin the WAL: it began on a fully
+    /// backfilled WAL, so it stops further backfill and at most one restart
+    /// can discard frames, all of them already backfilled (fact 2). The WAL
+    /// is not read in this state; it holds nothing unread.
+    Reading {
+        /// The wal-index just before `R` began: `R`'s snapshot is at least
+        /// this new.
+        since: Option<ShmHeader>,
+    },
+    /// `R` is open and the wal-index showed frames not yet backfilled after
+    /// it began: nothing can restart or truncate the WAL while it is held
+    /// (fact 1), so the WAL may be read through the map.
+    Pinned {
+        /// As in [`Pin::Reading`].
+        since: Option<ShmHeader>,
+    },
+}
+
+impl Pin {
+    /// A read transaction is open.
+    fn in_read(self) -> bool {
+        !matches!(self, Pin::Released)
+    }
+
+    /// The read transaction pins the WAL.
+    fn pinned(self) -> bool {
+        matches!(self, Pin::Pinned { .. })
+    }
+
+    /// The wal-index as seen just before the read transaction began.
+    fn since(self) -> Option<ShmHeader> {
+        match self {
+            Pin::Released => None,
+            Pin::Reading { since } | Pin::Pinned { since } => since,
+        }
+    }
+
+    /// The same read transaction, now known to pin the WAL (or not).
+    fn with_pinned(self, pinned: bool) -> Pin {
+        match (self, pinned) {
+            (Pin::Released, _) => Pin::Released,
+            (Pin::Reading { since } | Pin::Pinned { since }, true) => Pin::Pinned { since },
+            (Pin::Reading { since } | Pin::Pinned { since }, false) => Pin::Reading { since },
+        }
+    }
+}
+
 /// One replicated database, driven by its own thread.
-pub struct Replica {
+pub struct Capture {
     cfg: DbConfig,
     storage: Arc<dyn Storage>,
     segments: Sender<Segment>,
@@ -204,11 +259,8 @@ pub struct Replica {
     conn: Option<Connection>,
     /// walsync's own descriptor of the database file (pages for snapshots).
     db_file: Option<File>,
-    in_read: bool,
-    pinned: bool,
-    /// The wal-index as seen just before the read transaction began: the
-    /// read transaction's snapshot is at least this new.
-    r_shm: Option<ShmHeader>,
+    /// The read transaction and whether it pins the WAL.
+    pin: Pin,
     /// Re-checks scheduled after a wake that changed nothing yet (a
     /// checkpointer updates the wal-index only after writing the database).
     settle: u32,
@@ -253,7 +305,7 @@ pub struct Replica {
     upload_failures: Arc<std::sync::atomic::AtomicU32>,
     /// Told `(old, new)` resolved paths before reconnecting to a replaced
     /// or moved file, so its lock is held and its events are watched where
-    /// SQLite now writes (see [`Replica::on_moved`]).
+    /// SQLite now writes (see [`Capture::on_moved`]).
     rewatch: Option<Moved>,
 }
 
@@ -281,7 +333,7 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-impl Replica {
+impl Capture {
     /// Prepare replication of `cfg.path`: open it, check it is a WAL-mode
     /// SQLite database, and find where storage left off.
     pub fn open(
@@ -289,7 +341,7 @@ impl Replica {
         storage: Arc<dyn Storage>,
         segments: Sender<Segment>,
         budget: Arc<Budget>,
-    ) -> Result<Replica> {
+    ) -> Result<Capture> {
         let (acks_tx, acks) = crossbeam_channel::unbounded();
         let real = resolve(&cfg.path)?;
         let via_symlink = !std::path::absolute(&cfg.path).is_ok_and(|a| a == real);
@@ -310,7 +362,7 @@ impl Replica {
             );
             tail::FS_POLL
         });
-        let mut r = Replica {
+        let mut r = Capture {
             wal: WalMap::open(wal_path(&real))?,
             shm: Shm::for_db(&real),
             real,
@@ -330,9 +382,7 @@ impl Replica {
             stats: Arc::new(DbStats::default()),
             conn: None,
             db_file: None,
-            in_read: false,
-            pinned: false,
-            r_shm: None,
+            pin: Pin::Released,
             settle: 0,
             db_id: None,
             read: None,
@@ -408,7 +458,7 @@ impl Replica {
         // the new one, and walsync's own descriptor of the database stays
         // open as long as its SQLite connection does (`db_file` is declared
         // after `conn`, so it is dropped after it).
-        self.in_read = false;
+        self.pin = Pin::Released;
         self.conn = None;
         self.db_file = None;
         self.shm.reset();
@@ -437,7 +487,6 @@ impl Replica {
         self.db_id = file_id(&self.real);
         self.db_file = Some(File::open(&self.real).map_err(|e| Error::io(&path, e))?);
         self.conn = Some(c);
-        self.pinned = false;
         Ok(())
     }
 
@@ -454,10 +503,10 @@ impl Replica {
     }
 
     fn begin_read(&mut self) -> Result<()> {
-        if self.in_read {
+        if self.pin.in_read() {
             return Ok(());
         }
-        self.r_shm = self.shm.read()?;
+        let since = self.shm.read()?;
         let c = self.conn()?;
         c.execute_batch("BEGIN")
             .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
@@ -467,15 +516,13 @@ impl Replica {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite(&self.cfg.path, e));
         }
-        self.in_read = true;
-        self.pinned = false;
+        self.pin = Pin::Reading { since };
         Ok(())
     }
 
     fn end_read(&mut self) -> Result<()> {
-        if self.in_read {
-            self.in_read = false;
-            self.pinned = false;
+        if self.pin.in_read() {
+            self.pin = Pin::Released;
             self.sql("COMMIT")?;
         }
         Ok(())
@@ -491,7 +538,9 @@ impl Replica {
     /// nothing can restart or truncate the WAL while it is held.
     fn note_read_began(&mut self) -> Result<Option<ShmHeader>> {
         let shm = self.read_shm()?;
-        self.pinned = shm.is_some_and(|h| h.mx_frame > h.backfill);
+        self.pin = self
+            .pin
+            .with_pinned(shm.is_some_and(|h| h.mx_frame > h.backfill));
         Ok(shm)
     }
 

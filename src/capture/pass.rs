@@ -15,11 +15,11 @@ const MAX_INFLIGHT: usize = 1;
 /// Re-checks after a wake-up that showed no change (5, 20, 80, 320 ms).
 const SETTLE_CHECKS: u32 = 4;
 
-impl Replica {
+impl Capture {
     /// Handle a wake-up: read and ship what is new, check the commit
     /// counter, checkpoint when due.
     pub(super) fn step(&mut self) -> Result<()> {
-        if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {
+        if self.read.is_none() || !self.pin.in_read() || self.snapshot_reason.is_some() {
             // Not established, or continuity lost: only a snapshot may come
             // next (a segment now would claim to follow a state it does not).
             return Ok(());
@@ -50,13 +50,13 @@ impl Replica {
             shm.mx_frame,
             shm.backfill,
             shm.change,
-            self.pinned,
+            self.pin.pinned(),
             self.read.map(|r| match r {
                 Read::At(p) => p.frame_index(),
                 Read::Empty => 0,
             })
         );
-        if !self.pinned {
+        if !self.pin.pinned() {
             if shm.mx_frame <= shm.backfill {
                 // Fully backfilled and not pinned: nothing unread can exist
                 // (the read transaction began with everything read) — which
@@ -67,7 +67,7 @@ impl Replica {
                 }
                 return Ok(());
             }
-            self.pinned = true;
+            self.pin = self.pin.with_pinned(true);
         }
         self.wal.refresh()?;
         match self.ship_available(false)? {
@@ -115,13 +115,13 @@ impl Replica {
     /// but not yet published (see [`crate::sqlite::tail`]) is polled for until it is.
     /// Both count as replication lag from the moment they were first seen.
     fn watch_tail(&mut self) -> Result<()> {
-        if self.read.is_none() || !self.in_read || self.snapshot_reason.is_some() {
+        if self.read.is_none() || !self.pin.in_read() || self.snapshot_reason.is_some() {
             return Ok(());
         }
         let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        let read_all = (!self.pinned && shm.mx_frame <= shm.backfill)
+        let read_all = (!self.pin.pinned() && shm.mx_frame <= shm.backfill)
             || match self.read {
                 Some(Read::At(p)) => {
                     (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
@@ -198,7 +198,7 @@ impl Replica {
     /// if its mark may be old or a checkpointer made progress (and may now
     /// wait for walsync); otherwise look again shortly (settle).
     fn repin_if_changed(&mut self, shm: &ShmHeader) -> Result<()> {
-        let changed = self.r_shm.is_none_or(|r| {
+        let changed = self.pin.since().is_none_or(|r| {
             (r.mx_frame, r.backfill, r.salt1, r.salt2)
                 != (shm.mx_frame, shm.backfill, shm.salt1, shm.salt2)
         });
@@ -305,7 +305,7 @@ impl Replica {
                 Some("the replica's newest snapshot disappeared from storage".into());
         }
         self.deferred_until = None;
-        if !self.in_read && self.snapshot_reason.is_none() && self.read.is_some() {
+        if !self.pin.in_read() && self.snapshot_reason.is_none() && self.read.is_some() {
             // A checkpoint or start-up step failed after the read
             // transaction ended: take it again under the fence.
             let fence = self.fence()?;

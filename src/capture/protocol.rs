@@ -23,7 +23,7 @@ fn lost_reason(change: u32, counted: u32, read: usize) -> String {
     }
 }
 
-impl Replica {
+impl Capture {
     /// Under `fence`: read the WAL to its end, ship it, (re)start the read
     /// transaction and set the commit counter. `trust_salts` is the start-up
     /// case where no counter exists yet and the stored position was checked.
@@ -33,7 +33,7 @@ impl Replica {
         Ok(())
     }
 
-    /// [`Replica::establish`], keeping the fence held.
+    /// [`Capture::establish`], keeping the fence held.
     pub(super) fn establish_under(&mut self, _fence: &Fence, trust_salts: bool) -> Result<()> {
         self.wal.refresh()?;
         if !trust_salts && self.counted.is_none() {

@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl Replica {
+impl Capture {
     pub(super) fn resume_from(&mut self, resumed: Option<Resumed>) -> Result<()> {
         let Some(res) = resumed else {
             self.snapshot_reason = Some("no replica in storage yet".into());

@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl Replica {
+impl Capture {
     /// The watcher thread's loop: runs until `Shutdown`, the event channel
     /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
     /// `drain_timeout`.
@@ -87,7 +87,7 @@ impl Replica {
                 let r = match self.snapshot_reason.clone() {
                     Some(reason) if self.conn.is_some() => self.snapshot(&reason),
                     Some(_) => break, // the database is gone; nothing to read
-                    None if !self.in_read && self.read.is_some() && self.conn.is_some() => {
+                    None if !self.pin.in_read() && self.read.is_some() && self.conn.is_some() => {
                         // An earlier step failed after ending the read
                         // transaction: re-establish it (it ships on the way).
                         let counted_unknown = self.counted.is_none();
@@ -101,7 +101,7 @@ impl Replica {
                     break;
                 }
                 let settled = self.snapshot_reason.is_none()
-                    && (self.in_read || self.conn.is_none() || self.read.is_none());
+                    && (self.pin.in_read() || self.conn.is_none() || self.read.is_none());
                 if self.inflight.is_empty() && self.pending.is_empty() && settled {
                     break; // nothing more to ship
                 }

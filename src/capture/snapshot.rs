@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl Replica {
+impl Capture {
     /// `walsync snapshot`: wait for the segments in flight, take a snapshot
     /// as the next txid, and wait until storage acknowledged it (everything
     /// up to `timeout`). Returns the snapshot's txid. The caller must hold
@@ -97,7 +97,7 @@ impl Replica {
 
         // Without a pin the WAL is fully backfilled and the read transaction
         // stops any further backfill: the database file alone is the state.
-        if !self.pinned {
+        if !self.pin.pinned() {
             frames.clear();
         }
         let path = self.cfg.path.clone();

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::capture::{DbConfig, Event, Replica};
+use crate::capture::{Capture, DbConfig, Event};
 use crate::compact::{Compactor, DbEntry, Policy};
 use crate::daemon::config::DbSpec;
 use crate::daemon::metrics::{DbState, Registry};
@@ -505,7 +505,7 @@ impl Daemon {
                         None => locked,
                     };
                     match fenced.and_then(|()| {
-                        Replica::open(
+                        Capture::open(
                             cfg.clone(),
                             storage.clone(),
                             segments.clone(),

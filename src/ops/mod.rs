@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::capture::{DbConfig, Replica as Shipper};
+use crate::capture::{Capture, DbConfig};
 use crate::error::{Error, Result};
 use crate::ltx::{self, SNAPSHOT_LEVEL};
 use crate::replica::{self, ReplicaObject};
@@ -620,7 +620,7 @@ pub fn snapshot(db: &Path, storage: Arc<dyn Storage>, timeout: Duration) -> Resu
     cfg.snapshot_interval = None;
     let name = cfg.name.clone();
     let uploader = Uploader::start(storage.clone(), 2, 64 << 20);
-    let result = Shipper::open(cfg, storage, uploader.sender(), uploader.budget())
+    let result = Capture::open(cfg, storage, uploader.sender(), uploader.budget())
         .and_then(|mut rep| rep.snapshot_now("requested by walsync snapshot", timeout));
     if result.is_err() {
         uploader.abort();
