@@ -33,6 +33,8 @@ pub mod fetch;
 pub mod listing;
 pub mod newest;
 pub mod recent;
+#[cfg(test)]
+mod tests;
 pub mod timeline;
 
 pub use chain::greedy;
