@@ -17,7 +17,7 @@ use crate::capture::DbConfig;
 use crate::daemon;
 use crate::daemon::config::DbSpec;
 use crate::error::{Error, Result};
-use crate::lease::{self, FencedStorage, Fencer};
+use crate::lease::{FencedStorage, Fencer};
 use crate::ltx;
 use crate::ops;
 use crate::restore::{self, RestoreOptions, Target};
@@ -155,7 +155,7 @@ pub fn parse_txid(s: &str) -> Result<u64> {
 
 /// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).
 pub fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("walsync=info");
+    let env = env_logger::Env::default().default_filter_or(crate::defaults::LOG_FILTER);
     // ureq logs each request's full URL at debug level; for the heartbeat
     // that URL is a secret (its token), so ureq is capped at info whatever
     // RUST_LOG says (a later directive for the same module wins).

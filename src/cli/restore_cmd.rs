@@ -59,7 +59,7 @@ pub struct RestoreArgs {
     pub decryption_key_file: Vec<String>,
 
     /// parallel downloads (default 8)
-    #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
+    #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
     pub parallel: usize,
 }
 

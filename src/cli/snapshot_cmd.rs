@@ -51,7 +51,7 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
         false,
     )?;
     // A snapshot allocates a txid: it needs the database's lease like a daemon.
-    let (storage, fencer) = fence(raw, data, lease::DEFAULT_TTL, true)?;
+    let (storage, fencer) = fence(raw, data, crate::defaults::LEASE_TTL, true)?;
     let db_name = daemon::db_name(Path::new(&a.database))?;
     if let Err(e) = fencer.acquire(&db_name, None) {
         // A daemon on this host: its lock names the process more precisely.

@@ -77,8 +77,6 @@ use crate::storage::META_SHA256;
 use crate::storage::{RetryReads, Storage};
 use crate::util::hex;
 
-/// Default number of download threads.
-pub const DEFAULT_PARALLEL: usize = 8;
 /// Default byte budget for objects fetched ahead of the one being applied.
 pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Objects at least this large are streamed to a temporary file with ranged
@@ -167,7 +165,7 @@ pub struct RestoreOptions {
 impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
-            parallel: DEFAULT_PARALLEL,
+            parallel: crate::defaults::RESTORE_PARALLEL,
             force: false,
             progress: false,
             window_bytes: DEFAULT_WINDOW_BYTES,
