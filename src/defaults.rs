@@ -1,12 +1,111 @@
-//! Default settings shared by more than one stage.
+//! Every user-visible default, in one table.
 //!
-//! Why a module of its own: a default that the daemon's per-database
-//! settings and the compactor both need was imported from the compactor,
-//! which tied the capture stage to compaction. Defaults live here, with
-//! nothing of the crate imported, so any stage can read them.
+//! Why a module of its own: the same default used to be written as a
+//! literal in the flags' parsing, in the per-database settings, in the
+//! compactor and in help texts, and nothing kept the copies equal. Here each
+//! one is a named constant that the command line (`crate::cli`), the
+//! `--config` file (whose unset keys fall back to the same values through
+//! the flags) and the daemon's own settings (`capture::DbConfig::new`,
+//! `compact::Policy::default`, the lease, restore and S3 settings) all read.
+//! A help text still states its default in words ("(default 4)"); a test in
+//! `crate::cli` compares every such text with the constant here.
+//!
+//! This module imports nothing of the crate, so any stage can read it
+//! without tying itself to another stage. Internal tuning constants that no
+//! flag or config key sets (buffer sizes, retry backoffs, poll periods) stay
+//! next to the code they tune.
 
 use std::time::Duration;
 
-/// Default retention window (`--retention`): every state of the last 24 h
-/// stays restorable.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// `--uploaders`: upload threads shared by all databases. Uploads are
+/// latency-bound (one PUT per commit group), so a few threads keep dozens of
+/// busy databases flowing while an idle server runs only four threads.
+pub const UPLOADERS: usize = 4;
+
+/// `--snapshot-interval`: a full snapshot of every database once a day, so a
+/// restore of the newest state never replays more than a day of changes even
+/// with compaction off, at the cost of one database-sized upload a day.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// `--checkpoint-pages`: a PASSIVE checkpoint after shipping once the WAL
+/// holds this many frames, SQLite's own auto-checkpoint threshold, so the
+/// WAL stays as small as the application expects.
+pub const CHECKPOINT_PAGES: u64 = 1000;
+
+/// `--truncate-pages`: a TRUNCATE checkpoint (a brief writer stall) once the
+/// WAL file is this many pages long (64 MiB at 4 KiB pages): rare enough
+/// not to stall writers, small enough to bound the WAL on disk.
+pub const TRUNCATE_PAGES: u64 = 16 * 1024;
+
+/// `--max-wal-mib`: while uploads are stuck, the WAL is held back until it
+/// is this many MiB, then released (its next txid is a snapshot). 1 GiB
+/// rides out a long S3 outage for most databases without filling a disk.
+pub const MAX_WAL_MIB: u64 = 1024;
+
+/// `--min-put-interval`: none, each commit is shipped at once (lowest
+/// commit→S3 latency; grouping commits is an opt-in trade for request cost).
+pub const MIN_PUT_INTERVAL: Duration = Duration::ZERO;
+
+/// `--memory-mib`: memory for queued uploads, shared by all databases.
+/// Beyond it the WAL itself is the buffer, so this bounds RSS, not safety.
+pub const MEMORY_MIB: u64 = 64;
+
+/// `--shutdown-timeout`: on SIGTERM/SIGINT, how long to wait for committed
+/// data to ship; below the stop timeout of the shipped systemd unit (60 s)
+/// and systemd's default (90 s), so walsync exits on its own before it is
+/// killed.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--heartbeat-interval`: at most one heartbeat push this often; monitoring
+/// services check every few minutes, more pushes would only cost requests.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// `--heartbeat-max-lag`: the heartbeat is withheld while any database lags
+/// more than this; a healthy daemon ships within seconds, so a minute of lag
+/// means something is wrong.
+pub const HEARTBEAT_MAX_LAG: Duration = Duration::from_secs(60);
+
+/// `--retention` (`sync` and `compact`): every state of the last 24 h stays
+/// restorable, exactly: a day to notice a mistake, with a bucket that does
+/// not grow without bound.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// `--retention-grace`: an object is deleted only after it has been
+/// deletable this long, so a restore that planned with it finishes first.
+pub const RETENTION_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// `--compaction`: intervals of compaction levels 1, 2 and 3. Each level
+/// runs about ten times less often than the one below, so a restore of the
+/// newest state reads a handful of objects instead of one per commit.
+pub const COMPACTION_INTERVALS: [Duration; 3] = [
+    Duration::from_secs(30),
+    Duration::from_secs(5 * 60),
+    Duration::from_secs(60 * 60),
+];
+
+/// `--max-requests-per-sec`: no cap (0); a cap is for buckets billed or
+/// throttled per request.
+pub const MAX_REQUESTS_PER_SEC: u32 = 0;
+
+/// `--lease-ttl` (and the lease `walsync snapshot` takes): another walsync
+/// may take a database over only after its writer lease expired. A minute
+/// covers a slow renewal through S3 retries while a failover waits at most
+/// that long.
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
+
+/// `walsync snapshot --timeout`: how long to wait for the snapshot's upload
+/// to be acknowledged; a large database over a slow link needs minutes.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// `--parallel` (`restore`, `verify`): download threads. Restores are bound
+/// by request latency, and eight GETs in flight saturate most links without
+/// holding much memory.
+pub const RESTORE_PARALLEL: usize = 8;
+
+/// S3 region when neither `--region` nor `$AWS_REGION` /
+/// `$AWS_DEFAULT_REGION` names one: the region AWS itself assumes.
+pub const S3_REGION: &str = "us-east-1";
+
+/// Log filter when `$RUST_LOG` is unset: walsync's own messages at info,
+/// one line per event worth knowing about, nothing from libraries.
+pub const LOG_FILTER: &str = "walsync=info";

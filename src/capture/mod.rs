@@ -81,6 +81,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
 use crate::replica::{last_in_level, read_header};
@@ -136,7 +137,8 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
-    /// Defaults for the database at `path`, named by its file name.
+    /// Defaults ([`crate::defaults`]) for the database at `path`, named by
+    /// its file name.
     pub fn new(path: impl Into<PathBuf>) -> DbConfig {
         let path = path.into();
         let name = path
@@ -146,15 +148,15 @@ impl DbConfig {
         DbConfig {
             path,
             name,
-            checkpoint_pages: 1000,
-            truncate_pages: 16 * 1024,
-            snapshot_interval: Some(Duration::from_secs(24 * 3600)),
-            min_put_interval: Duration::ZERO,
+            checkpoint_pages: defaults::CHECKPOINT_PAGES,
+            truncate_pages: defaults::TRUNCATE_PAGES,
+            snapshot_interval: Some(defaults::SNAPSHOT_INTERVAL),
+            min_put_interval: defaults::MIN_PUT_INTERVAL,
             busy_timeout: Duration::from_secs(5),
-            max_wal_bytes: 1 << 30,
+            max_wal_bytes: defaults::MAX_WAL_MIB << 20,
             stuck_after: STUCK_AFTER,
             tmp_dir: std::env::temp_dir(),
-            retention: Some(crate::defaults::DEFAULT_RETENTION),
+            retention: Some(defaults::RETENTION),
         }
     }
 }

@@ -16,12 +16,13 @@ use argh::FromArgs;
 use crate::capture::DbConfig;
 use crate::daemon;
 use crate::daemon::config::DbSpec;
+use crate::defaults;
 use crate::error::{Error, Result};
-use crate::lease::{self, FencedStorage, Fencer};
+use crate::lease::{FencedStorage, Fencer};
 use crate::ltx;
 use crate::ops;
 use crate::restore::{self, RestoreOptions, Target};
-use crate::storage::{self, S3Options, Storage};
+use crate::storage::{self, Storage};
 
 /// walsync: continuous replication of SQLite databases to S3-compatible storage.
 #[derive(FromArgs, Debug)]
@@ -77,39 +78,6 @@ pub fn run(args: Walsync) -> Result<()> {
     }
 }
 
-/// The store named by `spec` twice: as is (`raw`: lease objects) and as the
-/// pipeline sees it (`data`: encrypting when a key is configured).
-pub fn open_store(
-    spec: &str,
-    s3: &S3Options,
-    key_file: Option<&str>,
-    decryption_files: &[String],
-    daemon: bool,
-) -> Result<(Arc<dyn Storage>, Arc<dyn Storage>)> {
-    // The daemon says which key is in force; one-shot commands keep stderr
-    // to their one line.
-    let level = if daemon {
-        log::Level::Info
-    } else {
-        log::Level::Debug
-    };
-    let raw: Arc<dyn Storage> = Arc::from(storage::open(spec, s3)?);
-    let env = std::env::var(storage::crypt::KEY_ENV).ok();
-    let data: Arc<dyn Storage> =
-        match storage::Keyring::from_options(key_file, decryption_files, env)? {
-            Some(keys) => {
-                log::log!(
-                    level,
-                    "client-side encryption on: key id {} (new objects)",
-                    keys.current_id()
-                );
-                Arc::new(storage::CryptStorage::new(raw.clone(), keys))
-            }
-            None => raw.clone(),
-        };
-    Ok((raw, data))
-}
-
 /// Wraps `data` so every PUT of an LTX object checks this process's lease
 /// in `raw`. The daemon probes for conditional writes after its start-up
 /// checks ([`Fencer::start`]); `probe_now` does it here.
@@ -128,12 +96,12 @@ pub fn fence(
     Ok((storage, fencer))
 }
 
-/// S3 options from the shared `--endpoint`, `--region` and `--path-style` flags.
-pub fn s3_options(endpoint: Option<String>, region: Option<String>, path_style: bool) -> S3Options {
-    S3Options {
-        endpoint,
-        region,
-        path_style: path_style.then_some(true),
+/// A duration flag's value, or `default` when it was not given (`flag`
+/// without its dashes names it in the error).
+pub fn duration_or(flag: &str, value: &Option<String>, default: Duration) -> Result<Duration> {
+    match value {
+        Some(v) => crate::daemon::config::duration(&format!("--{flag}"), v),
+        None => Ok(default),
     }
 }
 
@@ -153,9 +121,10 @@ pub fn parse_txid(s: &str) -> Result<u64> {
     }
 }
 
-/// Set up logging (`RUST_LOG=walsync=debug`; default `walsync=info`).
+/// Set up logging (`RUST_LOG=walsync=debug`; default
+/// [`defaults::LOG_FILTER`]).
 pub fn init_logging() {
-    let env = env_logger::Env::default().default_filter_or("walsync=info");
+    let env = env_logger::Env::default().default_filter_or(defaults::LOG_FILTER);
     // ureq logs each request's full URL at debug level; for the heartbeat
     // that URL is a secret (its token), so ureq is capped at info whatever
     // RUST_LOG says (a later directive for the same module wins).
@@ -181,12 +150,17 @@ mod compact_cmd;
 mod list_cmd;
 mod restore_cmd;
 mod snapshot_cmd;
+mod storage_flags;
 mod sync_cmd;
+#[cfg(test)]
+mod tests;
 mod verify_cmd;
 
 pub use compact_cmd::*;
 pub use list_cmd::*;
 pub use restore_cmd::*;
 pub use snapshot_cmd::*;
+pub(crate) use storage_flags::storage_command;
+pub use storage_flags::StorageFlags;
 pub use sync_cmd::*;
 pub use verify_cmd::*;

@@ -2,65 +2,47 @@
 
 use super::*;
 
-/// Restore a database from its replica.
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "restore")]
-pub struct RestoreArgs {
-    /// database name in the bucket (its file name, e.g. app.db)
-    #[argh(positional)]
-    pub name: String,
+storage_command! {
+    /// Restore a database from its replica.
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "restore")]
+    pub struct RestoreArgs {
+        /// database name in the bucket (its file name, e.g. app.db)
+        #[argh(positional)]
+        pub name: String,
 
-    /// output path of the restored database
-    #[argh(option, short = 'o')]
-    pub output: String,
+        /// output path of the restored database
+        #[argh(option, short = 'o')]
+        pub output: String,
 
-    /// bucket name, `s3://bucket/prefix` or `file:///dir`
-    #[argh(option)]
-    pub bucket: String,
+        ..location_flags,
 
-    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)
-    #[argh(option)]
-    pub endpoint: Option<String>,
+        /// restore exactly this txid (decimal, or hex with 0x) instead of the newest
+        #[argh(option)]
+        pub txid: Option<String>,
 
-    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
+        /// restore the newest state at or before this RFC 3339 time
+        #[argh(option)]
+        pub timestamp: Option<String>,
 
-    /// use path-style addressing (needed by most self-hosted servers)
-    #[argh(switch)]
-    pub path_style: bool,
+        /// replace an existing output file
+        #[argh(switch)]
+        pub force: bool,
 
-    /// restore exactly this txid (decimal, or hex with 0x) instead of the newest
-    #[argh(option)]
-    pub txid: Option<String>,
+        /// do nothing (exit 0) when the output file already exists
+        #[argh(switch)]
+        pub if_db_not_exists: bool,
 
-    /// restore the newest state at or before this RFC 3339 time
-    #[argh(option)]
-    pub timestamp: Option<String>,
+        /// do nothing (exit 0) when the bucket holds no replica of the database
+        #[argh(switch)]
+        pub if_replica_exists: bool,
 
-    /// replace an existing output file
-    #[argh(switch)]
-    pub force: bool,
+        ..key_flags,
 
-    /// do nothing (exit 0) when the output file already exists
-    #[argh(switch)]
-    pub if_db_not_exists: bool,
-
-    /// do nothing (exit 0) when the bucket holds no replica of the database
-    #[argh(switch)]
-    pub if_replica_exists: bool,
-
-    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
-    #[argh(option)]
-    pub encryption_key_file: Option<String>,
-
-    /// file holding an older key that only decrypts (key rotation); repeatable
-    #[argh(option)]
-    pub decryption_key_file: Vec<String>,
-
-    /// parallel downloads (default 8)
-    #[argh(option, default = "crate::restore::DEFAULT_PARALLEL")]
-    pub parallel: usize,
+        /// parallel downloads (default 8)
+        #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
+        pub parallel: usize,
+    }
 }
 
 /// Run `walsync restore`.
@@ -92,14 +74,7 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
             out.display()
         )));
     }
-    let opts = s3_options(a.endpoint, a.region, a.path_style);
-    let (_, storage) = open_store(
-        &a.bucket,
-        &opts,
-        a.encryption_key_file.as_deref(),
-        &a.decryption_key_file,
-        false,
-    )?;
+    let storage = a.storage().open_data()?;
     // The newest state or a txid: a few listing pages per level; else (or
     // when that finds no chain) the full listing, which explains failures.
     // An object listed a moment ago can be gone when its header is read

@@ -6,128 +6,113 @@
 
 use super::*;
 
-/// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
-#[derive(FromArgs, Debug, Default)]
-#[argh(subcommand, name = "sync")]
-pub struct SyncArgs {
-    /// database paths or glob patterns, expanded by walsync itself (quote
-    /// them: '/data/*.db'); a pattern's directory keeps being watched so
-    /// databases created later are replicated too
-    #[argh(positional)]
-    pub databases: Vec<String>,
+storage_command! {
+    /// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
+    #[derive(FromArgs, Debug, Default)]
+    #[argh(subcommand, name = "sync")]
+    pub struct SyncArgs {
+        /// database paths or glob patterns, expanded by walsync itself (quote
+        /// them: '/data/*.db'); a pattern's directory keeps being watched so
+        /// databases created later are replicated too
+        #[argh(positional)]
+        pub databases: Vec<String>,
 
-    /// TOML file with databases, per-database overrides and any of these
-    /// settings (flags given here win); see scripts/walsync.example.toml
-    #[argh(option)]
-    pub config: Option<String>,
+        /// TOML file with databases, per-database overrides and any of these
+        /// settings (flags given here win); see scripts/walsync.example.toml
+        #[argh(option)]
+        pub config: Option<String>,
 
-    /// bucket name, `s3://bucket/prefix` or `file:///dir`
-    #[argh(option)]
-    pub bucket: Option<String>,
+        /// bucket name, `s3://bucket/prefix` or `file:///dir`
+        #[argh(option)]
+        pub bucket: Option<String>,
 
-    /// key prefix inside the bucket (same as `s3://bucket/prefix`)
-    #[argh(option)]
-    pub prefix: Option<String>,
+        /// key prefix inside the bucket (same as `s3://bucket/prefix`)
+        #[argh(option)]
+        pub prefix: Option<String>,
 
-    /// S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, else AWS)
-    #[argh(option)]
-    pub endpoint: Option<String>,
+        ..s3_flags(
+            "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, else AWS)",
+            "use path-style addressing (the default with a custom endpoint)"
+        ),
 
-    /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
-    #[argh(option)]
-    pub region: Option<String>,
+        /// number of uploader threads shared by all databases (default 4)
+        #[argh(option)]
+        pub uploaders: Option<usize>,
 
-    /// use path-style addressing (the default with a custom endpoint)
-    #[argh(switch)]
-    pub path_style: bool,
+        /// take a full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
+        #[argh(option)]
+        pub snapshot_interval: Option<String>,
 
-    /// number of uploader threads shared by all databases (default 4)
-    #[argh(option)]
-    pub uploaders: Option<usize>,
+        /// walsync runs a PASSIVE checkpoint after shipping once the WAL holds this many frames (default 1000)
+        #[argh(option)]
+        pub checkpoint_pages: Option<u64>,
 
-    /// take a full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
-    #[argh(option)]
-    pub snapshot_interval: Option<String>,
+        /// walsync runs a TRUNCATE checkpoint (a brief writer stall) once the WAL file is this many pages long (default 16384)
+        #[argh(option)]
+        pub truncate_pages: Option<u64>,
 
-    /// walsync runs a PASSIVE checkpoint after shipping once the WAL holds this many frames (default 1000)
-    #[argh(option)]
-    pub checkpoint_pages: Option<u64>,
+        /// while uploads are stuck, stop holding a database's WAL back once it is
+        /// this many MiB (its next txid is then a snapshot); 0 = never (default 1024)
+        #[argh(option)]
+        pub max_wal_mib: Option<u64>,
 
-    /// walsync runs a TRUNCATE checkpoint (a brief writer stall) once the WAL file is this many pages long (default 16384)
-    #[argh(option)]
-    pub truncate_pages: Option<u64>,
+        /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
+        #[argh(option)]
+        pub min_put_interval: Option<String>,
 
-    /// while uploads are stuck, stop holding a database's WAL back once it is
-    /// this many MiB (its next txid is then a snapshot); 0 = never (default 1024)
-    #[argh(option)]
-    pub max_wal_mib: Option<u64>,
+        /// memory for queued uploads in MiB, shared by all databases; beyond it the WAL is the buffer (default 64)
+        #[argh(option)]
+        pub memory_mib: Option<u64>,
 
-    /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
-    #[argh(option)]
-    pub min_put_interval: Option<String>,
+        /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
+        #[argh(option)]
+        pub shutdown_timeout: Option<String>,
 
-    /// memory for queued uploads in MiB, shared by all databases; beyond it the WAL is the buffer (default 64)
-    #[argh(option)]
-    pub memory_mib: Option<u64>,
+        /// serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9188 (default: off)
+        #[argh(option)]
+        pub metrics_addr: Option<String>,
 
-    /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
-    #[argh(option)]
-    pub shutdown_timeout: Option<String>,
+        /// GET this URL (healthchecks.io / Uptime Kuma push) while every database is caught up (default: off; treated as a secret)
+        #[argh(option)]
+        pub heartbeat_url: Option<String>,
 
-    /// serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9188 (default: off)
-    #[argh(option)]
-    pub metrics_addr: Option<String>,
+        /// at most one heartbeat per interval, e.g. 1m (default 5m)
+        #[argh(option)]
+        pub heartbeat_interval: Option<String>,
 
-    /// GET this URL (healthchecks.io / Uptime Kuma push) while every database is caught up (default: off; treated as a secret)
-    #[argh(option)]
-    pub heartbeat_url: Option<String>,
+        /// withhold the heartbeat while any database lags more than this, e.g. 1m (default 1m)
+        #[argh(option)]
+        pub heartbeat_max_lag: Option<String>,
 
-    /// at most one heartbeat per interval, e.g. 1m (default 5m)
-    #[argh(option)]
-    pub heartbeat_interval: Option<String>,
+        /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
+        #[argh(option)]
+        pub retention: Option<String>,
 
-    /// withhold the heartbeat while any database lags more than this, e.g. 1m (default 1m)
-    #[argh(option)]
-    pub heartbeat_max_lag: Option<String>,
+        /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
+        #[argh(option)]
+        pub retention_grace: Option<String>,
 
-    /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
-    #[argh(option)]
-    pub retention: Option<String>,
+        /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
+        #[argh(option)]
+        pub compaction: Option<String>,
 
-    /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
-    #[argh(option)]
-    pub retention_grace: Option<String>,
+        /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
+        #[argh(option)]
+        pub max_requests_per_sec: Option<u32>,
 
-    /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
-    #[argh(option)]
-    pub compaction: Option<String>,
+        ..key_flags,
 
-    /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
-    #[argh(option)]
-    pub max_requests_per_sec: Option<u32>,
+        /// lifetime of a database's writer lease in the bucket; another walsync may take a database over only after it expired (default 60s)
+        #[argh(option)]
+        pub lease_ttl: Option<String>,
 
-    /// file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README "Encryption"
-    #[argh(option)]
-    pub encryption_key_file: Option<String>,
-
-    /// file holding an older key that only decrypts (key rotation); repeatable
-    #[argh(option)]
-    pub decryption_key_file: Vec<String>,
-
-    /// lifetime of a database's writer lease in the bucket; another walsync may take a database over only after it expired (default 60s)
-    #[argh(option, default = "String::from(\"60s\")")]
-    pub lease_ttl: String,
-
-    /// no writer lease in the bucket: only when nothing else can ever replicate the same names to the same prefix
-    #[argh(switch)]
-    pub no_fencing: bool,
+        /// no writer lease in the bucket: only when nothing else can ever replicate the same names to the same prefix
+        #[argh(switch)]
+        pub no_fencing: bool,
+    }
 }
 
 impl SyncArgs {
-    pub(super) fn duration(flag: &str, value: &str) -> Result<Duration> {
-        crate::daemon::config::duration(&format!("--{flag}"), value)
-    }
-
     /// Fill every setting not given as a flag from the `--config` file, and
     /// add the file's databases. Returns the databases with their overrides.
     pub fn apply_config(&mut self) -> Result<Vec<DbSpec>> {
@@ -186,37 +171,42 @@ impl SyncArgs {
                 "no database given (e.g. walsync-sync '/data/*.db' --bucket NAME, or [[database]] in --config)".into(),
             ));
         }
-        let uploaders = self.uploaders.unwrap_or(4);
+        let uploaders = self.uploaders.unwrap_or(defaults::UPLOADERS);
         if uploaders == 0 || uploaders > 256 {
             return Err(Error::Config(format!(
                 "--uploaders {uploaders}: must be 1..=256"
             )));
         }
-        let checkpoint_pages = self.checkpoint_pages.unwrap_or(1000);
-        let truncate_pages = self.truncate_pages.unwrap_or(16384);
+        let checkpoint_pages = self.checkpoint_pages.unwrap_or(defaults::CHECKPOINT_PAGES);
+        let truncate_pages = self.truncate_pages.unwrap_or(defaults::TRUNCATE_PAGES);
         if checkpoint_pages == 0 || truncate_pages < checkpoint_pages {
             return Err(Error::Config(format!(
                 "--checkpoint-pages {checkpoint_pages} / --truncate-pages {truncate_pages}: need 0 < checkpoint-pages <= truncate-pages"
             )));
         }
-        let memory_mib = self.memory_mib.unwrap_or(64);
+        let memory_mib = self.memory_mib.unwrap_or(defaults::MEMORY_MIB);
         if memory_mib == 0 || memory_mib > 1 << 20 {
             return Err(Error::Config(format!(
                 "--memory-mib {memory_mib}: must be 1..=1048576"
             )));
         }
-        let snapshot = Self::duration(
+        let snapshot = duration_or(
             "snapshot-interval",
-            self.snapshot_interval.as_deref().unwrap_or("24h"),
+            &self.snapshot_interval,
+            defaults::SNAPSHOT_INTERVAL,
         )?;
         let mut db = DbConfig::new("");
         db.snapshot_interval = (!snapshot.is_zero()).then_some(snapshot);
         db.checkpoint_pages = checkpoint_pages;
         db.truncate_pages = truncate_pages;
-        db.max_wal_bytes = self.max_wal_mib.unwrap_or(1024).saturating_mul(1 << 20);
-        db.min_put_interval = Self::duration(
+        db.max_wal_bytes = self
+            .max_wal_mib
+            .unwrap_or(defaults::MAX_WAL_MIB)
+            .saturating_mul(1 << 20);
+        db.min_put_interval = duration_or(
             "min-put-interval",
-            self.min_put_interval.as_deref().unwrap_or("0s"),
+            &self.min_put_interval,
+            defaults::MIN_PUT_INTERVAL,
         )?;
         let metrics_addr = match &self.metrics_addr {
             None => None,
@@ -231,26 +221,33 @@ impl SyncArgs {
             Some(url) => {
                 let hb = crate::daemon::heartbeat::Config {
                     url: url.clone(),
-                    interval: Self::duration(
+                    interval: duration_or(
                         "heartbeat-interval",
-                        self.heartbeat_interval.as_deref().unwrap_or("5m"),
+                        &self.heartbeat_interval,
+                        defaults::HEARTBEAT_INTERVAL,
                     )?,
-                    max_lag: Self::duration(
+                    max_lag: duration_or(
                         "heartbeat-max-lag",
-                        self.heartbeat_max_lag.as_deref().unwrap_or("1m"),
+                        &self.heartbeat_max_lag,
+                        defaults::HEARTBEAT_MAX_LAG,
                     )?,
                 };
                 hb.validate()?;
                 Some(hb)
             }
         };
-        let retention = Self::duration("retention", self.retention.as_deref().unwrap_or("24h"))?;
+        let retention = duration_or("retention", &self.retention, defaults::RETENTION)?;
         db.retention = (!retention.is_zero()).then_some(retention);
+        let intervals = match &self.compaction {
+            Some(v) => parse_compaction(v)?,
+            None => defaults::COMPACTION_INTERVALS.map(Some),
+        };
         let compaction = crate::compact::Policy {
-            intervals: parse_compaction(self.compaction.as_deref().unwrap_or("30s,5m,1h"))?,
-            grace: Self::duration(
+            intervals,
+            grace: duration_or(
                 "retention-grace",
-                self.retention_grace.as_deref().unwrap_or("5m"),
+                &self.retention_grace,
+                defaults::RETENTION_GRACE,
             )?,
             tmp_dir: std::env::temp_dir(),
             recent: None,
@@ -265,17 +262,33 @@ impl SyncArgs {
             db,
             uploaders,
             memory_budget: memory_mib << 20,
-            shutdown_timeout: Self::duration(
+            shutdown_timeout: duration_or(
                 "shutdown-timeout",
-                self.shutdown_timeout.as_deref().unwrap_or("30s"),
+                &self.shutdown_timeout,
+                defaults::SHUTDOWN_TIMEOUT,
             )?,
             metrics_addr,
             heartbeat,
             compaction,
-            max_requests_per_sec: self.max_requests_per_sec.unwrap_or(0),
+            max_requests_per_sec: self
+                .max_requests_per_sec
+                .unwrap_or(defaults::MAX_REQUESTS_PER_SEC),
             fencer: None,
             lease_store: None,
         })
+    }
+
+    /// The storage flags; the bucket (from a flag or the config file) with
+    /// `--prefix` appended is the spec.
+    pub fn storage(&self) -> Result<StorageFlags> {
+        Ok(StorageFlags::new(
+            self.storage_spec()?,
+            self.endpoint.clone(),
+            self.region.clone(),
+            self.path_style,
+            self.encryption_key_file.clone(),
+            self.decryption_key_file.clone(),
+        ))
     }
 }
 
@@ -313,22 +326,16 @@ pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
 pub fn run_sync(mut args: SyncArgs) -> Result<()> {
     let specs = args.apply_config()?;
     let mut opts = args.options(specs)?;
-    let ttl = SyncArgs::duration("lease-ttl", &args.lease_ttl)?;
+    let ttl = duration_or("lease-ttl", &args.lease_ttl, defaults::LEASE_TTL)?;
     if ttl < Duration::from_secs(1) {
         return Err(Error::Config(format!(
             "--lease-ttl {}: must be at least 1s",
-            args.lease_ttl
+            args.lease_ttl.as_deref().unwrap_or_default()
         )));
     }
     let bucket = args.bucket()?.to_string();
-    let s3 = s3_options(args.endpoint.clone(), args.region.clone(), args.path_style);
-    let (raw, default) = open_store(
-        &args.storage_spec()?,
-        &s3,
-        args.encryption_key_file.as_deref(),
-        &args.decryption_key_file,
-        true,
-    )?;
+    let flags = args.storage()?;
+    let (raw, default) = flags.open(true)?;
     // Databases with a prefix or a key of their own get a storage of their
     // own, routed by name; one uploader pool serves them all.
     let mut own: Vec<Option<daemon::OwnStorage>> = Vec::with_capacity(opts.databases.len());
@@ -340,18 +347,15 @@ pub fn run_sync(mut args: SyncArgs) -> Result<()> {
         own.push(match (&spec.prefix, key_file) {
             (None, None) => None,
             (prefix, key_file) => {
-                let spec_url = match prefix {
-                    Some(p) => bucket_with_prefix(&bucket, p),
-                    None => args.storage_spec()?,
+                let flags = StorageFlags {
+                    spec: match prefix {
+                        Some(p) => bucket_with_prefix(&bucket, p),
+                        None => flags.spec.clone(),
+                    },
+                    key_file: key_file.or_else(|| flags.key_file.clone()),
+                    ..flags.clone()
                 };
-                let key_file = key_file.or_else(|| args.encryption_key_file.clone());
-                let (raw, data) = open_store(
-                    &spec_url,
-                    &s3,
-                    key_file.as_deref(),
-                    &args.decryption_key_file,
-                    true,
-                )?;
+                let (raw, data) = flags.open(true)?;
                 Some(daemon::OwnStorage { data, raw })
             }
         });

@@ -26,8 +26,8 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            intervals: DEFAULT_INTERVALS.map(Some),
-            grace: DEFAULT_GRACE,
+            intervals: defaults::COMPACTION_INTERVALS.map(Some),
+            grace: defaults::RETENTION_GRACE,
             tmp_dir: std::env::temp_dir(),
             recent: None,
             presence_check: PRESENCE_CHECK,
@@ -183,7 +183,7 @@ impl DbState {
             due,
             retention_seen: None,
             // Not in the first seconds: start-up has enough to do.
-            retention_due: now + policy.intervals[0].unwrap_or(DEFAULT_INTERVALS[0]),
+            retention_due: now + policy.intervals[0].unwrap_or(defaults::COMPACTION_INTERVALS[0]),
             retention_next: None,
             marks: HashMap::new(),
             failures: 0,

@@ -65,6 +65,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::capture::DbStats;
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Decoder, Header, SNAPSHOT_LEVEL};
 use crate::replica::recent::Recent;
@@ -74,16 +75,6 @@ use crate::upload::segment::Body;
 use crate::upload::segment::{self, Encoded, MEMORY_LIMIT};
 
 use crate::ltx::MAX_LEVEL;
-
-/// Default intervals of levels 1, 2 and 3.
-pub const DEFAULT_INTERVALS: [Duration; 3] = [
-    Duration::from_secs(30),
-    Duration::from_secs(5 * 60),
-    Duration::from_secs(60 * 60),
-];
-
-/// Default time an object stays deletable before it is deleted.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);
 
 /// At most this many objects go into one merged object (a long backlog is
 /// merged in several objects, one after the other).

@@ -5,7 +5,9 @@
 //! different prefixes or snapshot intervals cannot say so in one
 //! `ExecStart=` line. The file mirrors the flags (same names, kebab-case)
 //! so there is one vocabulary; a flag given on the command line wins over
-//! the file. Unknown keys are an error naming the key and its line, because
+//! the file, and a setting neither gives takes its default from
+//! [`crate::defaults`], the table the flags' help texts are checked against.
+//! Unknown keys are an error naming the key and its line, because
 //! a misspelt `snapshot-intervall` silently ignored is a backup policy
 //! silently not applied. Credentials are *not* accepted here (they come
 //! from the environment, see the README), so the file can be world-readable.

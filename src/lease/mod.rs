@@ -61,8 +61,6 @@ use crate::ltx;
 use crate::storage::{Metadata, ObjectInfo, Precondition, Storage};
 use crate::util::{now_ms, random_u64};
 
-/// Default lease lifetime.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 use crate::ltx::LEASE_SUFFIX;
 /// Metadata naming the writer of an object (tells our own retried
 /// conditional PUT from another writer's object).

@@ -1,6 +1,7 @@
 //! Unit tests of leases, fencing and the conditional-write probe.
 
 use super::*;
+use crate::defaults::LEASE_TTL;
 use crate::storage::FileStorage;
 
 fn store() -> (tempfile::TempDir, Arc<dyn Storage>) {
@@ -67,7 +68,7 @@ fn a_restart_holding_the_same_local_lock_takes_over_at_once() {
 #[test]
 fn conditional_segment_puts_refuse_a_second_writer() {
     let (_d, s) = store();
-    let fa = Arc::new(Fencer::new(s.clone(), Mode::Conditional, DEFAULT_TTL));
+    let fa = Arc::new(Fencer::new(s.clone(), Mode::Conditional, LEASE_TTL));
     let a = FencedStorage::new(s.clone(), fa.clone());
     fa.acquire("x.db", None).unwrap();
     let key = "x.db/0000/0000000000000001-0000000000000001.ltx";
@@ -75,7 +76,7 @@ fn conditional_segment_puts_refuse_a_second_writer() {
     // Our own retry of the same PUT is fine.
     a.put(key, b"one", &Metadata::new()).unwrap();
     // A writer that bypassed the lease (same key, other holder) is refused.
-    let fb = Arc::new(Fencer::new(s.clone(), Mode::Conditional, DEFAULT_TTL));
+    let fb = Arc::new(Fencer::new(s.clone(), Mode::Conditional, LEASE_TTL));
     fb.held.lock().unwrap().insert(
         "x.db".into(),
         Arc::new(Mutex::new(Held {

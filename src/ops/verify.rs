@@ -21,7 +21,7 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             restore: false,
-            parallel: restore::DEFAULT_PARALLEL,
+            parallel: crate::defaults::RESTORE_PARALLEL,
         }
     }
 }

@@ -66,8 +66,6 @@ use crate::replica::{
 };
 use crate::storage::{RetryReads, Storage};
 
-/// Default number of download threads.
-pub const DEFAULT_PARALLEL: usize = 8;
 /// Default byte budget for objects fetched ahead of the one being applied.
 pub const DEFAULT_WINDOW_BYTES: u64 = 256 << 20;
 /// Times a restore plans again after a planned object disappeared.
@@ -125,7 +123,7 @@ pub struct RestoreOptions {
 impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions {
-            parallel: DEFAULT_PARALLEL,
+            parallel: crate::defaults::RESTORE_PARALLEL,
             force: false,
             progress: false,
             window_bytes: DEFAULT_WINDOW_BYTES,

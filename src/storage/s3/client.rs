@@ -33,7 +33,7 @@ impl S3Storage {
         let region_name = config
             .region
             .clone()
-            .unwrap_or_else(|| DEFAULT_REGION.to_string());
+            .unwrap_or_else(|| crate::defaults::S3_REGION.to_string());
         let region = match &config.endpoint {
             Some(endpoint) => Region::Custom {
                 region: region_name,

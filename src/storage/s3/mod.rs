@@ -30,8 +30,6 @@ use crate::error::{Error, Result, StorageErrorKind};
 /// Longest time one S3 request may take (see [`S3Storage::new`]).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Region used when neither a flag nor the environment names one.
-const DEFAULT_REGION: &str = "us-east-1";
 /// Keys per ListObjectsV2 page and per DeleteObjects request (the S3 maximum).
 const BATCH: usize = 1000;
 
@@ -80,7 +78,7 @@ pub struct S3Config {
     pub prefix: String,
     /// Custom endpoint URL; `None` means AWS S3 for `region`.
     pub endpoint: Option<String>,
-    /// Signing region; `None` means `us-east-1`.
+    /// Signing region; `None` means [`crate::defaults::S3_REGION`].
     pub region: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), needed by Garage and MinIO.
     pub path_style: bool,
