@@ -19,7 +19,7 @@ help:
 	@echo "               (make test ARGS='--test storage' passes arguments to cargo test)"
 	@echo "make install   binaries to $(PREFIX)/bin, systemd unit to /etc/systemd/system, examples /etc/walsync/{walsync.toml,env}"
 	@echo "make demo      local S3 server + 3 databases under write load + walsync-sync + restore, compared"
-	@echo "make lint      cargo fmt --check and cargo clippy --all-targets -D warnings"
+	@echo "make lint      cargo fmt --check, cargo clippy --all-targets -D warnings, and a type check of the fuzz targets"
 	@echo "make fmt       format the code"
 	@echo "make bench     divan benchmarks (cargo bench --bench core)"
 	@echo "make bench-compare    walsync vs Litestream 0.5.17: RSS, CPU, requests at 1/10/100 DBs (~4 min)"
@@ -59,9 +59,13 @@ install: build
 demo: build
 	scripts/demo.sh
 
+# The fuzz targets (their own crate, tests/fuzz) are type-checked against the
+# library too, without the libFuzzer runtime, in walsync's target directory.
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path tests/fuzz/Cargo.toml --check
+	CARGO_TARGET_DIR="$(CURDIR)/target" $(CARGO) check --manifest-path tests/fuzz/Cargo.toml --no-default-features --bins
 
 fmt:
 	$(CARGO) fmt --all
