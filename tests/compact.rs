@@ -416,17 +416,28 @@ struct Meddler {
     on_victim: std::sync::Mutex<Option<Meddle>>,
 }
 
-impl Storage for Meddler {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
-        self.inner.put(key, body, meta)
-    }
-    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, walsync::storage::ObjectInfo)> {
+impl Meddler {
+    fn meddle(&self, key: &str) {
         if key == self.victim {
             if let Some(f) = self.on_victim.lock().unwrap().take() {
                 f(&*self.inner);
             }
         }
+    }
+}
+
+/// Every method written out (none left to the trait's defaults).
+impl Storage for Meddler {
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
+        self.inner.put(key, body, meta)
+    }
+    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, walsync::storage::ObjectInfo)> {
+        self.meddle(key);
         self.inner.get_with_info(key)
+    }
+    fn get(&self, key: &str) -> walsync::Result<Vec<u8>> {
+        self.meddle(key);
+        self.inner.get(key)
     }
     fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> walsync::Result<Vec<u8>> {
         self.inner.get_range(key, start, len)
