@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
-use common::process::{Cmd, Proc};
+use common::process::{wait_for, Cmd, Proc};
 use common::proxy::{s3_upstream, Proxy};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
@@ -198,20 +198,6 @@ fn remove_db(db: &Path) {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
-    }
-}
-
-/// Poll `cond` every 100 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if t0.elapsed() > timeout {
-            return false;
-        }
-        sleep_ms(100);
     }
 }
 
