@@ -112,17 +112,17 @@ pub fn start_s3proxy(args: &[&str]) -> (Proc, String) {
         .args(args)
         .stdout_to(dir.join(format!("{name}.out")))
         .spawn(&dir.join(format!("{name}.log")));
-    let mut line = String::new();
+    let mut line = None;
     let up = super::process::wait_for(Duration::from_secs(30), || {
         proc.assert_running();
-        match proc.stdout_text().split_once('\n') {
-            Some((first, _)) => line = first.to_string(),
-            None => return false,
-        }
-        true
+        line = proc
+            .stdout_text()
+            .split_once('\n')
+            .map(|(l, _)| l.to_string());
+        line.is_some()
     });
     assert!(up, "s3proxy.py printed no port within 30 s");
-    (proc, line)
+    (proc, line.unwrap_or_default())
 }
 
 /// The `"name": {"k": n, ...}` member of a JSON text whose values are
