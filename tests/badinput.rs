@@ -24,14 +24,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, Replica, Writer};
+use common::process::{text, Cmd, Proc};
 use walsync::storage::{S3Config, S3Storage, Storage};
 
 const SYNC: &str = env!("CARGO_BIN_EXE_walsync-sync");
@@ -108,54 +108,42 @@ fn run(bin: &str, args: &[String], as_nobody: bool) -> Outcome {
     run_env(bin, args, as_nobody, &[])
 }
 
+/// `setpriv` arguments that run the rest of a command line as `nobody`.
+const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid=nobody",
+    "--regid=nogroup",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--",
+];
+
+/// `bin`, run as `nobody` (through `setpriv`) when `as_nobody`.
+fn command(bin: &str, as_nobody: bool) -> Cmd {
+    let mut cmd = Cmd::new(bin);
+    if as_nobody {
+        cmd.wrap(&AS_NOBODY);
+    }
+    cmd
+}
+
 /// `run` with extra environment variables.
 fn run_env(bin: &str, args: &[String], as_nobody: bool, envs: &[(&str, &str)]) -> Outcome {
-    let mut cmd = if as_nobody {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--",
-            bin,
-        ]);
-        c
-    } else {
-        Command::new(bin)
-    };
-    cmd.args(args)
+    let o = command(bin, as_nobody)
+        .args(args)
         .env_remove("RUST_LOG")
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after 30 s: {bin} {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = reader.join().unwrap();
-    let lines = text
+        .envs(envs)
+        .timeout(Duration::from_secs(30))
+        .output();
+    let lines = String::from_utf8_lossy(&o.stderr)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect();
-    Outcome { status, lines }
+    Outcome {
+        status: o.status,
+        lines,
+    }
 }
 
 /// An env_logger record: `[2026-11-26T20:38:41Z WARN  walsync::…] …`.
@@ -219,75 +207,30 @@ fn restored_dump(place: &Place, db: &str, txid: u64, dir: &Path) -> Vec<String> 
     oracle::source_dump(&out)
 }
 
-/// A running walsync-sync with its log in a file.
+/// A running walsync-sync with its log in a file; killed when dropped, its
+/// log's tail printed if the row fails.
 struct Daemon {
-    child: Child,
-    log: PathBuf,
+    proc: Proc,
 }
 
 impl Daemon {
     fn start(place: &Place, dbs: &[&Path], log: PathBuf, as_nobody: bool) -> Daemon {
-        let mut args: Vec<String> = dbs.iter().map(|p| p.display().to_string()).collect();
-        args.extend([
-            "--bucket".to_string(),
-            place.spec(),
-            "--shutdown-timeout".into(),
-            "10s".into(),
-        ]);
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = if as_nobody {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--",
-                SYNC,
-            ]);
-            c
-        } else {
-            Command::new(SYNC)
-        };
-        let child = cmd
-            .args(&args)
+        let proc = command(SYNC, as_nobody)
+            .args(dbs)
+            .args(["--bucket", &place.spec(), "--shutdown-timeout", "10s"])
             .env("RUST_LOG", "walsync=info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn walsync-sync");
-        Daemon { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+            .spawn(&log);
+        Daemon { proc }
     }
 
     fn assert_running(&mut self) {
-        if let Some(s) = self.child.try_wait().unwrap() {
-            panic!("walsync-sync exited ({s}); log:\n{}", self.log_text());
-        }
+        self.proc.assert_running();
     }
 
     /// SIGTERM and wait (bounded); the exit must be clean.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                assert!(s.success(), "walsync-sync exited {s} after SIGTERM");
-                return;
-            }
-            if t0.elapsed() > Duration::from_secs(20) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("walsync-sync did not stop within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let s = self.proc.sigterm(Duration::from_secs(20));
+        assert!(s.success(), "walsync-sync exited {s} after SIGTERM");
     }
 
     /// A WARN/ERROR log line naming `needle`, waiting up to `timeout`.
@@ -300,41 +243,20 @@ impl Daemon {
 
     /// The first log line matching `pred`, waiting up to `timeout`.
     fn wait_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
-        let t0 = Instant::now();
-        loop {
-            let text = self.log_text();
-            if let Some(l) = text.lines().find(|l| pred(l)) {
-                return l.to_string();
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "no matching log line within {timeout:?}; log:\n{text}"
-            );
-            self.assert_running();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.proc.wait_line(timeout, pred)
     }
 }
 
 /// True when the rows that drop privileges can run here: root with setpriv.
 fn can_drop_privileges() -> bool {
-    let root = Command::new("id")
+    let root = Cmd::new("id")
         .arg("-u")
-        .output()
+        .try_output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    let setpriv = Command::new("setpriv")
+    let setpriv = Cmd::new("setpriv")
         .arg("--version")
-        .output()
+        .try_output()
         .is_ok_and(|o| o.status.success());
     root && setpriv
 }
@@ -355,10 +277,10 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 fn chown_nobody(path: &Path) {
-    let s = Command::new("chown")
+    let s = Cmd::new("chown")
         .args(["nobody:nogroup", &path.display().to_string()])
-        .status()
-        .unwrap();
+        .output()
+        .status;
     assert!(s.success(), "chown {}", path.display());
 }
 
@@ -619,11 +541,10 @@ for _ in range(int(sys.argv[2])):
     c.execute("COMMIT")
 os._exit(0)
 "#;
-    let s = Command::new("python3")
+    let o = Cmd::new("python3")
         .args(["-c", script, &db.display().to_string(), &txs.to_string()])
-        .status()
-        .expect("python3");
-    assert!(s.success(), "python3 writer failed: {s}");
+        .output();
+    assert!(o.status.success(), "python3 writer failed: {}", text(&o));
     assert!(wal_of(db).exists(), "the crashed writer left no WAL");
 }
 
@@ -1081,7 +1002,7 @@ fn bad_input_table() {
                 let work = tempfile::tempdir().unwrap();
                 let mnt = work.path().join("small");
                 std::fs::create_dir(&mnt).unwrap();
-                let m = Command::new("mount")
+                let m = Cmd::new("mount")
                     .args([
                         "-t",
                         "tmpfs",
@@ -1090,8 +1011,8 @@ fn bad_input_table() {
                         "tmpfs",
                         &mnt.display().to_string(),
                     ])
-                    .status()
-                    .unwrap();
+                    .output()
+                    .status;
                 if !m.success() {
                     skip("disk full", "mount -t tmpfs failed");
                     return "skipped".into();
@@ -1099,7 +1020,7 @@ fn bad_input_table() {
                 struct Unmount(PathBuf);
                 impl Drop for Unmount {
                     fn drop(&mut self) {
-                        let _ = Command::new("umount").arg(&self.0).status();
+                        let _ = Cmd::new("umount").arg(&self.0).try_output();
                     }
                 }
                 let _guard = Unmount(mnt.clone());

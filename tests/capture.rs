@@ -16,12 +16,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::daemon::{metric, scrape, Proc};
+use common::daemon::{metric, scrape};
 use common::oracle::{self, Replica, Writer};
+use common::process::{Cmd, Proc};
 use walsync::ltx::SNAPSHOT_LEVEL;
 use walsync::storage::{FileStorage, Storage};
 
@@ -62,7 +62,7 @@ impl World {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(["--bucket".to_string(), self.bucket()]);
         all.extend(["--shutdown-timeout".to_string(), "10s".to_string()]);
-        let log = common::daemon::log_path(self.test);
+        let log = common::process::log_path(self.test);
         Proc::start(BIN, &all, envs, &log)
     }
 
@@ -142,12 +142,10 @@ int fdatasync(int fd) {
 /// python3, unless external tools are required.
 fn build_shim(dir: &Path) -> Option<PathBuf> {
     let have = |tool: &str| {
-        Command::new(tool)
+        Cmd::new(tool)
             .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .try_output()
+            .is_ok_and(|o| o.status.success())
     };
     for tool in ["gcc", "python3"] {
         if !have(tool) {
@@ -162,13 +160,12 @@ fn build_shim(dir: &Path) -> Option<PathBuf> {
     let src = dir.join("fsync_delay.c");
     let lib = dir.join("fsync_delay.so");
     std::fs::write(&src, FSYNC_SHIM).unwrap();
-    let out = Command::new("gcc")
+    let out = Cmd::new("gcc")
         .args(["-shared", "-fPIC", "-O2", "-o"])
         .arg(&lib)
         .arg(&src)
         .arg("-ldl")
-        .output()
-        .unwrap();
+        .output();
     assert!(
         out.status.success(),
         "gcc failed: {}",
@@ -237,16 +234,14 @@ fn late_publication(test: &'static str, truncate_first: bool) {
          t1 = time.time()\n\
          print(t0, t1, flush=True)\n\
          time.sleep(3)\n";
-    let py = Command::new("python3")
+    let mut py = Cmd::new("python3")
         .arg("-c")
         .arg(script)
         .arg(&db)
         .env("LD_PRELOAD", &shim)
         .env("WALSYNC_FSYNC_DELAY_MS", DELAY_MS.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout_to(w.path("writer.out"))
+        .spawn(&w.path("writer.log"));
     let t_start = unix_now();
     // Watch storage and the lag gauge until the commit is stored.
     let mut stored_at = None;
@@ -268,13 +263,9 @@ fn late_publication(test: &'static str, truncate_first: bool) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "python writer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let status = py.wait(Duration::from_secs(30));
+    assert!(status.success(), "python writer failed: {}", py.log_text());
+    let text = py.stdout_text();
     let mut times = text.split_whitespace().map(|t| t.parse::<f64>().unwrap());
     let (t0, t1) = (times.next().unwrap(), times.next().unwrap());
     assert!(
@@ -631,13 +622,16 @@ fn snapshot_of_a_file_longer_than_its_database_is_exact() {
     oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     stop(d);
     let out = w.path("restored.db");
-    let st = Command::new(WALSYNC)
+    let o = Cmd::new(WALSYNC)
         .args(["restore", "chunky.db", "-o"])
         .arg(&out)
         .args(["--bucket", &w.bucket()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "restore failed");
+        .output();
+    assert!(
+        o.status.success(),
+        "restore failed: {}",
+        common::process::text(&o)
+    );
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
         (pages * page_size) as u64,

@@ -21,14 +21,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::oracle::{self, app_state, Writer};
+use common::process::{Cmd, Proc, Signal};
 use walsync::compact;
 use walsync::ltx::{self, Header, SNAPSHOT_LEVEL};
 use walsync::replica::ReplicaObject;
@@ -417,17 +416,28 @@ struct Meddler {
     on_victim: std::sync::Mutex<Option<Meddle>>,
 }
 
-impl Storage for Meddler {
-    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
-        self.inner.put(key, body, meta)
-    }
-    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, walsync::storage::ObjectInfo)> {
+impl Meddler {
+    fn meddle(&self, key: &str) {
         if key == self.victim {
             if let Some(f) = self.on_victim.lock().unwrap().take() {
                 f(&*self.inner);
             }
         }
+    }
+}
+
+/// Every method written out (none left to the trait's defaults).
+impl Storage for Meddler {
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
+        self.inner.put(key, body, meta)
+    }
+    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, walsync::storage::ObjectInfo)> {
+        self.meddle(key);
         self.inner.get_with_info(key)
+    }
+    fn get(&self, key: &str) -> walsync::Result<Vec<u8>> {
+        self.meddle(key);
+        self.inner.get(key)
     }
     fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> walsync::Result<Vec<u8>> {
         self.inner.get_range(key, start, len)
@@ -544,44 +554,27 @@ fn restore_replans_when_an_object_disappears() {
 // The daemon (Garage)
 // ---------------------------------------------------------------------------
 
-fn spawn_daemon(args: &[&str], dbs: &[PathBuf], log: &Path, env: &[(&str, String)]) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    let mut c = Command::new(SYNC_BIN);
-    c.args(dbs).args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.env("RUST_LOG", "walsync=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap()
+fn spawn_daemon(args: &[&str], dbs: &[PathBuf], log: &Path, env: &[(&str, String)]) -> Proc {
+    Cmd::new(SYNC_BIN)
+        .args(dbs)
+        .args(args)
+        .envs(env)
+        .env("RUST_LOG", "walsync=debug")
+        .spawn(log)
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("daemon did not stop within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// SIGTERM, and the exit status within 60 s.
+fn stop(mut daemon: Proc) -> std::process::ExitStatus {
+    daemon.signal(Signal::TERM);
+    daemon.wait(Duration::from_secs(60))
 }
 
 fn restore_cli(bucket: &str, name: &str, out: &Path, args: &[&str]) -> Result<(i64, i64), String> {
-    let o = Command::new(WALSYNC_BIN)
+    let o = Cmd::new(WALSYNC_BIN)
         .args(["restore", name, "--bucket", bucket, "--force", "-o"])
         .arg(out)
         .args(args)
-        .output()
+        .try_output()
         .map_err(|e| e.to_string())?;
     if !o.status.success() {
         return Err(format!(
@@ -813,25 +806,10 @@ fn idle_daemon_makes_no_requests() {
     let Some(config) = common::s3_config_or_skip(name) else {
         return;
     };
-    let Some(endpoint) = std::env::var("AWS_ENDPOINT_URL_S3").ok() else {
-        panic!("AWS_ENDPOINT_URL_S3 not set");
-    };
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("proxy");
     std::fs::create_dir(&spool).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut proxy = Command::new("python3")
-        .arg(root.join("scripts/s3proxy.py"))
-        .args(["--upstream", &endpoint, "--spool"])
-        .arg(&spool)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 scripts/s3proxy.py");
-    let mut line = String::new();
-    BufReader::new(proxy.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (proxy, line) = common::faultproxy::start_s3proxy(&["--spool", spool.to_str().unwrap()]);
     let port: u16 = line
         .split_whitespace()
         .nth(1)
@@ -883,8 +861,7 @@ fn idle_daemon_makes_no_requests() {
     let after = count();
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     let status = stop(daemon);
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    drop(proxy);
     assert!(status.success(), "{log}");
     let extra: Vec<String> = std::fs::read_to_string(spool.join("requests.jsonl"))
         .unwrap_or_default()

@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::daemon::{commit, create_db, log_path, wait_for, Proc};
+use common::daemon::{commit, create_db};
+use common::process::{log_path, wait_for, Cmd, Proc};
 use walsync::storage::{S3Config, S3Options, S3Storage, Storage};
 
 const SYNC: &str = env!("CARGO_BIN_EXE_walsync-sync");
@@ -26,10 +26,9 @@ fn unknown_key_names_key_and_line() {
         "bucket = \"file:///tmp/x\"\n\n[[database]]\npath = \"/data/a.db\"\nsnapshot-intervall = \"1h\"\n",
     )
     .unwrap();
-    let out = Command::new(WALSYNC)
+    let out = Cmd::new(WALSYNC)
         .args(["sync", "--config", &cfg.display().to_string()])
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
@@ -41,10 +40,9 @@ fn unknown_key_names_key_and_line() {
 
     // A misspelt global key too, and a missing file names the file.
     std::fs::write(&cfg, "bucket = \"b\"\nuploader = 3\n").unwrap();
-    let out = Command::new(SYNC)
+    let out = Cmd::new(SYNC)
         .args(["--config", &cfg.display().to_string()])
-        .output()
-        .unwrap();
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.starts_with(&format!(
@@ -53,10 +51,9 @@ fn unknown_key_names_key_and_line() {
         )),
         "{stderr}"
     );
-    let out = Command::new(SYNC)
+    let out = Cmd::new(SYNC)
         .args(["--config", "/nonexistent/walsync.toml"])
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("walsync: error: /nonexistent/walsync.toml: "));
@@ -80,10 +77,7 @@ fn flags_override_the_file() {
     .unwrap();
     let cfg = cfg.display().to_string();
     // The file's value alone is refused, naming the setting...
-    let out = Command::new(SYNC)
-        .args(["--config", &cfg])
-        .output()
-        .unwrap();
+    let out = Cmd::new(SYNC).args(["--config", &cfg]).output();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -193,7 +187,7 @@ retention = "7d"
         ("app-2.db", &prefix_a, &app2),
     ] {
         let out_path = dir.path().join(format!("restored-{name}"));
-        let out = Command::new(WALSYNC)
+        let out = Cmd::new(WALSYNC)
             .args([
                 "restore",
                 name,
@@ -202,8 +196,7 @@ retention = "7d"
                 "--bucket",
                 &format!("s3://{bucket}/{prefix}"),
             ])
-            .output()
-            .unwrap();
+            .output();
         assert!(
             out.status.success(),
             "restore {name}: {}",
@@ -231,10 +224,9 @@ fn a_name_override_that_collides_is_refused() {
         ),
     )
     .unwrap();
-    let out = Command::new(SYNC)
+    let out = Cmd::new(SYNC)
         .args(["--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -313,12 +305,12 @@ fn per_database_encryption_key() {
     // Restores: the keyed one only with its key.
     let bucket = format!("file://{}", store.display());
     let restore = |db: &str, out: &Path, key: Option<&Path>| {
-        let mut c = Command::new(WALSYNC);
+        let mut c = Cmd::new(WALSYNC);
         c.args(["restore", db, "--bucket", &bucket, "-o"]).arg(out);
         if let Some(k) = key {
             c.arg("--encryption-key-file").arg(k);
         }
-        c.output().unwrap()
+        c.output()
     };
     let out = dir.path().join("s.restored");
     let o = restore("secret.db", &out, None);

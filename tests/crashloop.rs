@@ -31,9 +31,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::RestoreFrom;
 use common::faultproxy::FaultProxy;
-use common::killable::{Daemon, RestoreFrom};
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::process::{log_in, Cmd};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
 
@@ -181,8 +182,9 @@ fn crash_loop() {
         .iter()
         .map(|s| s.to_string()),
     );
-    let mut daemon = Daemon::new(SYNC, "crash-logs", name, args);
-    daemon.spawn();
+    let mut cmd = Cmd::new(SYNC);
+    cmd.args(&args).env("RUST_LOG", "walsync=debug");
+    let mut daemon = cmd.spawn(&log_in("crash-logs", name));
     let replicas: Vec<Replica> = dbs
         .iter()
         .map(|d| Replica::new(storage.clone(), &d.name).allow_compaction())
@@ -254,7 +256,7 @@ fn crash_loop() {
         // while S3 was unreachable (it exits 1 in one line then, and a
         // service manager restarts it); anything else fails the test.
         if daemon.running() {
-            if let Some(code) = daemon.exited() {
+            if let Some(code) = daemon.exited().map(|s| s.code()) {
                 let tail = daemon.log_tail(1);
                 assert!(
                     code == Some(1) && tail.contains("temporary failure"),

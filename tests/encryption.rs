@@ -13,11 +13,12 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::oracle::{self, app_state, Writer};
+use common::process::{text, Cmd};
 use walsync::storage::crypt::{Key, Keyring, CHUNK, HEADER_LEN};
 use walsync::storage::{CryptStorage, Metadata, S3Config, S3Storage, Storage};
 
@@ -25,20 +26,10 @@ const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
 fn walsync(args: &[&str]) -> Output {
-    Command::new(WALSYNC_BIN)
+    Cmd::new(WALSYNC_BIN)
         .args(args)
         .env_remove("WALSYNC_ENCRYPTION_KEY")
         .output()
-        .expect("run walsync")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}stderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The one error line of a failed command.
@@ -71,16 +62,6 @@ fn crypt(raw: &Arc<dyn Storage>, current: [u8; 32], old: &[[u8; 32]]) -> Arc<dyn
     Arc::new(CryptStorage::new(raw.clone(), keys))
 }
 
-/// Kills the child when dropped (a failed assertion must not leave it).
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Run the daemon on `db` until `w`'s commits are replicated, then SIGTERM.
 /// Commits made while it runs ship as level-0 segments.
 fn replicate(
@@ -91,44 +72,24 @@ fn replicate(
     replica: &mut oracle::Replica,
 ) {
     let db = w.path.clone();
-    let log_file = std::fs::File::create(log).unwrap();
-    let mut args = vec![db.to_str().unwrap(), "--bucket", bucket];
-    args.extend_from_slice(extra);
-    let mut child = Kill(
-        Command::new(SYNC_BIN)
-            .args(&args)
-            .env("RUST_LOG", "walsync=debug")
-            .env_remove("WALSYNC_ENCRYPTION_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = Cmd::new(SYNC_BIN)
+        .arg(&db)
+        .args(["--bucket", bucket])
+        .args(extra)
+        .env("RUST_LOG", "walsync=debug")
+        .env_remove("WALSYNC_ENCRYPTION_KEY")
+        .spawn(log);
     oracle::wait_caught_up(replica, &db, Duration::from_secs(30));
     for _ in 0..4 {
         w.commit(10);
         std::thread::sleep(Duration::from_millis(100));
     }
     oracle::wait_caught_up(replica, &db, Duration::from_secs(30));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "daemon did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = daemon.sigterm(Duration::from_secs(30));
     assert!(
         status.success(),
         "daemon exit {status}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
+        daemon.log_text()
     );
 }
 
@@ -239,7 +200,7 @@ fn encrypted_sync_restore_and_attacks() {
     );
     // The key from the environment works as well; verify and list too.
     let out_env = dir.path().join("r-env.db");
-    let o = Command::new(WALSYNC_BIN)
+    let o = Cmd::new(WALSYNC_BIN)
         .args([
             "restore",
             "app.db",
@@ -249,8 +210,7 @@ fn encrypted_sync_restore_and_attacks() {
             out_env.to_str().unwrap(),
         ])
         .env("WALSYNC_ENCRYPTION_KEY", "11".repeat(32))
-        .output()
-        .unwrap();
+        .output();
     assert!(o.status.success(), "{}", text(&o));
     let o = walsync(&[
         "verify",

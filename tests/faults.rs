@@ -21,9 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::RestoreFrom;
 use common::faultproxy::FaultProxy;
-use common::killable::{Daemon, RestoreFrom};
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::process::{log_in, Cmd, Proc};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
 
@@ -61,8 +62,8 @@ impl World {
         self.dir.path().join("f.db")
     }
 
-    fn daemon(&self) -> Daemon {
-        let args = [
+    fn daemon(&self) -> Proc {
+        let args: Vec<String> = [
             &self.db().display().to_string(),
             "--bucket",
             &self.bucket,
@@ -78,7 +79,9 @@ impl World {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        Daemon::new(SYNC, "fault-logs", self.name, args)
+        let mut cmd = Cmd::new(SYNC);
+        cmd.args(args).env("RUST_LOG", "walsync=debug");
+        Proc::new(&cmd, &log_in("fault-logs", self.name))
     }
 
     fn restore(&self) -> RestoreFrom {

@@ -18,12 +18,13 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, Writer};
+use common::process::{text, Cmd, Proc, Signal};
 use walsync::lease::{self, FencedStorage, Fencer, Mode};
 use walsync::storage::{Metadata, S3Config, S3Credentials, S3Storage, Storage};
 
@@ -32,66 +33,30 @@ const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 const TTL: &str = "3s";
 const TTL_WAIT: Duration = Duration::from_millis(3600);
 
-/// A `walsync-sync` child with its log file; killed when dropped.
+/// A `walsync-sync` child with its log file; killed when dropped, its
+/// log's tail printed if the test fails.
 struct Daemon {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
+    proc: Proc,
 }
 
 impl Daemon {
     fn start(name: &str, dir: &Path, args: &[String], env: &[(&str, String)]) -> Daemon {
-        let log = dir.join(format!("{name}.log"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(SYNC_BIN);
-        cmd.args(args)
+        let proc = Cmd::new(SYNC_BIN)
+            .args(args)
             .env("RUST_LOG", "walsync=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(f));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Daemon {
-            name: name.to_string(),
-            child: Some(cmd.spawn().expect("spawn walsync-sync")),
-            log,
-        }
+            .envs(env)
+            .spawn(&dir.join(format!("{name}.log")));
+        Daemon { proc }
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     /// Waits until the log contains `needle`; returns that line.
-    fn wait_log(&mut self, needle: &str, timeout: Duration, mut poke: impl FnMut()) -> String {
-        let t0 = Instant::now();
-        loop {
-            if let Some(l) = self.log_text().lines().find(|l| l.contains(needle)) {
-                return l.to_string();
-            }
-            if let Some(c) = self.child.as_mut() {
-                if let Some(s) = c.try_wait().unwrap() {
-                    panic!(
-                        "{}: exited {s} before logging {needle:?}:\n{}",
-                        self.name,
-                        self.log_text()
-                    );
-                }
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "{}: no {needle:?} in the log within {timeout:?}:\n{}",
-                self.name,
-                self.log_text()
-            );
-            poke();
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    fn wait_log(&mut self, needle: &str, timeout: Duration, poke: impl FnMut()) -> String {
+        self.proc
+            .wait_line_with(timeout, |l| l.contains(needle), poke)
     }
 
     /// The holder id this daemon logged at start-up.
@@ -101,55 +66,18 @@ impl Daemon {
     }
 
     fn kill9(&mut self) {
-        let mut c = self.child.take().expect("not running");
-        c.kill().unwrap();
-        c.wait().unwrap();
+        self.proc.kill9();
     }
 
+    /// SIGTERM and wait (at most 30 s) for it to exit, whatever its status.
     fn sigterm(&mut self) {
-        let mut c = self.child.take().expect("not running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let t0 = Instant::now();
-        while c.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(30) {
-                let _ = c.kill();
-                panic!("{}: did not stop", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("==== {} log ====\n{}", self.name, self.log_text());
-        }
+        self.proc.signal(Signal::TERM);
+        self.proc.wait(Duration::from_secs(30));
     }
 }
 
 fn walsync(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(WALSYNC_BIN);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run walsync")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}stderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    Cmd::new(WALSYNC_BIN).args(args).envs(env).output()
 }
 
 /// `(level, min txid, max txid, writer)` of every LTX object of `db`.
@@ -338,13 +266,7 @@ fn fallback_lease_refuses_takes_over_and_fences_out() {
         std::thread::sleep(Duration::from_millis(300));
     }
     oracle::wait_caught_up(&mut app, &a_app, Duration::from_secs(30));
-    if let Some(c) = b.child.as_mut() {
-        assert!(
-            c.try_wait().unwrap().is_none(),
-            "B exited: {}",
-            b.log_text()
-        );
-    }
+    b.proc.assert_running();
     let objs = writers(&*storage, "app.db");
     let counts = assert_not_interleaved(&objs, &[&ha, &hb, &ha2]);
     assert!(counts.iter().all(|&c| c > 0), "{counts:?}: {objs:?}");
@@ -395,15 +317,8 @@ fn fallback_lease_refuses_takes_over_and_fences_out() {
 /// moto_server on a free 127.0.0.1 port with bucket `walsync-moto`; killed
 /// when dropped.
 struct Moto {
-    child: Child,
+    _proc: Proc,
     endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const MOTO_BUCKET: &str = "walsync-moto";
@@ -420,15 +335,14 @@ fn start_moto(dir: &Path) -> Option<Moto> {
         return None;
     }
     let port = common::closed_port();
-    let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-    let child = Command::new(&bin)
+    let proc = Cmd::new(&bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start moto_server");
+        .spawn(&dir.join("moto.log"));
     let endpoint = format!("http://127.0.0.1:{port}");
-    let moto = Moto { child, endpoint };
+    let moto = Moto {
+        _proc: proc,
+        endpoint,
+    };
     let t0 = Instant::now();
     loop {
         // moto does not check signatures: an unsigned PUT creates the bucket.

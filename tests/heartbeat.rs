@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{commit, create_db, log_path, wait_for, Proc};
+use common::daemon::{commit, create_db};
+use common::process::{log_path, wait_for, Proc};
 use common::proxy::{s3_upstream, Proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");

@@ -15,11 +15,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Writer};
+use common::process::{Cmd, Proc};
 use walsync::restore::{self, RestoreOptions, Target};
 use walsync::storage::{S3Config, S3Storage, Storage};
 
@@ -84,7 +84,7 @@ impl Env {
 
     /// `litestream restore` of `db` (as named in `config`) into `out`.
     fn litestream_restore(&self, config: &Path, db: &Path, out: &Path, txid: Option<u64>) {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Cmd::new(&self.bin);
         cmd.env_remove("AWS_CA_BUNDLE")
             .arg("restore")
             .arg("-config")
@@ -94,7 +94,7 @@ impl Env {
         if let Some(t) = txid {
             cmd.args(["-txid", &format!("{t:016x}")]);
         }
-        let o = cmd.arg(db).output().expect("run litestream restore");
+        let o = cmd.arg(db).output();
         assert!(
             o.status.success(),
             "litestream restore {} (txid {txid:?}) failed: {}\n{}\n{}",
@@ -107,13 +107,13 @@ impl Env {
 
     /// `walsync restore NAME --txid N` through the CLI.
     fn walsync_restore(&self, name: &str, out: &Path, txid: Option<u64>) {
-        let mut cmd = Command::new(WALSYNC_BIN);
+        let mut cmd = Cmd::new(WALSYNC_BIN);
         cmd.args(["restore", name, "--bucket", &self.bucket_spec(), "-o"])
             .arg(out);
         if let Some(t) = txid {
             cmd.args(["--txid", &t.to_string()]);
         }
-        let o = cmd.output().expect("run walsync restore");
+        let o = cmd.output();
         assert!(
             o.status.success(),
             "walsync restore {name} (txid {txid:?}) failed: {}\n{}",
@@ -123,91 +123,14 @@ impl Env {
     }
 }
 
-/// A child process stopped with SIGTERM (killed when dropped).
-struct Proc {
-    what: &'static str,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(what: &'static str, mut cmd: Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone().unwrap()))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Proc {
-            what,
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(s) = c.try_wait().unwrap() {
-                panic!("{} exited early ({s}):\n{}", self.what, self.log_text());
-            }
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn stop(&mut self) {
-        self.assert_running();
-        let mut c = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                assert!(
-                    s.success() || s.code().is_none(),
-                    "{} exited with {s} after SIGTERM:\n{}",
-                    self.what,
-                    self.log_text()
-                );
-                return;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("{} did not exit within 30 s of SIGTERM", self.what);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(80);
-            eprintln!(
-                "==== {} log (last {} lines) ====",
-                self.what,
-                lines.len() - from
-            );
-            for l in &lines[from..] {
-                eprintln!("{l}");
-            }
-        }
-    }
+/// SIGTERM and wait (at most 30 s) for a clean exit (or the signal's).
+fn stop(p: &mut Proc) {
+    let s = p.sigterm(Duration::from_secs(30));
+    assert!(
+        s.success() || s.code().is_none(),
+        "exited with {s} after SIGTERM:\n{}",
+        p.log_text()
+    );
 }
 
 fn assert_same_file(what: &str, a: &Path, b: &Path) {
@@ -254,7 +177,7 @@ fn litestream_restores_walsync_daemon_backup() {
     let db = env.path("app.db");
     let mut w = Writer::create(&db, 3);
     w.commit(20);
-    let mut cmd = Command::new(SYNC_BIN);
+    let mut cmd = Cmd::new(SYNC_BIN);
     cmd.arg(&db)
         .args([
             "--bucket",
@@ -264,7 +187,7 @@ fn litestream_restores_walsync_daemon_backup() {
         ])
         .args(["--snapshot-interval", "2s", "--checkpoint-pages", "40"])
         .env("RUST_LOG", "walsync=debug");
-    let mut daemon = Proc::spawn("walsync-sync", cmd, env.path("daemon.log"));
+    let mut daemon = cmd.spawn(&env.path("daemon.log"));
     let t0 = Instant::now();
     for i in 0..120u64 {
         w.commit(1 + (i % 7) as usize);
@@ -276,7 +199,7 @@ fn litestream_restores_walsync_daemon_backup() {
     daemon.assert_running();
     let mut replica = oracle::Replica::new(env.storage.clone(), "app.db");
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(30));
-    daemon.stop();
+    stop(&mut daemon);
     eprintln!("writer done in {:.1?}: {} rows", t0.elapsed(), w.last);
 
     let listed = walsync::replica::list(&*env.storage, "app.db").unwrap();
@@ -330,11 +253,11 @@ fn walsync_restores_litestream_backup() {
     let mut w = Writer::create(&db, 5);
     w.commit(10);
     let cfg = env.litestream_config(&db);
-    let mut cmd = Command::new(&env.bin);
+    let mut cmd = Cmd::new(&env.bin);
     cmd.env_remove("AWS_CA_BUNDLE")
         .args(["replicate", "-config"])
         .arg(&cfg);
-    let mut ls = Proc::spawn("litestream replicate", cmd, env.path("litestream.log"));
+    let mut ls = cmd.spawn(&env.path("litestream.log"));
     // Let Litestream take its first snapshot, then commit in bursts with
     // pauses longer than its sync interval so there are many L0 files.
     std::thread::sleep(Duration::from_millis(800));
@@ -363,7 +286,7 @@ fn walsync_restores_litestream_backup() {
         }
         assert!(Instant::now() < deadline, "litestream did not ship");
     }
-    ls.stop();
+    stop(&mut ls);
 
     let listed = walsync::replica::list(&*env.storage, "lsrc.db").unwrap();
     let newest = listed.newest_txid();
@@ -404,7 +327,7 @@ fn walsync_restores_litestream_backup() {
     );
 
     // walsync verify accepts Litestream's objects too.
-    let o = Command::new(WALSYNC_BIN)
+    let o = Cmd::new(WALSYNC_BIN)
         .args([
             "verify",
             "lsrc.db",
@@ -412,8 +335,7 @@ fn walsync_restores_litestream_backup() {
             "--bucket",
             &env.bucket_spec(),
         ])
-        .output()
-        .unwrap();
+        .output();
     assert!(
         o.status.success(),
         "walsync verify of a Litestream replica failed:\n{}{}",

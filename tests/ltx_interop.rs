@@ -7,9 +7,8 @@
 //! tests are skipped, unless `WALSYNC_REQUIRE_EXTERNAL=1` (set by
 //! `make test`), which turns a missing binary into a failure.
 
+use common::process::Cmd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use walsync::ltx::{self, Encoder, Header};
 
 mod common;
@@ -75,13 +74,12 @@ fn snapshot(replica: &Path, image: &[u8], txid: u64) {
 
 fn restore(bin: &Path, replica: &Path, out: &Path) {
     let url = format!("file://{}", replica.display());
-    let output = Command::new(bin)
+    let output = Cmd::new(bin)
         .env_remove("AWS_CA_BUNDLE")
         .args(["restore", "-o"])
         .arg(out)
         .arg(&url)
-        .output()
-        .expect("run litestream");
+        .output();
     assert!(
         output.status.success(),
         "litestream restore {url} failed: {}\n{}",

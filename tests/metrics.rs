@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{commit, create_db, log_path, metric, scrape, wait_for, Proc};
+use common::daemon::{commit, create_db, metric, scrape};
+use common::process::{log_path, wait_for, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 

@@ -8,7 +8,8 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::daemon::{commit, create_db, log_path, wait_for, Proc};
+use common::daemon::{commit, create_db};
+use common::process::{log_path, wait_for, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 

@@ -8,9 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::process::{text, Cmd, Proc};
 
 use common::oracle::{self, app_state, Writer};
 use walsync::storage::{FileStorage, Metadata, S3Storage, Storage};
@@ -19,30 +21,15 @@ const SYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC_BIN: &str = env!("CARGO_BIN_EXE_walsync");
 
 fn walsync(args: &[&str]) -> Output {
-    Command::new(WALSYNC_BIN)
-        .args(args)
-        .output()
-        .expect("run walsync")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}stderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    Cmd::new(WALSYNC_BIN).args(args).output()
 }
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn sigterm(child: &mut std::process::Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+fn sigterm(daemon: &mut Proc) {
+    let status = daemon.sigterm(Duration::from_secs(30));
     assert!(status.success(), "daemon exited with {status}");
 }
 
@@ -95,29 +82,16 @@ fn snapshot_command_and_the_daemon_lock() {
     );
 
     // While the daemon replicates the database, snapshot is refused.
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Command::new(SYNC_BIN)
+    let mut daemon = Cmd::new(SYNC_BIN)
         .args([db_arg, "--bucket", &bucket])
         .env("RUST_LOG", "walsync=debug")
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
+        .spawn(&dir.path().join("daemon.log"));
     // The daemon logs this once it holds the lock and opened the database.
     // (Probing with try_lock here would itself hold the lock for a moment
     // and could make the daemon's first attempt fail.)
-    loop {
-        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        if log.contains("s.db: resuming after txid") || log.contains("s.db: snapshot as txid") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "the daemon never took the lock:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_line(Duration::from_secs(15), |l| {
+        l.contains("s.db: resuming after txid") || l.contains("s.db: snapshot as txid")
+    });
     assert!(
         walsync::sqlite::lock::try_lock(&db).is_err(),
         "the daemon holds the lock"
@@ -127,7 +101,7 @@ fn snapshot_command_and_the_daemon_lock() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("is replicating this database") && err.contains(&daemon.id().to_string()),
+        err.contains("is replicating this database") && err.contains(&daemon.pid().to_string()),
         "{}",
         text(&o)
     );
@@ -187,15 +161,11 @@ fn list_and_verify_commands() {
             w
         })
         .collect();
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Command::new(SYNC_BIN)
+    let mut daemon = Cmd::new(SYNC_BIN)
         .arg(format!("{}/*.db", dir.path().display()))
         .args(["--bucket", &config.bucket, "--prefix", &config.prefix])
         .env("RUST_LOG", "walsync=debug")
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+        .spawn(&dir.path().join("daemon.log"));
     // Commits before the daemon replicates end up in its first snapshot;
     // wait until it stored one per database (start-up takes a writer lease,
     // src/lease/) so the commits below ship as level-0 segments.

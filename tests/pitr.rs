@@ -12,11 +12,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Writer};
+use common::process::Cmd;
 use walsync::ltx::{self, Header};
 use walsync::storage::{S3Storage, Storage};
 
@@ -27,11 +27,10 @@ const POINTS: usize = 60;
 use walsync::util::now_ms;
 
 fn restore_cli(bucket: &str, name: &str, out: &Path, flag: &str, value: &str) -> (i64, i64) {
-    let o = Command::new(WALSYNC_BIN)
+    let o = Cmd::new(WALSYNC_BIN)
         .args(["restore", name, "--bucket", bucket, flag, value, "-o"])
         .arg(out)
-        .output()
-        .expect("run walsync restore");
+        .output();
     assert!(
         o.status.success(),
         "walsync restore {flag} {value} failed: {}\n{}",
@@ -62,16 +61,12 @@ fn point_in_time_by_txid_and_timestamp() {
     let gen = 9;
     let mut w = Writer::create(&db, gen);
     w.commit(5);
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
-    let mut daemon = Command::new(SYNC_BIN)
+    let mut daemon = Cmd::new(SYNC_BIN)
         .arg(&db)
         .args(["--bucket", &config.bucket, "--prefix", &config.prefix])
         .args(["--snapshot-interval", "1s"])
         .env("RUST_LOG", "walsync=debug")
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
+        .spawn(&dir.path().join("daemon.log"));
 
     // The source state after each commit, with the time the commit began
     // (the object holding it is cut after that).
@@ -85,10 +80,7 @@ fn point_in_time_by_txid_and_timestamp() {
     }
     let mut replica = oracle::Replica::new(storage.clone(), "p.db");
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(30));
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let status = daemon.wait().unwrap();
+    let status = daemon.sigterm(Duration::from_secs(30));
     assert!(status.success(), "daemon exited with {status}");
     eprintln!("{} commits in {:.1?}", history.len() - 1, t0.elapsed());
 

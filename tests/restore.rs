@@ -10,8 +10,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::process::Cmd;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, Plan, RestoreOptions, Target};
 use walsync::storage::{FileStorage, Metadata, Storage};
@@ -635,11 +635,10 @@ fn s3_failures() {
 // ---------------------------------------------------------------------------
 
 fn walsync(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_walsync"))
+    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
         .args(args)
         .env_remove("RUST_LOG")
         .output()
-        .unwrap()
 }
 
 #[test]

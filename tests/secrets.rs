@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{commit, create_db, log_path, scrape, wait_for, Proc};
+use common::daemon::{commit, create_db, scrape};
+use common::process::{log_path, wait_for, Cmd, Proc};
 
 const SYNC: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC: &str = env!("CARGO_BIN_EXE_walsync");
@@ -123,11 +123,10 @@ fn no_secret_in_logs_errors_help_or_metrics() {
                 ],
             ),
         ] {
-            let out = Command::new(WALSYNC)
+            let out = Cmd::new(WALSYNC)
                 .args(&args)
                 .env("RUST_LOG", level)
-                .output()
-                .unwrap();
+                .output();
             assert!(
                 out.status.success(),
                 "{what}: {}",
@@ -146,32 +145,30 @@ fn no_secret_in_logs_errors_help_or_metrics() {
         vec!["verify", "--help"],
         vec!["snapshot", "--help"],
     ] {
-        let out = Command::new(WALSYNC).args(&args).output().unwrap();
+        let out = Cmd::new(WALSYNC).args(&args).output();
         cap.output(&format!("walsync {}", args.join(" ")), &out);
     }
-    let out = Command::new(SYNC).arg("--help").output().unwrap();
+    let out = Cmd::new(SYNC).arg("--help").output();
     cap.output("walsync-sync --help", &out);
 
     // Wrong credentials (a wrong secret and a session token): the error
     // names the bucket and the cause, never the values.
     let wrong = "WRONGsecretValue9876543210";
-    let out = Command::new(WALSYNC)
+    let out = Cmd::new(WALSYNC)
         .args(["list", "--bucket", &bucket])
         .env("AWS_SECRET_ACCESS_KEY", wrong)
         .env("AWS_SESSION_TOKEN", session)
         .env("RUST_LOG", "trace")
-        .output()
-        .unwrap();
+        .output();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("access denied"), "{stderr}");
     cap.output("list with a wrong secret", &out);
-    let out = Command::new(SYNC)
+    let out = Cmd::new(SYNC)
         .args([db.to_str().unwrap(), "--bucket", &bucket])
         .env("AWS_SECRET_ACCESS_KEY", wrong)
         .env("RUST_LOG", "trace")
-        .output()
-        .unwrap();
+        .output();
     assert!(!out.status.success());
     cap.output("sync with a wrong secret", &out);
 
@@ -182,10 +179,9 @@ fn no_secret_in_logs_errors_help_or_metrics() {
         format!("bucket = \"{bucket}\"\nsecret-access-key = \"{wrong}\"\n"),
     )
     .unwrap();
-    let out = Command::new(SYNC)
+    let out = Cmd::new(SYNC)
         .args(["--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `secret-access-key`"));
     cap.output("config with a secret", &out);

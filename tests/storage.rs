@@ -329,6 +329,7 @@ impl Probe {
     }
 }
 
+/// Every method written out (none left to the trait's defaults).
 impl Storage for Probe {
     fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
         self.note("put");

@@ -13,13 +13,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::process::{wait_for, Cmd, Proc};
 use common::proxy::{s3_upstream, Proxy};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
@@ -78,30 +79,22 @@ impl Env {
         Replica::new(self.storage.clone(), db)
     }
 
-    /// Start the daemon on `dbs` with extra flags.
-    fn daemon(&self, dbs: &[String], extra: &[&str]) -> Daemon {
-        let mut args: Vec<String> = dbs.to_vec();
-        args.extend(
-            [
+    /// Start the daemon on `dbs` with extra flags (killed when dropped,
+    /// its log's tail printed if the test fails).
+    fn daemon(&self, dbs: &[String], extra: &[&str]) -> Proc {
+        Cmd::new(BIN)
+            .args(dbs)
+            .args([
                 "--bucket",
                 &self.bucket,
                 "--prefix",
                 &self.prefix,
                 "--shutdown-timeout",
                 "10s",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Daemon {
-            args,
-            log: self.log.clone(),
-            child: None,
-            starts: 0,
-        };
-        d.spawn();
-        d
+            ])
+            .args(extra)
+            .env("RUST_LOG", "walsync=debug")
+            .spawn(&self.log)
     }
 
     fn log_text(&self) -> String {
@@ -121,111 +114,7 @@ impl Drop for Env {
             },
             self.started.elapsed()
         );
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(150);
-            eprintln!(
-                "==== {}: last {} of {} daemon log lines ({}) ====",
-                self.name,
-                lines.len() - from,
-                lines.len(),
-                self.log.display()
-            );
-            for l in &lines[from..] {
-                eprintln!("{l}");
-            }
-            eprintln!("==== end of daemon log ====");
-        }
-    }
-}
-
-/// The daemon child process; killed when dropped.
-struct Daemon {
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Daemon {
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "daemon already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.starts += 1;
-        writeln!(&log, "==== test: start #{} ====", self.starts).unwrap();
-        let child = Command::new(BIN)
-            .args(&self.args)
-            .env("RUST_LOG", "walsync=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn walsync-sync");
-        self.child = Some(child);
-    }
-
-    fn note(&self, what: &str) {
-        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
-            let _ = writeln!(f, "==== test: {what} ====");
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("daemon not running").id()
-    }
-
-    /// Fail if the daemon exited on its own.
-    fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait().unwrap() {
-                panic!("the daemon exited unexpectedly: {status}");
-            }
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.assert_running();
-        let mut c = self.child.take().expect("daemon not running");
-        c.kill().unwrap();
-        c.wait().unwrap();
-        self.note("SIGKILL");
-    }
-
-    /// SIGTERM, then wait up to `timeout` for the exit status.
-    fn sigterm(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
-        self.assert_running();
-        let t0 = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "kill -TERM failed");
-        let mut c = self.child.take().unwrap();
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return (s, t0.elapsed());
-            }
-            if t0.elapsed() > timeout {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("the daemon did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // The daemon's log tail is printed by its `Proc` when it is dropped.
     }
 }
 
@@ -309,20 +198,6 @@ fn remove_db(db: &Path) {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
-    }
-}
-
-/// Poll `cond` every 100 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if t0.elapsed() > timeout {
-            return false;
-        }
-        sleep_ms(100);
     }
 }
 
@@ -519,7 +394,7 @@ fn checkpoints_while_stopped_force_a_snapshot() {
         sleep_ms(3);
     }
     let before = oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
-    let (status, _) = daemon.sigterm(Duration::from_secs(15));
+    let status = daemon.sigterm(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     let (snaps_before, _) = count_levels(&replica);
 
@@ -840,7 +715,9 @@ fn sigterm_ships_everything_and_exits_0() {
         w.commit(rng.range(1, 4) as usize);
         sleep_ms(1);
     }
-    let (status, took) = daemon.sigterm(Duration::from_secs(15));
+    let t0 = Instant::now();
+    let status = daemon.sigterm(Duration::from_secs(15));
+    let took = t0.elapsed();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     assert!(took < Duration::from_secs(11), "took {took:?}");
     eprintln!("exited 0 in {took:.1?} after SIGTERM");
@@ -910,35 +787,14 @@ fn run_expect_failure(
     env_vars: &[(&str, &str)],
 ) -> (ExitStatus, Vec<String>, Duration) {
     let t0 = Instant::now();
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
+    let o = Cmd::new(BIN)
+        .args(args)
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env_vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after 20 s: {args:?}");
-        }
-        sleep_ms(20);
-    };
-    let took = t0.elapsed();
-    let text = reader.join().unwrap();
+        .envs(env_vars)
+        .timeout(Duration::from_secs(20))
+        .output();
+    let (status, took) = (o.status, t0.elapsed());
+    let text = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<String> = BufReader::new(text.as_bytes())
         .lines()
         .map(|l| l.unwrap())

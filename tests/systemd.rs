@@ -2,14 +2,15 @@
 //! daemon with the flags it documents.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
 
+use common::process::Cmd;
+
 fn systemd_analyze() -> Option<&'static str> {
-    let ok = Command::new("systemd-analyze")
+    let ok = Cmd::new("systemd-analyze")
         .arg("--version")
-        .output()
+        .try_output()
         .is_ok_and(|o| o.status.success());
     if ok {
         return Some("systemd-analyze");
@@ -55,11 +56,7 @@ fn unit_file_verifies() {
     );
     let path = dir.path().join("walsync.service");
     std::fs::write(&path, unit).unwrap();
-    let out = Command::new(tool)
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Cmd::new(tool).arg("verify").arg(&path).output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::daemon::{commit, create_db, log_path, wait_for, Proc};
+use common::daemon::{commit, create_db};
+use common::process::{log_path, wait_for, Cmd, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 
@@ -16,9 +17,9 @@ fn start_up_sweeps_temp_files_of_dead_processes_only() {
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     // A pid that named a process a moment ago and names none now.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = gone.id();
-    gone.wait().unwrap();
+    let mut gone = Cmd::new("true").spawn(&log_path("tmpfiles-true"));
+    let dead_pid = gone.pid();
+    assert!(gone.wait(Duration::from_secs(20)).success());
     let dead = tmp.join(format!(".walsync-{dead_pid}-Ab12Cd.ltx.tmp"));
     let live = tmp.join(format!(".walsync-{}-Ef34Gh.ltx.tmp", std::process::id()));
     let other = tmp.join("unrelated.ltx.tmp");

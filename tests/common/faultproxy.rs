@@ -8,13 +8,14 @@
 //! (`AWS_ENDPOINT_URL_S3`) with the client's signature intact.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::process::{Cmd, Proc};
 
 /// A running proxy; killed when dropped.
 pub struct FaultProxy {
-    child: Child,
+    _proc: Proc,
     /// The S3 port walsync talks to.
     pub port: u16,
     /// The control port (never dark).
@@ -45,32 +46,18 @@ impl FaultProxy {
     /// fault configuration `faults` (JSON, see `scripts/s3proxy.py`) and a
     /// fixed seed for its dice.
     pub fn start(faults: &str, seed: u64) -> FaultProxy {
-        let upstream = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3 (S3 env)");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3proxy.py");
-        let mut child = Command::new("python3")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .arg(&script)
-            .args(["--upstream", &upstream, "--faults", faults, "--seed"])
-            .arg(seed.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", script.display()));
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("proxy stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read proxy port line");
+        let seed = seed.to_string();
+        let (proc, line) = start_s3proxy(&["--faults", faults, "--seed", &seed]);
         let parts: Vec<&str> = line.split_whitespace().collect();
         let (port, ctl) = match parts.as_slice() {
             ["PORT", p, "CONTROL", c] => (p.parse().unwrap(), c.parse().unwrap()),
-            _ => {
-                let _ = child.kill();
-                panic!("fault proxy did not start: {line:?}");
-            }
+            _ => panic!("fault proxy did not start: {line:?}"),
         };
-        FaultProxy { child, port, ctl }
+        FaultProxy {
+            _proc: proc,
+            port,
+            ctl,
+        }
     }
 
     /// The endpoint URL for walsync's `--endpoint`.
@@ -108,11 +95,34 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `python3 scripts/s3proxy.py --upstream $AWS_ENDPOINT_URL_S3 [args]`,
+/// running, with the line it prints first (`PORT <n> CONTROL <n>`). Its
+/// stderr goes to a log whose tail a failing test prints; it is killed when
+/// the returned process is dropped.
+pub fn start_s3proxy(args: &[&str]) -> (Proc, String) {
+    let upstream = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3 (S3 env)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3proxy.py");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("proxy-logs");
+    std::fs::create_dir_all(&dir).expect("proxy log dir");
+    let name = super::unique_prefix("s3proxy").replace('/', "_");
+    let mut proc = Cmd::new("python3")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .arg(&script)
+        .args(["--upstream", &upstream])
+        .args(args)
+        .stdout_to(dir.join(format!("{name}.out")))
+        .spawn(&dir.join(format!("{name}.log")));
+    let mut line = None;
+    let up = super::process::wait_for(Duration::from_secs(30), || {
+        proc.assert_running();
+        line = proc
+            .stdout_text()
+            .split_once('\n')
+            .map(|(l, _)| l.to_string());
+        line.is_some()
+    });
+    assert!(up, "s3proxy.py printed no port within 30 s");
+    (proc, line.unwrap_or_default())
 }
 
 /// The `"name": {"k": n, ...}` member of a JSON text whose values are

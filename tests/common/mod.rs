@@ -10,8 +10,8 @@
 
 pub mod daemon;
 pub mod faultproxy;
-pub mod killable;
 pub mod oracle;
+pub mod process;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
