@@ -5,7 +5,7 @@
 //! overlap history; the chain rules live here.
 
 use super::*;
-use crate::replica::listing::{self, Strictness};
+use crate::replica::listing;
 
 /// The chain of level-`level - 1` objects a level-`level` object would
 /// merge next, starting right after txid `pos` (at most [`MAX_INPUTS`]).

@@ -69,7 +69,7 @@ use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Decoder, Header, SNAPSHOT_LEVEL};
 use crate::replica::recent::Recent;
-use crate::replica::{self, ReplicaObject, SPOOL_THRESHOLD};
+use crate::replica::{self, ReplicaObject, Strictness, SPOOL_THRESHOLD};
 use crate::storage::Storage;
 use crate::upload::segment::Body;
 use crate::upload::segment::{self, Encoded, MEMORY_LIMIT};

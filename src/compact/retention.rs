@@ -31,7 +31,7 @@ pub fn plan_retention(
     retention: Duration,
     now_ms: i64,
 ) -> Result<RetentionPlan> {
-    let (replica, times) = replica::list_with_times(storage, db)?;
+    let (replica, times) = replica::list_with_times(storage, db, Strictness::Strict)?;
     if replica.is_empty() {
         return Ok(RetentionPlan::default());
     }

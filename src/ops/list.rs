@@ -126,7 +126,7 @@ pub fn list_databases(storage: &dyn Storage, parallel: usize) -> Result<Vec<DbLi
 /// Every object of database `db` with one listing, ordered by level then
 /// txid. Errors like [`replica::list`] on keys it cannot explain.
 pub fn list_files(storage: &dyn Storage, db: &str) -> Result<Vec<FileListing>> {
-    let (replica, times) = replica::list_with_times(storage, db)?;
+    let (replica, times) = replica::list_with_times(storage, db, Strictness::Show)?;
     let mut out: Vec<FileListing> = replica
         .objects
         .into_iter()

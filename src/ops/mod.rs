@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::capture::{Capture, DbConfig};
 use crate::error::{Error, Result};
 use crate::ltx::{self, SNAPSHOT_LEVEL};
-use crate::replica::{self, ReplicaObject};
+use crate::replica::{self, ReplicaObject, Strictness};
 use crate::restore::{self, RestoreOptions, Target};
 use crate::storage::sha256_mismatch;
 use crate::storage::{Metadata, Storage};

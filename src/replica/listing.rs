@@ -24,6 +24,10 @@ pub enum Strictness {
     Strict,
     /// Skip it with a debug line.
     Lenient,
+    /// As [`Strictness::Strict`], but a level-9 object that is not a
+    /// snapshot is listed as it is: `walsync list NAME` shows what is there,
+    /// stray objects included, so they can be found.
+    Show,
 }
 
 /// Keys per listing request of [`list_level`].
@@ -47,10 +51,12 @@ pub fn parse(
             log::debug!("{db}: skipping {} (database {})", info.key, k.db);
             return Ok(None);
         }
-        Some(k) if k.level == SNAPSHOT_LEVEL && k.min_txid != 1 => format!(
-            "{db}: level-9 object {root}/{} is not a snapshot (its min txid is {}, not 1)",
-            info.key, k.min_txid
-        ),
+        Some(k) if k.level == SNAPSHOT_LEVEL && k.min_txid != 1 && strict != Strictness::Show => {
+            format!(
+                "{db}: level-9 object {root}/{} is not a snapshot (its min txid is {}, not 1)",
+                info.key, k.min_txid
+            )
+        }
         Some(k) => {
             return Ok(Some(ReplicaObject {
                 key: info.key,
@@ -67,7 +73,7 @@ pub fn parse(
         ),
     };
     match strict {
-        Strictness::Strict => Err(Error::Restore(problem)),
+        Strictness::Strict | Strictness::Show => Err(Error::Restore(problem)),
         Strictness::Lenient => {
             log::debug!("{problem}: skipped");
             Ok(None)
@@ -76,17 +82,18 @@ pub fn parse(
 }
 
 /// Every object under `<db>/` with one (paginated) listing, strictly
-/// ([`parse`]). Listing requests are retried ([`RetryReads`]), as in every
-/// function here.
+/// ([`parse`]). The listing is retried ([`RetryReads`]).
 pub fn list(storage: &dyn Storage, db: &str) -> Result<Replica> {
-    list_with_times(storage, db).map(|(r, _)| r)
+    list_with_times(storage, db, Strictness::Strict).map(|(r, _)| r)
 }
 
-/// [`list`], also returning when each object was stored (from the listing;
-/// retention uses it to know when to look again, `list` shows it).
+/// [`list`] with the given strictness, also returning when each object was
+/// stored (from the listing; retention uses it to know when to look again,
+/// `walsync list` shows it).
 pub fn list_with_times(
     storage: &dyn Storage,
     db: &str,
+    strict: Strictness,
 ) -> Result<(Replica, HashMap<String, SystemTime>)> {
     let db = db.trim_matches('/');
     if db.is_empty() {
@@ -98,7 +105,7 @@ pub fn list_with_times(
     let mut times = HashMap::new();
     for info in storage.list(&format!("{db}/"), None)? {
         let modified = info.last_modified;
-        if let Some(o) = parse(db, info, Strictness::Strict, &root)? {
+        if let Some(o) = parse(db, info, strict, &root)? {
             if let Some(t) = modified {
                 times.insert(o.key.clone(), t);
             }
@@ -116,6 +123,9 @@ pub fn list_with_times(
 /// The objects of one level of `db` in key (= txid) order, listed page by
 /// page after the key `after` (the whole level when `None`), stopping after
 /// the first page that reaches an object starting past txid `until`.
+/// Failed requests are not retried here: a restore passes a [`RetryReads`]
+/// (wrapping twice would retry each try again), the compactor retries on its
+/// own schedule.
 pub fn list_level(
     storage: &dyn Storage,
     db: &str,
@@ -124,7 +134,6 @@ pub fn list_level(
     until: u64,
     strict: Strictness,
 ) -> Result<Vec<ReplicaObject>> {
-    let storage = &RetryReads(storage);
     let db = db.trim_matches('/');
     let dir = ltx::level_prefix("", db, level);
     let root = storage.describe();
