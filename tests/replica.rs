@@ -610,3 +610,29 @@ fn snapshots_leave_out_unpublished_frames() {
     );
     assert!(n <= 1, "{n} snapshots");
 }
+
+/// The first SIGTERM ships everything committed: a commit made inside
+/// `--min-put-interval` of the previous upload (postponed in normal running)
+/// must still be stored by the shutdown drain, not left in the WAL.
+#[test]
+fn shutdown_ships_a_commit_postponed_by_the_put_interval() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    let mut cfg = w.cfg();
+    cfg.min_put_interval = Duration::from_secs(60);
+    let run = start(&w, cfg);
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    insert(&w.db, "postponed");
+    run.wake();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!has_txid(&w.keys(), 2), "shipped inside the put interval");
+    run.stop();
+    assert!(
+        has_txid(&w.keys(), 2),
+        "not shipped at shutdown: {:?}",
+        w.keys()
+    );
+    assert_eq!(w.rows_at(Target::Latest), w.source_rows());
+}

@@ -284,6 +284,11 @@ pub struct Capture {
     resumed: Option<Resumed>,
     snapshot_reason: Option<String>,
     deferred_until: Option<Instant>,
+    /// The last pass shipped nothing because other databases held the
+    /// whole upload budget (it looks again shortly).
+    starved: bool,
+    /// Shutting down: ship what is committed now (no put interval).
+    draining: bool,
     /// Set when an upload was refused because another writer holds the
     /// replica ([`crate::lease`]): replication of this database stops.
     fenced: Option<String>,
@@ -398,6 +403,8 @@ impl Capture {
             resumed: None,
             snapshot_reason: None,
             deferred_until: None,
+            starved: false,
+            draining: false,
             fenced: None,
         };
         r.connect()?;

@@ -28,13 +28,17 @@ impl Capture {
             log::trace!("{}: step: waiting for an upload", self.cfg.name);
             return self.release_if_wal_too_big(); // the WAL is the buffer
         }
+        self.starved = false;
         if self.budget.exhausted() {
             // Other databases hold the budget: look again shortly. During an
             // outage the budget stays full, so the WAL is the buffer here too.
             self.deferred_until = Some(Instant::now() + Duration::from_millis(50));
+            self.starved = true;
             return self.release_if_wal_too_big();
         }
-        if let Some(last) = self.last_put {
+        // The put interval groups commits while running; a shutdown drain
+        // ships what is committed at once.
+        if let Some(last) = self.last_put.filter(|_| !self.draining) {
             let due = last + self.cfg.min_put_interval;
             if Instant::now() < due {
                 self.deferred_until = Some(due);

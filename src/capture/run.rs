@@ -78,6 +78,7 @@ impl Capture {
     fn drain(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut result = Ok(());
+        self.draining = true;
         loop {
             if Instant::now() >= deadline {
                 break;
@@ -99,6 +100,13 @@ impl Capture {
                 if let Err(e) = r {
                     result = Err(e);
                     break;
+                }
+                if self.starved {
+                    // Other databases' uploads hold the budget: wait for
+                    // them rather than leave this one's commits unshipped.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(left.min(Duration::from_millis(50)));
+                    continue;
                 }
                 let settled = self.snapshot_reason.is_none()
                     && (self.pin.in_read() || self.conn.is_none() || self.read.is_none());
@@ -125,6 +133,12 @@ impl Capture {
             }
         }
         let _ = self.end_read();
+        if result.is_ok() && self.starved {
+            result = Err(Error::Config(format!(
+                "{}: commits not uploaded at shutdown (the upload budget stayed full); they stay in the WAL and ship on the next start",
+                self.cfg.name
+            )));
+        }
         let unshipped = self.inflight.len() + self.pending.len();
         if result.is_ok() && unshipped > 0 {
             result = Err(Error::Config(format!(
