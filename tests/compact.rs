@@ -613,6 +613,9 @@ fn daemon_compacts_and_retention_never_breaks_a_restore() {
             "1s",
             "--snapshot-interval",
             "4s",
+            // Many txids inside the window to restore: one per commit.
+            "--min-put-interval",
+            "0",
         ],
         std::slice::from_ref(&db),
         &dir.path().join("daemon.log"),

@@ -186,6 +186,8 @@ fn litestream_restores_walsync_daemon_backup() {
             &env.config.prefix,
         ])
         .args(["--snapshot-interval", "2s", "--checkpoint-pages", "40"])
+        // Many txids for Litestream to follow: one upload per commit.
+        .args(["--min-put-interval", "0"])
         .env("RUST_LOG", "walsync=debug");
     let mut daemon = cmd.spawn(&env.path("daemon.log"));
     let t0 = Instant::now();

@@ -164,6 +164,8 @@ fn list_and_verify_commands() {
     let mut daemon = Cmd::new(SYNC_BIN)
         .arg(format!("{}/*.db", dir.path().display()))
         .args(["--bucket", &config.bucket, "--prefix", &config.prefix])
+        // Several level-0 objects to damage: one upload per commit.
+        .args(["--min-put-interval", "0"])
         .env("RUST_LOG", "walsync=debug")
         .spawn(&dir.path().join("daemon.log"));
     // Commits before the daemon replicates end up in its first snapshot;

@@ -65,6 +65,8 @@ fn point_in_time_by_txid_and_timestamp() {
         .arg(&db)
         .args(["--bucket", &config.bucket, "--prefix", &config.prefix])
         .args(["--snapshot-interval", "1s"])
+        // Every commit its own txid, so each state can be restored.
+        .args(["--min-put-interval", "0"])
         .env("RUST_LOG", "walsync=debug")
         .spawn(&dir.path().join("daemon.log"));
 

@@ -56,7 +56,7 @@ storage_command! {
         #[argh(option)]
         pub max_wal_mib: Option<u64>,
 
-        /// minimum time between two uploads of one database, e.g. 1s; commits in between are grouped (default 0: ship each commit at once)
+        /// minimum time between two uploads of one database; commits in between are grouped, a commit after a quiet spell ships at once; 0 = every commit at once (default 1s)
         #[argh(option)]
         pub min_put_interval: Option<String>,
 
