@@ -636,3 +636,105 @@ fn shutdown_ships_a_commit_postponed_by_the_put_interval() {
     );
     assert_eq!(w.rows_at(Target::Latest), w.source_rows());
 }
+
+/// An application that keeps committing while walsync shuts down: the
+/// drain ships everything committed before the shutdown and ends, instead
+/// of chasing the newer commits until its deadline and then reporting
+/// failure.
+#[test]
+fn shutdown_under_sustained_writes_ends_once_the_earlier_commits_are_stored() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    w.slow.delay_ms.store(30, Ordering::SeqCst);
+    let mut cfg = w.cfg();
+    cfg.min_put_interval = Duration::ZERO;
+    let run = start(&w, cfg);
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (db, done, count) = (w.db.clone(), done.clone(), count.clone());
+        std::thread::spawn(move || {
+            let c = app(&db);
+            let end = Instant::now() + Duration::from_secs(30);
+            let mut i = 0u64;
+            while !done.load(Ordering::SeqCst) && Instant::now() < end && i < 20_000 {
+                c.execute("INSERT INTO u VALUES (?1)", [format!("w{i:06}")])
+                    .unwrap();
+                i += 1;
+                count.store(i, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = count.load(Ordering::SeqCst);
+    // The watcher's drain has a 20 s deadline (`start`); stop() fails on a
+    // drain that ends in an error.
+    run.stop();
+    done.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(before > 10, "the writer made only {before} commits");
+    let rows = w.rows_at(Target::Latest);
+    for i in 0..before {
+        let row = format!("u:w{i:06}");
+        assert!(
+            rows.contains(&row),
+            "{row} committed before the shutdown is missing"
+        );
+    }
+}
+
+/// With nothing unread, the put interval must not hold walsync's read
+/// transaction back: an application's TRUNCATE checkpoint (which waits for
+/// every reader while holding the writer lock) would wait for the interval,
+/// or fail busy when its busy timeout is shorter.
+#[test]
+fn the_put_interval_does_not_hold_back_an_application_checkpoint() {
+    let w = World::new();
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
+        .unwrap();
+    let mut cfg = w.cfg();
+    cfg.min_put_interval = Duration::from_secs(3);
+    let run = start(&w, cfg);
+    wait_for("snapshot 1", || has_txid(&w.keys(), 1));
+    // A commit after a quiet spell ships at once...
+    std::thread::sleep(Duration::from_millis(3200));
+    insert(&w.db, "b");
+    run.wake();
+    let shipped = Instant::now();
+    wait_for("txid 2", || has_txid(&w.keys(), 2));
+    assert!(
+        shipped.elapsed() < Duration::from_secs(3),
+        "a commit after a quiet spell waited for the put interval"
+    );
+    // ...and then, within the interval, nothing is unread: the
+    // application's checkpoint finds walsync's read mark moved on at its
+    // next wake-up (its file events, as inotify would deliver them).
+    let waker = {
+        let events = run.events.clone();
+        std::thread::spawn(move || {
+            for _ in 0..150 {
+                let _ = events.try_send(Event::Wake);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let c = app(&w.db);
+    c.execute_batch("PRAGMA busy_timeout=1000").unwrap();
+    let (busy, _, _): (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    waker.join().unwrap();
+    run.stop();
+    assert_eq!(
+        busy, 0,
+        "the application's TRUNCATE checkpoint was blocked by walsync"
+    );
+    assert_eq!(w.rows_at(Target::Latest), w.source_rows());
+}

@@ -61,7 +61,10 @@ impl Capture {
     /// its own copy of the frames, and a crash before its upload only costs
     /// a snapshot on restart, never data.
     pub(super) fn maybe_checkpoint(&mut self) -> Result<()> {
-        if !self.pin.pinned() || self.snapshot_reason.is_some() {
+        // At shutdown a checkpoint protects nothing (the application
+        // checkpoints once walsync's read transaction ends) and could
+        // outlast the drain's deadline.
+        if self.draining || !self.pin.pinned() || self.snapshot_reason.is_some() {
             return Ok(());
         }
         let Some(Read::At(p)) = self.read else {

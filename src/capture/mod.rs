@@ -289,6 +289,10 @@ pub struct Capture {
     starved: bool,
     /// Shutting down: ship what is committed now (no put interval).
     draining: bool,
+    /// During the drain, a pass has read everything published: what was
+    /// committed before the shutdown is shipped once the uploads in flight
+    /// are acknowledged (later commits are the next start's).
+    covered: bool,
     /// Set when an upload was refused because another writer holds the
     /// replica ([`crate::lease`]): replication of this database stops.
     fenced: Option<String>,
@@ -405,6 +409,7 @@ impl Capture {
             deferred_until: None,
             starved: false,
             draining: false,
+            covered: false,
             fenced: None,
         };
         r.connect()?;

@@ -19,6 +19,7 @@ impl Capture {
     /// Handle a wake-up: read and ship what is new, check the commit
     /// counter, checkpoint when due.
     pub(super) fn step(&mut self) -> Result<()> {
+        self.starved = false;
         if self.read.is_none() || !self.pin.in_read() || self.snapshot_reason.is_some() {
             // Not established, or continuity lost: only a snapshot may come
             // next (a segment now would claim to follow a state it does not).
@@ -28,22 +29,12 @@ impl Capture {
             log::trace!("{}: step: waiting for an upload", self.cfg.name);
             return self.release_if_wal_too_big(); // the WAL is the buffer
         }
-        self.starved = false;
         if self.budget.exhausted() {
             // Other databases hold the budget: look again shortly. During an
             // outage the budget stays full, so the WAL is the buffer here too.
             self.deferred_until = Some(Instant::now() + Duration::from_millis(50));
             self.starved = true;
             return self.release_if_wal_too_big();
-        }
-        // The put interval groups commits while running; a shutdown drain
-        // ships what is committed at once.
-        if let Some(last) = self.last_put.filter(|_| !self.draining) {
-            let due = last + self.cfg.min_put_interval;
-            if Instant::now() < due {
-                self.deferred_until = Some(due);
-                return Ok(());
-            }
         }
         let Some(shm) = self.read_shm()? else {
             return self.doubt("the wal-index (-shm) disappeared");
@@ -67,11 +58,27 @@ impl Capture {
                 // the commit counter confirms.
                 self.check_counter(&shm)?;
                 if self.snapshot_reason.is_none() {
+                    self.covered |= self.draining;
                     self.repin_if_changed(&shm)?;
                 }
                 return Ok(());
             }
             self.pin = self.pin.with_pinned(true);
+        }
+        // The put interval groups commits while running: published frames
+        // wait for it, pinned by the read transaction. With nothing unread
+        // there is no upload to postpone, and the counter check, the repin
+        // and the checkpoint below must not wait: an application's own
+        // checkpoint may be waiting for walsync's read mark while it holds
+        // the writer lock. A shutdown drain ships at once.
+        if !self.draining && !self.read_all_published(&shm) {
+            if let Some(last) = self.last_put {
+                let due = last + self.cfg.min_put_interval;
+                if Instant::now() < due {
+                    self.deferred_until = Some(due);
+                    return Ok(());
+                }
+            }
         }
         self.wal.refresh()?;
         match self.ship_available(false)? {
@@ -81,7 +88,8 @@ impl Capture {
                 self.settle_later();
                 return Ok(());
             }
-            Ship::Nothing | Ship::Shipped => {}
+            // A drain has read everything published when it began.
+            Ship::Nothing | Ship::Shipped => self.covered |= self.draining,
         }
         // Move the read transaction forward only when nothing committed
         // since the read: frames not read yet must stay pinned (a read
@@ -90,20 +98,24 @@ impl Capture {
         let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        let caught_up = match self.read {
+        if self.read_all_published(&shm) {
+            self.repin_if_changed(&shm)?;
+        } else {
+            self.settle_later();
+        }
+        self.maybe_checkpoint()
+    }
+
+    /// Everything the wal-index `shm` publishes has been read.
+    fn read_all_published(&self, shm: &ShmHeader) -> bool {
+        match self.read {
             Some(Read::At(p)) => {
                 (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
                     && u64::from(shm.mx_frame) == p.frame_index()
             }
             Some(Read::Empty) => shm.mx_frame == 0,
             None => false,
-        };
-        if caught_up {
-            self.repin_if_changed(&shm)?;
-        } else {
-            self.settle_later();
         }
-        self.maybe_checkpoint()
     }
 
     /// A file event arrived.
@@ -125,15 +137,8 @@ impl Capture {
         let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        let read_all = (!self.pin.pinned() && shm.mx_frame <= shm.backfill)
-            || match self.read {
-                Some(Read::At(p)) => {
-                    (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
-                        && u64::from(shm.mx_frame) == p.frame_index()
-                }
-                Some(Read::Empty) => shm.mx_frame == 0,
-                None => false,
-            };
+        let read_all =
+            (!self.pin.pinned() && shm.mx_frame <= shm.backfill) || self.read_all_published(&shm);
         let known = match self.read {
             Some(Read::At(p)) => Some((p.salt1, p.salt2)),
             _ => None,

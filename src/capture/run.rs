@@ -84,6 +84,9 @@ impl Capture {
                 break;
             }
             let idle = self.inflight.is_empty() && self.pending.is_empty();
+            if idle && self.covered && self.snapshot_reason.is_none() {
+                break; // everything committed before the shutdown is stored
+            }
             if idle {
                 let r = match self.snapshot_reason.clone() {
                     Some(reason) if self.conn.is_some() => self.snapshot(&reason),

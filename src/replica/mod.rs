@@ -6,7 +6,7 @@
 //! compactor, retention, restore, `list` and `verify` read it. They agree on
 //! it through this one place: one listing parser ([`listing`]), one chain
 //! planner ([`chain`]), one header reader and one checked fetch
-//! ([`fetch`]).
+//! ([`fetch`](mod@fetch)).
 //!
 //! The layout: every object of database `<db>` is an LTX file named
 //! `<db>/<level %04x>/<min txid %016x>-<max txid %016x>.ltx`
@@ -20,7 +20,7 @@
 //!   page), strict or lenient about keys it cannot explain.
 //! - [`chain`]: the greedy chain of objects that reaches a txid.
 //! - [`timeline`]: which txid was current at a time (header timestamps).
-//! - [`fetch`]: one object's bytes with their SHA-256 and header checked,
+//! - [`fetch`](mod@fetch): one object's bytes with their SHA-256 and header checked,
 //!   big ones spooled to disk; the header alone with a ranged GET.
 //! - [`newest`]: the newest object of a level in a few requests.
 //! - [`recent`]: bodies of objects just stored, kept for the compactor.
