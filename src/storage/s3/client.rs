@@ -158,10 +158,9 @@ impl S3Storage {
 
     /// A body cut short by a dropped connection must not pass for a
     /// complete one: compare it with `Content-Length`, and call a short body
-    /// what it is, a transient transport failure. (ureq already fails a
-    /// body that ends early; this also catches a server or proxy that
-    /// announces one length and closes after fewer bytes on a body ureq
-    /// reads to the close.)
+    /// what it is, a transient transport failure. ureq already fails a body
+    /// that ends early; this keeps the guarantee independent of the HTTP
+    /// layer.
     pub(super) fn check_length(&self, key: &str, answer: &Answer) -> Result<()> {
         let announced = answer
             .header("content-length")
