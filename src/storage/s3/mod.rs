@@ -55,7 +55,8 @@ use super::{
 };
 use crate::error::{Error, Result, StorageErrorKind};
 
-/// Longest time one S3 request may take (see [`S3Storage::new`]).
+/// Longest time one S3 request may take, from sending to the last body
+/// byte (set on the agent in `transport.rs`, which says why).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Keys per ListObjectsV2 page and per DeleteObjects request (the S3 maximum).

@@ -1,8 +1,9 @@
-//! The [`Storage`] requests over S3: PUT (multipart past a size), GET,
-//! ranged GET, HEAD, LIST, DELETE, conditional writes.
+//! The [`Storage`] requests over S3: PUT (multipart past a size, in
+//! `multipart.rs`), GET, ranged GET, HEAD, LIST, DELETE, conditional writes.
 //!
 //! Why a file of its own: the request-by-request mapping of the trait onto
-//! the S3 API, with metadata and times parsed from its answers.
+//! the S3 API — which status means what, and whether a request may be
+//! replayed ([`Replay`]) — with metadata and times parsed from its answers.
 
 use super::*;
 
