@@ -95,6 +95,23 @@ fn pooled_connections_survive_the_server_closing_them() {
             s.put(key, body, &meta).unwrap();
         }
     }
+    // Several pooled connections, all closed at their next request: the
+    // resend must go out on a new connection, not another doomed one.
+    std::thread::scope(|t| {
+        for j in 0..4 {
+            let (s, meta) = (&s, &meta);
+            t.spawn(move || {
+                for k in 0..5 {
+                    s.put(&format!("par/{j}-{k}.ltx"), b"x", meta).unwrap();
+                }
+            });
+        }
+    });
+    proxy.close_on_next_request();
+    for k in 0..4 {
+        s.put(&format!("after/{k}.ltx"), b"y", &meta)
+            .unwrap_or_else(|e| panic!("PUT after/{k}: {e}"));
+    }
     for (key, body) in &stored {
         assert_eq!(&s.get(key).unwrap(), body, "{key}");
     }

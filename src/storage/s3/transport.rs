@@ -130,7 +130,8 @@ impl Http {
     ///
     /// A request that failed because its pooled connection was broken —
     /// the server closed or reset it (idle timeout, restart) before any byte
-    /// of an answer — is sent once more, on a new connection, and only the
+    /// of an answer — is sent once more, on a new connection (idle ones to
+    /// the host are dropped: they are suspect too), and only the
     /// second outcome counts: a connection we chose to reuse going stale is
     /// not a failure of the server. That holds for [`Replay::Idempotent`]
     /// requests, and for the others only when the request was not
@@ -143,21 +144,23 @@ impl Http {
         command: Command<'_>,
         replay: Replay,
     ) -> Result<Answer, Failure> {
-        match self.attempt(bucket, path, command.clone()) {
+        match self.attempt(bucket, path, command.clone(), false) {
             Err(Failure::Transport(e)) if stale(&e, Progress::current(), replay) => {
                 log::debug!("S3: pooled connection was closed by the server ({e}); resending");
-                self.attempt(bucket, path, command)
+                self.attempt(bucket, path, command, true)
             }
             other => other,
         }
     }
 
-    /// One attempt, signed afresh (a new `x-amz-date`).
+    /// One attempt, signed afresh (a new `x-amz-date`); on a new
+    /// connection if `fresh`.
     fn attempt(
         &self,
         bucket: &Bucket,
         path: &str,
         command: Command<'_>,
+        fresh: bool,
     ) -> Result<Answer, Failure> {
         Progress::reset();
         let request = AttoRequest::new(bucket, path, command).map_err(Failure::Build)?;
@@ -187,18 +190,18 @@ impl Http {
                 let req = builder
                     .body(*content)
                     .map_err(|e| Failure::Url(e.to_string()))?;
-                self.agent.run(req)
+                self.run(req, fresh)
             }
             _ => {
                 let body = request.request_body().map_err(Failure::Build)?;
                 if body.is_empty() {
                     let req = builder.body(()).map_err(|e| Failure::Url(e.to_string()))?;
-                    self.agent.run(req)
+                    self.run(req, fresh)
                 } else {
                     let req = builder
                         .body(body.as_slice())
                         .map_err(|e| Failure::Url(e.to_string()))?;
-                    self.agent.run(req)
+                    self.run(req, fresh)
                 }
             }
         }
@@ -218,6 +221,28 @@ impl Http {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+impl Http {
+    /// Runs `req` on a pooled connection, or if `fresh` on a new one: a
+    /// zero idle age for this request makes the pool lookup pass over (and
+    /// drop) every idle connection to the host, which after one turned out
+    /// stale are suspect too. The new connection is pooled as usual.
+    fn run<B: ureq::AsSendBody>(
+        &self,
+        req: http::Request<B>,
+        fresh: bool,
+    ) -> Result<http::Response<ureq::Body>, ureq::Error> {
+        let req = if fresh {
+            self.agent
+                .configure_request(req)
+                .max_idle_age(Duration::ZERO)
+                .build()
+        } else {
+            req
+        };
+        self.agent.run(req)
     }
 }
 
