@@ -208,9 +208,10 @@ impl Http {
         .map_err(Failure::Transport)?;
         let status = response.status().as_u16();
         let (parts, body) = response.into_parts();
-        // No size limit beyond what today's callers ask for: walsync reads
-        // whole objects (up to a 64 MiB segment or a snapshot part) into
-        // memory, and a short body is caught by the Content-Length check.
+        // ureq's default limit is 10 MB; walsync reads whole objects into
+        // memory (a segment is at most 64 MiB) as it did with attohttpc,
+        // which had no limit either. A short body is an error here and in
+        // the Content-Length check.
         let body = body
             .into_with_config()
             .limit(u64::MAX)
