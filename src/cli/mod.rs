@@ -125,8 +125,10 @@ pub fn parse_txid(s: &str) -> Result<u64> {
 /// [`defaults::LOG_FILTER`]).
 pub fn init_logging() {
     let env = env_logger::Env::default().default_filter_or(defaults::LOG_FILTER);
-    // ureq logs each request's full URL at debug level; for the heartbeat
-    // that URL is a secret (its token), so ureq is capped at info whatever
+    // ureq logs each request's full URL at debug level, and ureq_proto
+    // dumps the raw bytes of every request at trace level: for the
+    // heartbeat the URL is a secret (its token), for S3 the bytes hold the
+    // signed `Authorization` header. So both are capped at info whatever
     // RUST_LOG says (a later directive for the same module wins).
     // A second call (tests) is harmless; ignore its error.
     let _ = env_logger::Builder::from_env(env)

@@ -1,8 +1,11 @@
 //! A loopback TCP proxy in front of the test S3 server that can simulate an
-//! outage (shared by the outage and heartbeat tests).
+//! outage (shared by the outage and heartbeat tests), count the connections
+//! a client opens, and close kept-alive connections the way a server does
+//! (the connection-pool tests).
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +16,20 @@ pub struct Proxy {
     down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Client connections accepted and forwarded.
+    accepted: AtomicU64,
+    /// Connections accepted before this generation close at their next
+    /// request (see [`Proxy::close_on_next_request`]).
+    generation: AtomicU64,
+    /// Connections closed that way, with a request in flight.
+    closed_on_request: AtomicU64,
+    /// Only requests with this method are closed that way (all if unset).
+    method: Mutex<Option<&'static str>>,
 }
 
 impl Proxy {
@@ -22,7 +39,8 @@ impl Proxy {
         let down = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, s, c) = (down.clone(), stop.clone(), conns.clone());
+        let counters: Arc<Counters> = Arc::default();
+        let (d, s, c, n) = (down.clone(), stop.clone(), conns.clone(), counters.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -37,21 +55,22 @@ impl Proxy {
                 else {
                     continue;
                 };
+                n.accepted.fetch_add(1, Ordering::SeqCst);
+                let born = n.generation.load(Ordering::SeqCst);
                 {
                     let mut list = c.lock().unwrap();
                     list.retain(|x| x.peer_addr().is_ok());
                     list.push(client.try_clone().unwrap());
                     list.push(server.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
+                let (from, to) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let n = n.clone();
+                std::thread::spawn(move || forward_requests(from, to, born, &n));
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (server, client);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
             }
         });
         Proxy {
@@ -59,17 +78,75 @@ impl Proxy {
             down,
             stop,
             conns,
+            counters,
         }
     }
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
-            for c in self.conns.lock().unwrap().drain(..) {
-                let _ = c.shutdown(std::net::Shutdown::Both);
-            }
+            self.cut();
         }
     }
+
+    /// Close every open connection now, both ways, as a server that
+    /// restarts or drops idle keep-alive connections does.
+    pub fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Every connection open now is closed when its client sends the next
+    /// request, without forwarding it: a server closing an idle connection
+    /// at the moment the client reuses it. The client has no way to see it
+    /// coming.
+    pub fn close_on_next_request(&self) {
+        self.close_on_next(None);
+    }
+
+    /// [`Proxy::close_on_next_request`] for the next request with `method`
+    /// only: requests with other methods pass and the connection stays
+    /// doomed.
+    pub fn close_on_next(&self, method: Option<&'static str>) {
+        *self.counters.method.lock().unwrap() = method;
+        self.counters.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Client connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.counters.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed by [`Proxy::close_on_next_request`] so far.
+    pub fn closed_on_request(&self) -> u64 {
+        self.counters.closed_on_request.load(Ordering::SeqCst)
+    }
+}
+
+/// Client to server, until either side closes; a connection older than the
+/// current generation is closed, unforwarded, when its next bytes arrive.
+fn forward_requests(mut from: TcpStream, mut to: TcpStream, born: u64, n: &Counters) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let got = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(got) => got,
+        };
+        let method = *n.method.lock().unwrap();
+        let doomed = n.generation.load(Ordering::SeqCst) > born
+            && method.is_none_or(|m| buf[..got].starts_with(format!("{m} ").as_bytes()));
+        if doomed {
+            n.closed_on_request.fetch_add(1, Ordering::SeqCst);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if to.write_all(&buf[..got]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 impl Drop for Proxy {

@@ -1,14 +1,18 @@
-//! The S3 client: one rust-s3 bucket handle (blocking API), built from the
+//! The S3 client: one rust-s3 bucket handle (addressing, credentials,
+//! signing) and one HTTP agent (connections), built from the
 //! configuration.
 //!
-//! Why a file of its own: addressing style, credentials and the request
-//! timeout are decided once, here.
+//! Why a file of its own: addressing style and credentials are decided once,
+//! here, and every request goes through [`S3Storage::call`], so the
+//! mapping of failures to storage errors is in one place.
 
 use super::*;
 
 /// A [`Storage`] in an S3-compatible bucket.
 pub struct S3Storage {
     pub(super) bucket: Box<Bucket>,
+    /// Keep-alive connections shared by every thread using this storage.
+    pub(super) http: Http,
     pub(super) bucket_name: String,
     pub(super) prefix: String,
     /// Endpoint shown in transport error messages.
@@ -28,8 +32,6 @@ impl fmt::Debug for S3Storage {
 impl S3Storage {
     /// A client for `config`. Sends no request (see [`Storage::check`]).
     pub fn new(config: S3Config) -> Result<S3Storage> {
-        // walsync retries on its own; see the module documentation.
-        s3::set_retries(0);
         let region_name = config
             .region
             .clone()
@@ -72,13 +74,9 @@ impl S3Storage {
         } else {
             bucket.set_subdomain_style();
         }
-        // Every request ends within this time: a server that hangs becomes a
-        // failed attempt, which is retried and which the WAL escape valve
-        // counts as an outage (`--max-wal-mib`). One PUT carries at most
-        // 16 MiB (larger objects go in parts), so this needs ~2.2 Mbit/s.
-        bucket.set_request_timeout(Some(REQUEST_TIMEOUT));
         Ok(S3Storage {
             bucket,
+            http: Http::new(),
             bucket_name: config.bucket,
             prefix: config.prefix,
             endpoint,
@@ -104,27 +102,77 @@ impl S3Storage {
         Ok(self.full_key(key))
     }
 
-    /// The HTTP client hands over a body cut short by a dropped connection
-    /// as if it were complete: compare it with `Content-Length`, and call a
-    /// short body what it is, a transient transport failure.
-    pub(super) fn check_length(
+    /// Sends `command` for `path` (a full key, or `/` for the bucket);
+    /// `location` names the object in errors. Any HTTP status is an answer
+    /// (see [`S3Storage::success`]).
+    pub(super) fn call(
         &self,
-        key: &str,
-        headers: &std::collections::HashMap<String, String>,
-        body: &[u8],
-    ) -> Result<()> {
-        let announced = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+        location: &str,
+        path: &str,
+        command: Command<'_>,
+        replay: Replay,
+    ) -> Result<Answer> {
+        self.call_on(&self.bucket, location, path, command, replay)
+    }
+
+    /// [`S3Storage::call`] signed with `bucket`, a copy of ours with extra
+    /// headers.
+    pub(super) fn call_on(
+        &self,
+        bucket: &Bucket,
+        location: &str,
+        path: &str,
+        command: Command<'_>,
+        replay: Replay,
+    ) -> Result<Answer> {
+        self.http.send(bucket, path, command, replay).map_err(|e| {
+            let (kind, message) = classify_failure(&e, &self.endpoint);
+            err(location.to_string(), kind, message)
+        })
+    }
+
+    /// `answer` if its status is 2xx, else the error it describes.
+    pub(super) fn success(&self, location: &str, answer: Answer) -> Result<Answer> {
+        if (200..300).contains(&answer.status) {
+            Ok(answer)
+        } else {
+            Err(self.http_error(location, &answer))
+        }
+    }
+
+    /// The error an answer with a non-2xx status describes.
+    pub(super) fn http_error(&self, location: &str, answer: &Answer) -> Error {
+        let (kind, message) = classify_http(answer.status, &String::from_utf8_lossy(&answer.body));
+        err(location.to_string(), kind, message)
+    }
+
+    /// The XML document of a 2xx answer as `T` (one of rust-s3's types).
+    pub(super) fn parse_xml<T: serde::de::DeserializeOwned>(
+        &self,
+        location: &str,
+        answer: &Answer,
+    ) -> Result<T> {
+        quick_xml::de::from_reader(answer.body.as_slice())
+            .map_err(|e| self.map_err(location.to_string(), S3Error::SerdeXml(e)))
+    }
+
+    /// A body cut short by a dropped connection must not pass for a
+    /// complete one: compare it with `Content-Length`, and call a short body
+    /// what it is, a transient transport failure. ureq already fails a body
+    /// that ends early; this keeps the guarantee independent of the HTTP
+    /// layer.
+    pub(super) fn check_length(&self, key: &str, answer: &Answer) -> Result<()> {
+        let announced = answer
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
         match announced {
-            Some(n) if n != body.len() as u64 => Err(err(
+            Some(n) if n != answer.body.len() as u64 => Err(err(
                 self.location(key),
                 StorageErrorKind::Transient,
                 format!(
                     "{}: body cut short: {} of {n} bytes received",
                     self.endpoint,
-                    body.len()
+                    answer.body.len()
                 ),
             )),
             _ => Ok(()),

@@ -23,46 +23,70 @@ pub(super) fn xml_field(body: &str, tag: &str) -> Option<String> {
     )
 }
 
-/// Kind and one-line message for a rust-s3 error.
+/// Kind and one-line message for an S3 error answer: its status and
+/// body (an XML `<Error>` document, or nothing for HEAD).
+pub(super) fn classify_http(status: u16, body: &str) -> (StorageErrorKind, String) {
+    let code = xml_field(body, "Code").unwrap_or_default();
+    let kind = status_kind(status, &code);
+    let mut message = format!("HTTP {status}");
+    if !code.is_empty() {
+        message.push(' ');
+        message.push_str(&code);
+    }
+    match xml_field(body, "Message") {
+        Some(m) if !m.is_empty() => {
+            message.push_str(": ");
+            message.push_str(&one_line(&m));
+        }
+        _ if code.is_empty() && !body.trim().is_empty() => {
+            message.push_str(": ");
+            message.push_str(&one_line(body));
+        }
+        _ => {}
+    }
+    if code == "AuthorizationHeaderMalformed" {
+        // What a wrong region looks like (Garage wants `garage`).
+        message.push_str(" (check --region / AWS_REGION)");
+    }
+    (kind, message)
+}
+
+/// Kind and one-line message for a request that got no answer.
+pub(super) fn classify_failure(e: &Failure, endpoint: &str) -> (StorageErrorKind, String) {
+    match e {
+        Failure::Build(e) => classify(e, endpoint),
+        Failure::Url(m) => (
+            StorageErrorKind::Other,
+            format!("{endpoint}: bad request URL: {}", one_line(m)),
+        ),
+        Failure::Transport(e) => {
+            let kind = match e {
+                ureq::Error::Io(io) => io_kind(io.kind()),
+                ureq::Error::Timeout(_)
+                | ureq::Error::ConnectionFailed
+                | ureq::Error::BodyStalled => StorageErrorKind::Transient,
+                // An answer that does not parse as HTTP was cut off or
+                // garbled on the way: asking again is the cure.
+                ureq::Error::Protocol(_) | ureq::Error::Decompress(..) => {
+                    StorageErrorKind::Transient
+                }
+                _ => StorageErrorKind::Other,
+            };
+            (kind, format!("{endpoint}: {}", one_line(&e.to_string())))
+        }
+    }
+}
+
+/// Kind and one-line message for a rust-s3 error (building or signing a
+/// request, parsing an answer).
 pub(super) fn classify(e: &S3Error, endpoint: &str) -> (StorageErrorKind, String) {
     match e {
-        S3Error::HttpFailWithBody(status, body) => {
-            let code = xml_field(body, "Code").unwrap_or_default();
-            let kind = status_kind(*status, &code);
-            let mut message = format!("HTTP {status}");
-            if !code.is_empty() {
-                message.push(' ');
-                message.push_str(&code);
-            }
-            match xml_field(body, "Message") {
-                Some(m) if !m.is_empty() => {
-                    message.push_str(": ");
-                    message.push_str(&one_line(&m));
-                }
-                _ if code.is_empty() && !body.trim().is_empty() => {
-                    message.push_str(": ");
-                    message.push_str(&one_line(body));
-                }
-                _ => {}
-            }
-            if code == "AuthorizationHeaderMalformed" {
-                // What a wrong region looks like (Garage wants `garage`).
-                message.push_str(" (check --region / AWS_REGION)");
-            }
-            (kind, message)
-        }
+        S3Error::HttpFailWithBody(status, body) => classify_http(*status, body),
         S3Error::HttpFail => (StorageErrorKind::Other, "HTTP request failed".into()),
         S3Error::Io(io) => (
             io_kind(io.kind()),
             format!("{endpoint}: {}", one_line(&io.to_string())),
         ),
-        S3Error::Atto(atto) => {
-            let kind = match atto.kind() {
-                attohttpc::ErrorKind::Io(io) => io_kind(io.kind()),
-                _ => StorageErrorKind::Other,
-            };
-            (kind, format!("{endpoint}: {}", one_line(&atto.to_string())))
-        }
         S3Error::Credentials(_) => (StorageErrorKind::AccessDenied, one_line(&e.to_string())),
         // A 2xx answer whose XML does not parse was cut off or garbled on
         // the way (a LIST body truncated by a proxy or a dropped

@@ -1,25 +1,53 @@
-//! [`S3Storage`]: objects in an S3-compatible bucket, through rust-s3's
-//! blocking (`sync`) API — plain HTTP/1.1 calls on the calling thread, no
-//! async runtime.
+//! [`S3Storage`]: objects in an S3-compatible bucket, over plain blocking
+//! HTTP/1.1 on the calling thread — no async runtime — and over kept-alive
+//! connections.
 //!
 //! Configuration comes from flags ([`S3Options`]) and the usual AWS
 //! environment variables (see [`S3Config::from_spec`]). Failures are mapped
 //! to [`StorageErrorKind`] so callers can decide between retrying
 //! (`Transient`) and stopping loudly (`AccessDenied`, `NoSuchBucket`).
 //!
-//! rust-s3's own retry (a process-wide count with fixed `n²`-second sleeps) is
-//! switched off when an [`S3Storage`] is built: walsync's uploader retries with
-//! capped, jittered backoff itself, and two retry layers would multiply delays
-//! and hide outages from it.
+//! # Who does what
+//!
+//! rust-s3 stays the S3 layer: it builds each request's URL (addressing
+//! style, query), its headers and its SigV4 signature (`AttoRequest` and its
+//! `Request` trait), and its serde types describe the XML answers (parsed
+//! with the quick-xml it uses). The bytes travel through one
+//! [`ureq::Agent`] per storage, shared by every thread using it, which pools
+//! keep-alive connections (plain and TLS) per host (`transport.rs`).
+//! rust-s3's own sending (attohttpc in its blocking mode) is not used: it
+//! opens a new TCP — and TLS — connection for every request, with a thread
+//! per connect, which was ~13 % of walsync's CPU under load and a round trip
+//! or two of latency on every commit.
+//!
+//! Rejected alternatives:
+//! - presigned URLs sent through ureq: rust-s3 presigns GET, PUT and DELETE
+//!   only (no LIST, HEAD, DeleteObjects, multipart) and a presigned PUT
+//!   leaves metadata and `If-Match`/`If-None-Match` headers unsigned, so
+//!   half of the requests would still need another path;
+//! - our own SigV4: small, but it is exactly the part where a subtle
+//!   mistake (canonical query encoding, which headers are signed, session
+//!   tokens) breaks against one provider only; rust-s3's signer is tested
+//!   against many, and reusing it keeps one signer for all requests;
+//! - another S3 crate (the AWS SDK): async, built on tokio.
+//!
+//! Neither rust-s3's retry (it is never invoked) nor ureq's redirects are
+//! in play: walsync's uploader retries with capped, jittered backoff itself,
+//! and two retry layers would multiply delays and hide outages from it. The
+//! one retry below it is for a pooled connection the server had already
+//! closed (see `transport.rs`), which is not a failure of the server.
 
 use std::fmt;
 use std::io;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use s3::command::Command;
 use s3::creds::Credentials;
 use s3::error::S3Error;
-use s3::serde_types::ObjectIdentifier;
+use s3::serde_types::{
+    DeleteObjectsRequest, DeleteObjectsResult, ListBucketResult, ObjectIdentifier,
+};
 use s3::{Bucket, Region};
 
 use super::{
@@ -27,7 +55,8 @@ use super::{
 };
 use crate::error::{Error, Result, StorageErrorKind};
 
-/// Longest time one S3 request may take (see [`S3Storage::new`]).
+/// Longest time one S3 request may take, from sending to the last body
+/// byte (set on the agent in `transport.rs`, which says why).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Keys per ListObjectsV2 page and per DeleteObjects request (the S3 maximum).
@@ -210,11 +239,15 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
 
 mod client;
 mod errors;
+mod multipart;
 mod requests;
 #[cfg(test)]
 mod tests;
+mod transport;
+mod wire;
 
 pub use client::*;
 use errors::*;
 #[cfg(test)]
 use requests::*;
+use transport::{Answer, Failure, Http, Replay};

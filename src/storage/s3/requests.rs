@@ -1,8 +1,9 @@
-//! The [`Storage`] requests over S3: PUT (multipart past a size), GET,
-//! ranged GET, HEAD, LIST, DELETE, conditional writes.
+//! The [`Storage`] requests over S3: PUT (multipart past a size, in
+//! `multipart.rs`), GET, ranged GET, HEAD, LIST, DELETE, conditional writes.
 //!
 //! Why a file of its own: the request-by-request mapping of the trait onto
-//! the S3 API, with metadata and times parsed from its answers.
+//! the S3 API — which status means what, and whether a request may be
+//! replayed ([`Replay`]) — with metadata and times parsed from its answers.
 
 use super::*;
 
@@ -38,21 +39,8 @@ pub(super) fn metadata_from_headers<'a>(
 }
 
 impl S3Storage {
-    /// An error naming `key` unless `status` is 2xx (with `fail-on-err` most
-    /// failures already come back as errors; this catches the rest).
-    fn expect_success(&self, key: &str, status: u16) -> Result<()> {
-        if (200..300).contains(&status) {
-            return Ok(());
-        }
-        Err(err(
-            self.location(key),
-            status_kind(status, ""),
-            format!("HTTP {status}"),
-        ))
-    }
-
     /// `x-amz-meta-*` headers for `meta`, validated.
-    fn meta_headers(&self, key: &str, meta: &Metadata) -> Result<HeaderMap> {
+    pub(super) fn meta_headers(&self, key: &str, meta: &Metadata) -> Result<HeaderMap> {
         meta.validate()
             .map_err(|reason| err(self.location(key), StorageErrorKind::Other, reason))?;
         let mut headers = HeaderMap::new();
@@ -81,8 +69,76 @@ pub(super) fn quote_etag(etag: &str) -> String {
     format!("\"{}\"", etag.trim_matches('"'))
 }
 
-/// Files larger than this are uploaded in parts (rust-s3 uses 8 MiB parts).
+/// Files larger than this are uploaded in parts (see `multipart.rs`).
 pub(super) const MULTIPART_THRESHOLD: u64 = 16 << 20;
+
+/// Content type of every object walsync stores.
+pub(super) const OCTET_STREAM: &str = "application/octet-stream";
+
+impl S3Storage {
+    /// `prefix/` of our keys inside the bucket (empty without a prefix).
+    fn root(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
+    }
+
+    /// One ListObjectsV2 page of full keys under `full_prefix`.
+    fn list_request(
+        &self,
+        full_prefix: &str,
+        continuation_token: Option<String>,
+        start_after: Option<String>,
+        max_keys: usize,
+        location: &str,
+    ) -> Result<ListBucketResult> {
+        let command = Command::ListObjectsV2 {
+            prefix: full_prefix.to_string(),
+            delimiter: None,
+            continuation_token,
+            start_after,
+            max_keys: Some(max_keys),
+        };
+        let answer = self.call(location, "/", command, Replay::Idempotent)?;
+        let answer = self.success(location, answer)?;
+        self.parse_xml(location, &answer)
+    }
+
+    /// A PUT of `body` with `headers` (metadata, preconditions).
+    fn put_request(
+        &self,
+        location: &str,
+        full: &str,
+        body: &[u8],
+        headers: HeaderMap,
+        replay: Replay,
+    ) -> Result<Answer> {
+        let command = Command::PutObject {
+            content: body,
+            content_type: OCTET_STREAM,
+            custom_headers: Some(headers),
+            multipart: None,
+        };
+        self.call(location, full, command, replay)
+    }
+}
+
+/// Object infos for listed keys under `root`, with `root` cut off.
+fn infos(
+    root: &str,
+    contents: Vec<s3::serde_types::Object>,
+) -> impl Iterator<Item = ObjectInfo> + '_ {
+    contents.into_iter().filter_map(move |object| {
+        object.key.strip_prefix(root).map(|key| ObjectInfo {
+            key: key.to_string(),
+            size: object.size,
+            last_modified: parse_time(&object.last_modified),
+            metadata: Metadata::new(),
+        })
+    })
+}
 
 impl Storage for S3Storage {
     fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
@@ -93,17 +149,7 @@ impl Storage for S3Storage {
             let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             return self.put(key, &body, meta);
         }
-        let full = self.checked_key(key)?;
-        let headers = self.meta_headers(key, meta)?;
-        let bucket = self
-            .bucket
-            .with_extra_headers(headers)
-            .map_err(|e| self.map_err(self.location(key), e))?;
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let status = bucket
-            .put_object_stream_with_content_type(&mut file, &full, "application/octet-stream")
-            .map_err(|e| self.map_err(self.location(key), e))?;
-        self.expect_success(key, status)
+        self.put_multipart(key, path, meta)
     }
 
     fn list_page(
@@ -112,34 +158,17 @@ impl Storage for S3Storage {
         start_after: Option<&str>,
         max_keys: usize,
     ) -> Result<Vec<ObjectInfo>> {
-        let root = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = self.root();
         let full_prefix = format!("{root}{prefix}");
-        let (page, _) = self
-            .bucket
-            .list_page(
-                full_prefix.clone(),
-                None,
-                None,
-                start_after.map(|s| format!("{root}{s}")),
-                Some(max_keys.clamp(1, BATCH)),
-            )
-            .map_err(|e| self.map_err(format!("s3://{}/{full_prefix}", self.bucket_name), e))?;
-        let mut out: Vec<ObjectInfo> = page
-            .contents
-            .into_iter()
-            .filter_map(|object| {
-                object.key.strip_prefix(&root).map(|key| ObjectInfo {
-                    key: key.to_string(),
-                    size: object.size,
-                    last_modified: parse_time(&object.last_modified),
-                    metadata: Metadata::new(),
-                })
-            })
-            .collect();
+        let location = format!("s3://{}/{full_prefix}", self.bucket_name);
+        let page = self.list_request(
+            &full_prefix,
+            None,
+            start_after.map(|s| format!("{root}{s}")),
+            max_keys.clamp(1, BATCH),
+            &location,
+        )?;
+        let mut out: Vec<ObjectInfo> = infos(&root, page.contents).collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out.truncate(max_keys);
         Ok(out)
@@ -148,42 +177,31 @@ impl Storage for S3Storage {
     fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> Result<()> {
         let full = self.checked_key(key)?;
         let headers = self.meta_headers(key, meta)?;
-        let response = self
-            .bucket
-            .put_object_with_content_type_and_headers(
-                &full,
-                body,
-                "application/octet-stream",
-                Some(headers),
-            )
-            .map_err(|e| self.map_err(self.location(key), e))?;
-        let status = response.status_code();
-        self.expect_success(key, status)
+        let location = self.location(key);
+        let answer = self.put_request(&location, &full, body, headers, Replay::Idempotent)?;
+        self.success(&location, answer).map(|_| ())
     }
 
     fn get_with_info(&self, key: &str) -> Result<(Vec<u8>, ObjectInfo)> {
         let full = self.checked_key(key)?;
-        let response = self
-            .bucket
-            .get_object(&full)
-            .map_err(|e| self.map_err(self.location(key), e))?;
-        let status = response.status_code();
-        self.expect_success(key, status)?;
-        let headers = response.headers();
-        let last_modified = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("last-modified"))
-            .and_then(|(_, v)| parse_time(v));
-        let metadata = metadata_from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let body = response.to_vec();
-        self.check_length(key, &headers, &body)?;
+        let location = self.location(key);
+        let answer = self.call(&location, &full, Command::GetObject, Replay::Idempotent)?;
+        let answer = self.success(&location, answer)?;
+        self.check_length(key, &answer)?;
+        let last_modified = answer.header("last-modified").and_then(parse_time);
+        let metadata = metadata_from_headers(
+            answer
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
         let info = ObjectInfo {
             key: key.to_string(),
-            size: body.len() as u64,
+            size: answer.body.len() as u64,
             last_modified,
             metadata,
         };
-        Ok((body, info))
+        Ok((answer.body, info))
     }
 
     fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> Result<Vec<u8>> {
@@ -192,30 +210,21 @@ impl Storage for S3Storage {
             return Ok(Vec::new());
         }
         let end = len.map(|l| start.saturating_add(l - 1));
-        let response = match self.bucket.get_object_range(&full, start, end) {
-            Ok(r) => r,
-            // Range starting at or past the end: S3 says 416, we say "no bytes".
-            Err(S3Error::HttpFailWithBody(416, _)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.map_err(self.location(key), e)),
-        };
-        let status = response.status_code();
-        let headers = response.headers();
-        let mut body = response.to_vec();
-        self.check_length(key, &headers, &body)?;
-        match status {
-            206 => {}
+        let location = self.location(key);
+        let command = Command::GetObjectRange { start, end };
+        let answer = self.call(&location, &full, command, Replay::Idempotent)?;
+        match answer.status {
+            206 => self.check_length(key, &answer)?,
             // The server ignored the Range header and sent everything.
-            200 => {
-                let from = usize::try_from(start).unwrap_or(usize::MAX).min(body.len());
-                body.drain(..from);
-            }
-            _ => {
-                return Err(err(
-                    self.location(key),
-                    status_kind(status, ""),
-                    format!("HTTP {status}"),
-                ))
-            }
+            200 => self.check_length(key, &answer)?,
+            // Range starting at or past the end: S3 says 416, we say "no bytes".
+            416 => return Ok(Vec::new()),
+            _ => return Err(self.http_error(&location, &answer)),
+        }
+        let mut body = answer.body;
+        if answer.status == 200 {
+            let from = usize::try_from(start).unwrap_or(usize::MAX).min(body.len());
+            body.drain(..from);
         }
         if let Some(len) = len {
             body.truncate(usize::try_from(len).unwrap_or(usize::MAX));
@@ -225,66 +234,48 @@ impl Storage for S3Storage {
 
     fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let full = self.checked_key(key)?;
+        let location = self.location(key);
+        let answer = self.call(&location, &full, Command::HeadObject, Replay::Idempotent)?;
         // HEAD responses have no body, so a 404 cannot say whether the key or
         // the bucket is missing: both read as "absent" ([`Storage::check`]
         // tells a missing bucket apart at start-up).
-        let (head, status) = match self.bucket.head_object(&full) {
-            Ok(r) => r,
-            Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
-            Err(e) => return Err(self.map_err(self.location(key), e)),
-        };
-        if status == 404 {
+        if answer.status == 404 {
             return Ok(None);
         }
-        self.expect_success(key, status)?;
-        let metadata: Metadata = head.metadata.unwrap_or_default().into_iter().collect();
+        let answer = self.success(&location, answer)?;
+        let metadata = metadata_from_headers(
+            answer
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
         Ok(Some(ObjectInfo {
             key: key.to_string(),
-            size: head
-                .content_length
-                .and_then(|l| u64::try_from(l).ok())
+            size: answer
+                .header("content-length")
+                .and_then(|l| l.trim().parse().ok())
                 .unwrap_or(0),
-            last_modified: head.last_modified.as_deref().and_then(parse_time),
+            last_modified: answer.header("last-modified").and_then(parse_time),
             metadata,
         }))
     }
 
     fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
-        let root = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = self.root();
         let full_prefix = format!("{root}{prefix}");
+        let location = format!("s3://{}/{full_prefix}", self.bucket_name);
         let mut start_after = start_after.map(|s| format!("{root}{s}"));
         let mut token: Option<String> = None;
         let mut out = Vec::new();
         loop {
-            let (page, _) = self
-                .bucket
-                .list_page(
-                    full_prefix.clone(),
-                    None,
-                    token.clone(),
-                    if token.is_some() {
-                        None
-                    } else {
-                        start_after.clone()
-                    },
-                    Some(BATCH),
-                )
-                .map_err(|e| self.map_err(format!("s3://{}/{full_prefix}", self.bucket_name), e))?;
+            let after = if token.is_some() {
+                None
+            } else {
+                start_after.clone()
+            };
+            let page = self.list_request(&full_prefix, token.clone(), after, BATCH, &location)?;
             let last = page.contents.last().map(|o| o.key.clone());
-            for object in page.contents {
-                if let Some(key) = object.key.strip_prefix(&root) {
-                    out.push(ObjectInfo {
-                        key: key.to_string(),
-                        size: object.size,
-                        last_modified: parse_time(&object.last_modified),
-                        metadata: Metadata::new(),
-                    });
-                }
-            }
+            out.extend(infos(&root, page.contents));
             if !page.is_truncated {
                 break;
             }
@@ -325,49 +316,41 @@ impl Storage for S3Storage {
             )
         })?;
         headers.insert(name, value);
-        match self.bucket.put_object_with_content_type_and_headers(
-            &full,
-            body,
-            "application/octet-stream",
-            Some(headers),
-        ) {
-            Ok(response) => {
-                self.expect_success(key, response.status_code())?;
-                Ok(true)
-            }
+        let location = self.location(key);
+        // Not idempotent: a second copy of a write that succeeded would be
+        // answered 412 and read as "another writer got there first".
+        let answer = self.put_request(&location, &full, body, headers, Replay::OnlyUnsent)?;
+        match answer.status {
             // The precondition failed: another writer got there first.
-            Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
+            412 => Ok(false),
             // AWS: a concurrent conditional write to the same key; retry.
-            Err(S3Error::HttpFailWithBody(409, body)) => Err(err(
-                self.location(key),
+            409 => Err(err(
+                location,
                 StorageErrorKind::Transient,
-                format!("HTTP 409 {}", xml_field(&body, "Code").unwrap_or_default()),
+                format!(
+                    "HTTP 409 {}",
+                    xml_field(&String::from_utf8_lossy(&answer.body), "Code").unwrap_or_default()
+                ),
             )),
-            Err(e) => Err(self.map_err(self.location(key), e)),
+            _ => self.success(&location, answer).map(|_| true),
         }
     }
 
     fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
         let full = self.checked_key(key)?;
-        let response = match self.bucket.get_object(&full) {
-            Ok(r) => r,
-            Err(S3Error::HttpFailWithBody(404, body))
-                if xml_field(&body, "Code").as_deref() != Some("NoSuchBucket") =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(self.map_err(self.location(key), e)),
-        };
-        let status = response.status_code();
-        if status == 404 {
+        let location = self.location(key);
+        let answer = self.call(&location, &full, Command::GetObject, Replay::Idempotent)?;
+        if answer.status == 404
+            && xml_field(&String::from_utf8_lossy(&answer.body), "Code").as_deref()
+                != Some("NoSuchBucket")
+        {
             return Ok(None);
         }
-        self.expect_success(key, status)?;
-        let etag = response
-            .headers()
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
-            .map(|(_, v)| v.trim_matches('"').to_string())
+        let answer = self.success(&location, answer)?;
+        self.check_length(key, &answer)?;
+        let etag = answer
+            .header("etag")
+            .map(|v| v.trim_matches('"').to_string())
             .ok_or_else(|| {
                 err(
                     self.location(key),
@@ -375,7 +358,7 @@ impl Storage for S3Storage {
                     "the server sent no ETag",
                 )
             })?;
-        Ok(Some((response.to_vec(), etag)))
+        Ok(Some((answer.body, etag)))
     }
 
     fn delete_many(&self, keys: &[String]) -> Result<()> {
@@ -384,15 +367,20 @@ impl Storage for S3Storage {
             full_keys.push(self.checked_key(key)?);
         }
         for chunk in full_keys.chunks(BATCH) {
-            let ids: Vec<ObjectIdentifier> = chunk
+            let objects: Vec<ObjectIdentifier> = chunk
                 .iter()
                 .map(|k| ObjectIdentifier::new(k.as_str()))
                 .collect();
             let location = format!("s3://{}/{}", self.bucket_name, chunk[0]);
-            let result = self
-                .bucket
-                .delete_objects(ids)
-                .map_err(|e| self.map_err(location, e))?;
+            let command = Command::DeleteObjects {
+                data: DeleteObjectsRequest {
+                    objects,
+                    quiet: false,
+                },
+            };
+            let answer = self.call(&location, "/", command, Replay::Idempotent)?;
+            let answer = self.success(&location, answer)?;
+            let result: DeleteObjectsResult = self.parse_xml(&location, &answer)?;
             if let Some(failed) = result.errors.iter().find(|e| e.code != "NoSuchKey") {
                 return Err(err(
                     format!("s3://{}/{}", self.bucket_name, failed.key),
@@ -409,15 +397,9 @@ impl Storage for S3Storage {
     }
 
     fn check(&self) -> Result<()> {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        self.bucket
-            .list_page(prefix, None, None, None, Some(1))
+        let root = self.root();
+        self.list_request(&root, None, None, 1, &self.describe())
             .map(|_| ())
-            .map_err(|e| self.map_err(self.describe(), e))
     }
 
     fn describe(&self) -> String {
