@@ -112,6 +112,14 @@ fn app(path: &Path) -> Connection {
     c
 }
 
+/// The source database: WAL mode, tables `t` and `u`, one row in `t`.
+fn create_tables(c: &Connection) {
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');",
+    )
+    .unwrap();
+}
+
 fn insert(path: &Path, v: &str) {
     let c = app(path);
     c.execute("INSERT INTO t VALUES (?1)", [v]).unwrap();
@@ -240,8 +248,7 @@ fn has_txid(keys: &[String], txid: u64) -> bool {
 fn frames_past_the_published_wal_index_are_never_shipped() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.checkpoint_pages = 1 << 30;
     cfg.truncate_pages = 1 << 30;
@@ -285,8 +292,7 @@ fn frames_past_the_published_wal_index_are_never_shipped() {
 fn commit_padding_frames_are_one_transaction() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     drop(c);
     let mut cfg = w.cfg();
     cfg.checkpoint_pages = 1 << 30;
@@ -320,8 +326,7 @@ fn commit_padding_frames_are_one_transaction() {
 fn sustained_writes_still_checkpoint() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.checkpoint_pages = 100;
     cfg.truncate_pages = 400;
@@ -376,8 +381,7 @@ fn sustained_writes_still_checkpoint() {
 fn a_stuck_outage_releases_the_wal_past_its_limit() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.max_wal_bytes = 256 << 10;
     cfg.stuck_after = Duration::from_millis(300);
@@ -531,8 +535,7 @@ fn snaps(w: &World) -> usize {
 fn one_outage_release_does_not_cause_a_snapshot_storm() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.max_wal_bytes = 256 << 10;
     cfg.stuck_after = Duration::from_millis(300);
@@ -589,8 +592,7 @@ fn one_outage_release_does_not_cause_a_snapshot_storm() {
 fn snapshots_leave_out_unpublished_frames() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     append_unpublished_commit(&w);
     assert_eq!(w.source_rows(), vec!["t:a"]);
     let mut cfg = w.cfg();
@@ -618,8 +620,7 @@ fn snapshots_leave_out_unpublished_frames() {
 fn shutdown_ships_a_commit_postponed_by_the_put_interval() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.min_put_interval = Duration::from_secs(60);
     let run = start(&w, cfg);
@@ -645,8 +646,7 @@ fn shutdown_ships_a_commit_postponed_by_the_put_interval() {
 fn shutdown_under_sustained_writes_ends_once_the_earlier_commits_are_stored() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     w.slow.delay_ms.store(30, Ordering::SeqCst);
     let mut cfg = w.cfg();
     cfg.min_put_interval = Duration::ZERO;
@@ -695,8 +695,7 @@ fn shutdown_under_sustained_writes_ends_once_the_earlier_commits_are_stored() {
 fn the_put_interval_does_not_hold_back_an_application_checkpoint() {
     let w = World::new();
     let c = app(&w.db);
-    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x TEXT); CREATE TABLE u(x TEXT); INSERT INTO t VALUES('a');")
-        .unwrap();
+    create_tables(&c);
     let mut cfg = w.cfg();
     cfg.min_put_interval = Duration::from_secs(3);
     let run = start(&w, cfg);
