@@ -64,7 +64,7 @@ impl Capture {
         // At shutdown a checkpoint protects nothing (the application
         // checkpoints once walsync's read transaction ends) and could
         // outlast the drain's deadline.
-        if self.draining || !self.pin.pinned() || self.snapshot_reason.is_some() {
+        if self.drain.is_some() || !self.pin.pinned() || self.snapshot_reason.is_some() {
             return Ok(());
         }
         let Some(Read::At(p)) = self.read else {

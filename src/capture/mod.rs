@@ -248,6 +248,19 @@ impl Pin {
     }
 }
 
+/// A shutdown in progress: ship what is committed now (no put interval, no
+/// checkpoint) and stop once it is stored.
+#[derive(Debug, Clone, Copy, Default)]
+struct Drain {
+    /// A pass has read everything published: what was committed before the
+    /// shutdown is shipped once the uploads in flight are acknowledged
+    /// (later commits are the next start's).
+    covered: bool,
+    /// The last pass shipped nothing because other databases held the
+    /// whole upload budget: wait for them.
+    starved: bool,
+}
+
 /// One replicated database, driven by its own thread.
 pub struct Capture {
     cfg: DbConfig,
@@ -284,15 +297,8 @@ pub struct Capture {
     resumed: Option<Resumed>,
     snapshot_reason: Option<String>,
     deferred_until: Option<Instant>,
-    /// The last pass shipped nothing because other databases held the
-    /// whole upload budget (it looks again shortly).
-    starved: bool,
-    /// Shutting down: ship what is committed now (no put interval).
-    draining: bool,
-    /// During the drain, a pass has read everything published: what was
-    /// committed before the shutdown is shipped once the uploads in flight
-    /// are acknowledged (later commits are the next start's).
-    covered: bool,
+    /// Set while shutting down (the drain, see `run.rs`).
+    drain: Option<Drain>,
     /// Set when an upload was refused because another writer holds the
     /// replica ([`crate::lease`]): replication of this database stops.
     fenced: Option<String>,
@@ -407,9 +413,7 @@ impl Capture {
             resumed: None,
             snapshot_reason: None,
             deferred_until: None,
-            starved: false,
-            draining: false,
-            covered: false,
+            drain: None,
             fenced: None,
         };
         r.connect()?;

@@ -19,7 +19,9 @@ impl Capture {
     /// Handle a wake-up: read and ship what is new, check the commit
     /// counter, checkpoint when due.
     pub(super) fn step(&mut self) -> Result<()> {
-        self.starved = false;
+        if let Some(d) = &mut self.drain {
+            d.starved = false;
+        }
         if self.read.is_none() || !self.pin.in_read() || self.snapshot_reason.is_some() {
             // Not established, or continuity lost: only a snapshot may come
             // next (a segment now would claim to follow a state it does not).
@@ -33,7 +35,9 @@ impl Capture {
             // Other databases hold the budget: look again shortly. During an
             // outage the budget stays full, so the WAL is the buffer here too.
             self.deferred_until = Some(Instant::now() + Duration::from_millis(50));
-            self.starved = true;
+            if let Some(d) = &mut self.drain {
+                d.starved = true;
+            }
             return self.release_if_wal_too_big();
         }
         let Some(shm) = self.read_shm()? else {
@@ -58,7 +62,7 @@ impl Capture {
                 // the commit counter confirms.
                 self.check_counter(&shm)?;
                 if self.snapshot_reason.is_none() {
-                    self.covered |= self.draining;
+                    self.drain_covered();
                     self.repin_if_changed(&shm)?;
                 }
                 return Ok(());
@@ -71,7 +75,7 @@ impl Capture {
         // and the checkpoint below must not wait: an application's own
         // checkpoint may be waiting for walsync's read mark while it holds
         // the writer lock. A shutdown drain ships at once.
-        if !self.draining && !self.read_all_published(&shm) {
+        if self.drain.is_none() && !self.read_all_published(&shm) {
             if let Some(last) = self.last_put {
                 let due = last + self.cfg.min_put_interval;
                 if Instant::now() < due {
@@ -89,7 +93,7 @@ impl Capture {
                 return Ok(());
             }
             // A drain has read everything published when it began.
-            Ship::Nothing | Ship::Shipped => self.covered |= self.draining,
+            Ship::Nothing | Ship::Shipped => self.drain_covered(),
         }
         // Move the read transaction forward only when nothing committed
         // since the read: frames not read yet must stay pinned (a read
@@ -104,6 +108,13 @@ impl Capture {
             self.settle_later();
         }
         self.maybe_checkpoint()
+    }
+
+    /// During a drain: everything published has been read.
+    fn drain_covered(&mut self) {
+        if let Some(d) = &mut self.drain {
+            d.covered = true;
+        }
     }
 
     /// Everything the wal-index `shm` publishes has been read.

@@ -78,13 +78,14 @@ impl Capture {
     fn drain(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut result = Ok(());
-        self.draining = true;
+        self.drain = Some(Drain::default());
         loop {
             if Instant::now() >= deadline {
                 break;
             }
             let idle = self.inflight.is_empty() && self.pending.is_empty();
-            if idle && self.covered && self.snapshot_reason.is_none() {
+            let drain = self.drain.unwrap_or_default();
+            if idle && drain.covered && self.snapshot_reason.is_none() {
                 break; // everything committed before the shutdown is stored
             }
             if idle {
@@ -104,7 +105,7 @@ impl Capture {
                     result = Err(e);
                     break;
                 }
-                if self.starved {
+                if self.drain.is_some_and(|d| d.starved) {
                     // Other databases' uploads hold the budget: wait for
                     // them rather than leave this one's commits unshipped.
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -136,7 +137,7 @@ impl Capture {
             }
         }
         let _ = self.end_read();
-        if result.is_ok() && self.starved {
+        if result.is_ok() && self.drain.is_some_and(|d| d.starved) {
             result = Err(Error::Config(format!(
                 "{}: commits not uploaded at shutdown (the upload budget stayed full); they stay in the WAL and ship on the next start",
                 self.cfg.name
