@@ -30,7 +30,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::oracle::{self, Replica, Writer};
+use common::oracle::{self, Oracle, Writer};
 use common::process::{text, Cmd, Proc};
 use walsync::storage::{S3Config, S3Storage, Storage};
 
@@ -61,10 +61,10 @@ impl Place {
         format!("s3://{}/{}", self.config.bucket, self.config.prefix)
     }
 
-    fn replica(&self, db: &str) -> Replica {
+    fn replica(&self, db: &str) -> Oracle {
         // The daemon may compact during a row; the oracle restores from
         // snapshots and level 0 only.
-        Replica::new(self.storage.clone(), db).allow_compaction()
+        Oracle::new(self.storage.clone(), db).allow_compaction()
     }
 
     /// Every object under the prefix: key → SHA-256 of its body.
@@ -418,7 +418,7 @@ enum Expect {
 }
 
 /// Wait (bounded) until `replica` stores a txid above `t`.
-fn wait_newer(replica: &Replica, t: u64) -> bool {
+fn wait_newer(replica: &Oracle, t: u64) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < CATCH_UP {
         if replica.newest().is_some_and(|n| n > t) {

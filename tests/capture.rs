@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::daemon::{metric, scrape};
-use common::oracle::{self, Replica, Writer};
+use common::oracle::{self, Oracle, Writer};
 use common::process::{Cmd, Proc};
 use walsync::ltx::SNAPSHOT_LEVEL;
 use walsync::storage::{FileStorage, Storage};
@@ -66,13 +66,13 @@ impl World {
         Proc::start(BIN, &all, envs, &log)
     }
 
-    fn replica(&self, name: &str) -> Replica {
-        Replica::new(self.storage.clone(), name)
+    fn replica(&self, name: &str) -> Oracle {
+        Oracle::new(self.storage.clone(), name)
     }
 }
 
 /// Number of snapshots (level-9 objects) stored for `name`.
-fn snapshots(r: &Replica) -> usize {
+fn snapshots(r: &Oracle) -> usize {
     r.list()
         .iter()
         .filter(|o| o.level == SNAPSHOT_LEVEL)

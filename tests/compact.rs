@@ -644,7 +644,7 @@ fn daemon_compacts_and_retention_never_breaks_a_restore() {
     // The writer: ~40 s of commits. Every few seconds the independent
     // oracle records the state of every new txid (while its level-0
     // objects still exist) and the time of the object ending there.
-    let mut oracle_replica = oracle::Replica::new(storage.clone(), "c.db").allow_compaction();
+    let mut oracle_replica = oracle::Oracle::new(storage.clone(), "c.db").allow_compaction();
     let mut expected: BTreeMap<u64, (i64, i64)> = BTreeMap::new();
     let mut times: BTreeMap<u64, i64> = BTreeMap::new();
     let mut seen_levels = [false; 10];
@@ -764,7 +764,7 @@ fn daemon_compacts_and_retention_never_breaks_a_restore() {
 /// Record, with the independent oracle, the state of every txid not yet
 /// recorded, and every object's header time (newest per max txid).
 fn record(
-    replica: &mut oracle::Replica,
+    replica: &mut oracle::Oracle,
     storage: &dyn Storage,
     expected: &mut BTreeMap<u64, (i64, i64)>,
     times: &mut BTreeMap<u64, i64>,

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::RestoreFrom;
 use common::faultproxy::FaultProxy;
-use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::oracle::{self, app_state, Monotone, Oracle, Writer};
 use common::process::{log_in, Cmd};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
@@ -185,9 +185,9 @@ fn crash_loop() {
     let mut cmd = Cmd::new(SYNC);
     cmd.args(&args).env("RUST_LOG", "walsync=debug");
     let mut daemon = cmd.spawn(&log_in("crash-logs", name));
-    let replicas: Vec<Replica> = dbs
+    let replicas: Vec<Oracle> = dbs
         .iter()
-        .map(|d| Replica::new(storage.clone(), &d.name).allow_compaction())
+        .map(|d| Oracle::new(storage.clone(), &d.name).allow_compaction())
         .collect();
     let t_ready = Instant::now();
     while replicas.iter().any(|r| r.newest().is_none()) {

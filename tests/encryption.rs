@@ -69,7 +69,7 @@ fn replicate(
     w: &mut Writer,
     extra: &[&str],
     log: &Path,
-    replica: &mut oracle::Replica,
+    replica: &mut oracle::Oracle,
 ) {
     let db = w.path.clone();
     let mut daemon = Cmd::new(SYNC_BIN)
@@ -128,7 +128,7 @@ fn encrypted_sync_restore_and_attacks() {
     for _ in 0..5 {
         w.commit(20);
     }
-    let mut replica = oracle::Replica::new(crypt(&raw, key_a, &[]), "app.db");
+    let mut replica = oracle::Oracle::new(crypt(&raw, key_a, &[]), "app.db");
     replicate(
         &bucket,
         &mut w,
@@ -276,7 +276,7 @@ fn encrypted_sync_restore_and_attacks() {
     // Rotation: phase 2 replicates under key B with A as decryption-only
     // key; the history (A) and the new objects (B) restore together.
     w.commit(30);
-    let mut replica = oracle::Replica::new(crypt(&raw, key_b, &[key_a]), "app.db");
+    let mut replica = oracle::Oracle::new(crypt(&raw, key_b, &[key_a]), "app.db");
     replicate(
         &bucket,
         &mut w,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::RestoreFrom;
 use common::faultproxy::FaultProxy;
-use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::oracle::{self, app_state, Monotone, Oracle, Writer};
 use common::process::{log_in, Cmd, Proc};
 use common::Rng;
 use walsync::storage::{S3Storage, Storage};
@@ -145,7 +145,7 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
     writer.commit(3);
     let mut daemon = w.daemon();
     daemon.spawn();
-    let mut replica = Replica::new(w.storage.clone(), "f.db").allow_compaction();
+    let mut replica = Oracle::new(w.storage.clone(), "f.db").allow_compaction();
     assert!(
         wait_for(Duration::from_secs(20), || replica.newest().is_some()),
         "{name}: no first snapshot within 20 s"

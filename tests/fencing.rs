@@ -187,8 +187,8 @@ fn fallback_lease_refuses_takes_over_and_fences_out() {
     wa.commit(5);
     wo.commit(5);
     wb.commit(5);
-    let mut app = oracle::Replica::new(storage.clone(), "app.db");
-    let mut other = oracle::Replica::new(storage.clone(), "other.db");
+    let mut app = oracle::Oracle::new(storage.clone(), "app.db");
+    let mut other = oracle::Oracle::new(storage.clone(), "other.db");
 
     // 1. A replicates app.db and other.db.
     let mut a = Daemon::start("A", dir.path(), &args(&[&a_app, &a_other]), &[]);
@@ -462,7 +462,7 @@ fn conditional_writes_on_a_server_that_honours_them() {
             TTL.into(),
         ]
     };
-    let mut app = oracle::Replica::new(storage.clone(), "app.db");
+    let mut app = oracle::Oracle::new(storage.clone(), "app.db");
     let mut a = Daemon::start("A", dir.path(), &args(&a_app), &env);
     let ha = a.holder();
     assert!(

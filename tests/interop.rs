@@ -199,7 +199,7 @@ fn litestream_restores_walsync_daemon_backup() {
         std::thread::sleep(Duration::from_millis(rng.range(5, 40)));
     }
     daemon.assert_running();
-    let mut replica = oracle::Replica::new(env.storage.clone(), "app.db");
+    let mut replica = oracle::Oracle::new(env.storage.clone(), "app.db");
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(30));
     stop(&mut daemon);
     eprintln!("writer done in {:.1?}: {} rows", t0.elapsed(), w.last);

@@ -108,7 +108,7 @@ fn snapshot_command_and_the_daemon_lock() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     w.commit(4);
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(&bucket_dir).unwrap());
-    let mut replica = oracle::Replica::new(storage.clone(), "s.db");
+    let mut replica = oracle::Oracle::new(storage.clone(), "s.db");
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(20));
     sigterm(&mut daemon);
 
@@ -173,7 +173,7 @@ fn list_and_verify_commands() {
     // src/lease/) so the commits below ship as level-0 segments.
     let t0 = Instant::now();
     for n in ["a.db", "b.db"] {
-        let r = oracle::Replica::new(storage.clone(), n);
+        let r = oracle::Oracle::new(storage.clone(), n);
         while r.newest().is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
@@ -190,7 +190,7 @@ fn list_and_verify_commands() {
     }
     let mut replicas = Vec::new();
     for n in ["a.db", "b.db"] {
-        let mut r = oracle::Replica::new(storage.clone(), n);
+        let mut r = oracle::Oracle::new(storage.clone(), n);
         oracle::wait_caught_up(&mut r, &dir.path().join(n), Duration::from_secs(20));
         replicas.push(r);
     }

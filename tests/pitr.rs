@@ -80,7 +80,7 @@ fn point_in_time_by_txid_and_timestamp() {
         history.push((began, w.last));
         std::thread::sleep(Duration::from_millis(rng.range(2, 35)));
     }
-    let mut replica = oracle::Replica::new(storage.clone(), "p.db");
+    let mut replica = oracle::Oracle::new(storage.clone(), "p.db");
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(30));
     let status = daemon.sigterm(Duration::from_secs(30));
     assert!(status.success(), "daemon exited with {status}");

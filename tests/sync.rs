@@ -19,7 +19,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::oracle::{self, app_state, Monotone, Replica, Writer};
+use common::oracle::{self, app_state, Monotone, Oracle, Writer};
 use common::process::{wait_for, Cmd, Proc};
 use common::proxy::{s3_upstream, Proxy};
 use common::Rng;
@@ -75,8 +75,8 @@ impl Env {
         format!("{}/*.db", self.dir.path().display())
     }
 
-    fn replica(&self, db: &str) -> Replica {
-        Replica::new(self.storage.clone(), db)
+    fn replica(&self, db: &str) -> Oracle {
+        Oracle::new(self.storage.clone(), db)
     }
 
     /// Start the daemon on `dbs` with extra flags (killed when dropped,
@@ -121,7 +121,7 @@ impl Drop for Env {
 /// Restore at every txid (or `sample` random ones plus the newest when there
 /// are more than `max_all`), checking each state with the model and the
 /// monotonicity; returns the checker.
-fn check_history(replica: &mut Replica, rng: &mut Rng, max_all: usize, sample: usize) -> Monotone {
+fn check_history(replica: &mut Oracle, rng: &mut Rng, max_all: usize, sample: usize) -> Monotone {
     let newest = replica.newest().expect("nothing stored");
     let first_snapshot = replica
         .list()
@@ -171,7 +171,7 @@ fn verify_db(env: &Env, db: &str, rng: &mut Rng, expect: (i64, i64)) -> Monotone
     mono
 }
 
-fn count_levels(replica: &Replica) -> (usize, usize) {
+fn count_levels(replica: &Oracle) -> (usize, usize) {
     let objs = replica.list();
     let snaps = objs
         .iter()

@@ -36,9 +36,10 @@ pub struct Obj {
     pub max: u64,
 }
 
-/// A database's replica as seen from the bucket, with a cache of verified
-/// object bodies and the SHA-256 recorded for every key ever fetched.
-pub struct Replica {
+/// The test oracle: a database's replica as seen from the bucket, with a
+/// cache of verified object bodies and the SHA-256 recorded for every key
+/// ever fetched.
+pub struct Oracle {
     storage: Arc<dyn Storage>,
     db: String,
     cache: HashMap<String, Arc<Vec<u8>>>,
@@ -60,9 +61,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     walsync::util::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-impl Replica {
-    pub fn new(storage: Arc<dyn Storage>, db: &str) -> Replica {
-        Replica {
+impl Oracle {
+    pub fn new(storage: Arc<dyn Storage>, db: &str) -> Oracle {
+        Oracle {
             storage,
             db: db.to_string(),
             cache: HashMap::new(),
@@ -76,7 +77,7 @@ impl Replica {
     /// 1–8 (the oracle restores from snapshots and level 0 only, so it stays
     /// independent of the compactor) and start from the newest snapshot at
     /// or before the first target (older objects may have been deleted).
-    pub fn allow_compaction(mut self) -> Replica {
+    pub fn allow_compaction(mut self) -> Oracle {
         self.compaction = true;
         self
     }
@@ -640,7 +641,7 @@ pub fn source_dump(path: &Path) -> Vec<String> {
 
 /// Wait until the newest restore equals the source by content; returns the
 /// newest txid. Panics after `timeout` with the last difference.
-pub fn wait_caught_up(replica: &mut Replica, source: &Path, timeout: Duration) -> u64 {
+pub fn wait_caught_up(replica: &mut Oracle, source: &Path, timeout: Duration) -> u64 {
     let start = Instant::now();
     let mut last_seen = None;
     let mut why = String::from("nothing stored");
