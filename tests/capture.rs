@@ -559,6 +559,10 @@ fn own_truncate_checkpoints_lose_no_commit() {
         "50",
         "--truncate-pages",
         "100",
+        // The race this test is about: a checkpoint after every shipped
+        // commit, so one upload per commit.
+        "--min-put-interval",
+        "0",
     ]);
     let mut replica = w.replica("busy.db");
     oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
@@ -578,7 +582,7 @@ fn own_truncate_checkpoints_lose_no_commit() {
         for _ in 0..20 {
             app.commit(1 + commits % 4);
             commits += 1;
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     oracle::wait_caught_up(&mut replica, &db, Duration::from_secs(60));
