@@ -156,8 +156,11 @@ impl World {
         }
     }
 
+    /// The protocol as these tests were written for it: one upload per
+    /// commit (tests of the put interval set their own).
     fn cfg(&self) -> DbConfig {
         let mut cfg = DbConfig::new(&self.db);
+        cfg.min_put_interval = Duration::ZERO;
         cfg.snapshot_interval = None;
         cfg.tmp_dir = self.dir.path().to_path_buf();
         cfg
