@@ -536,10 +536,23 @@ fn snaps(w: &World) -> usize {
 /// release after release (a snapshot per commit).
 #[test]
 fn one_outage_release_does_not_cause_a_snapshot_storm() {
+    outage_release_then_steady_commits(Duration::ZERO);
+}
+
+/// The same at the default put interval, which postpones the first upload
+/// that fails: the WAL has grown past `--max-wal-mib` before the outage
+/// counts as one, and no further commit (file event) comes to notice it.
+#[test]
+fn outage_release_at_the_default_put_interval() {
+    outage_release_then_steady_commits(DbConfig::new("x.db").min_put_interval);
+}
+
+fn outage_release_then_steady_commits(interval: Duration) {
     let w = World::new();
     let c = app(&w.db);
     create_tables(&c);
     let mut cfg = w.cfg();
+    cfg.min_put_interval = interval;
     cfg.max_wal_bytes = 256 << 10;
     cfg.stuck_after = Duration::from_millis(300);
     let run = start(&w, cfg);

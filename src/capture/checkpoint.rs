@@ -27,6 +27,16 @@ impl Capture {
         let failing = self.upload_failures.load(Ordering::Relaxed) > 0
             || self.budget.failing_for() >= self.cfg.stuck_after;
         if stalled < self.cfg.stuck_after || !failing {
+            // Look again when it could be due, not only at the next file
+            // event: the commits that grew the WAL may all have come before
+            // the outage counted as one (the put interval postpones the
+            // first upload that fails), and then no event would come.
+            let at = if stalled < self.cfg.stuck_after {
+                self.last_progress + self.cfg.stuck_after
+            } else {
+                Instant::now() + self.cfg.stuck_after
+            };
+            self.deferred_until = Some(self.deferred_until.map_or(at, |d| d.min(at)));
             return Ok(());
         }
         // What the pinned read transaction holds back is the current
