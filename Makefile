@@ -21,7 +21,7 @@ help:
 	@echo "make demo      local S3 server + 3 databases under write load + walsync-sync + restore, compared"
 	@echo "make lint      cargo fmt --check, cargo clippy --all-targets -D warnings, and a type check of the fuzz targets"
 	@echo "make fmt       format the code"
-	@echo "make bench     divan benchmarks (cargo bench --bench core)"
+	@echo "make bench     divan benchmarks (cargo bench --bench core, then --bench commit)"
 	@echo "make bench-compare    walsync vs Litestream 0.5.17: RSS, CPU, requests at 1/10/100 DBs (~4 min)"
 	@echo "make bench-realworld  sync latency, restore, multi-db, network outage vs Litestream (~6.5 min)"
 	@echo "make bench-history    a simulated day at 10 writes/s: restore compacted vs level 0 alone (ARGS='--hours 6')"
@@ -72,6 +72,7 @@ fmt:
 
 bench:
 	$(CARGO) bench --bench core
+	$(CARGO) bench --bench commit
 
 # Both build, set up .venv and run their own private Garage (scripts/bench.sh);
 # results go to benches/results/ (JSON, text table, PNG plots).
