@@ -514,9 +514,14 @@ impl Capture {
             .ok_or_else(|| Error::Config(format!("{}: no connection", self.cfg.path.display())))
     }
 
+    /// Run one statement without rows. Cached: the read transaction is
+    /// moved (`COMMIT`, `BEGIN`) after most commits, so parsing it every
+    /// time would cost more than running it.
     fn sql(&self, sql: &str) -> Result<()> {
         self.conn()?
-            .execute_batch(sql)
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
             .map_err(|e| Error::sqlite(&self.cfg.path, e))
     }
 
@@ -525,11 +530,11 @@ impl Capture {
             return Ok(());
         }
         let since = self.shm.read()?;
+        self.sql("BEGIN")?;
         let c = self.conn()?;
-        c.execute_batch("BEGIN")
-            .map_err(|e| Error::sqlite(&self.cfg.path, e))?;
-        let r: rusqlite::Result<i64> =
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0));
+        let r: rusqlite::Result<i64> = c
+            .prepare_cached("SELECT count(*) FROM sqlite_master")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)));
         if let Err(e) = r {
             let _ = c.execute_batch("ROLLBACK");
             return Err(Error::sqlite(&self.cfg.path, e));

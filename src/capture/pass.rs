@@ -84,23 +84,37 @@ impl Capture {
                 }
             }
         }
-        self.wal.refresh()?;
-        match self.ship_available(false)? {
-            Ship::Lost(reason) => return self.doubt(&reason),
-            Ship::NotReady => {
-                // The WAL can be ahead of the wal-index for a moment.
-                self.settle_later();
+        let caught_up = matches!(self.read, Some(Read::At(_))) && self.read_all_published(&shm);
+        let shm = if caught_up {
+            // Nothing new is published (same generation, same end): no WAL
+            // to map or scan — a wake-up for an acknowledgement, a settle
+            // check or a checkpointer's progress. The counter must agree
+            // all the same.
+            self.check_counter(&shm)?;
+            if self.snapshot_reason.is_some() {
                 return Ok(());
             }
-            // A drain has read everything published when it began.
-            Ship::Nothing | Ship::Shipped => self.drain_covered(),
-        }
-        // Move the read transaction forward only when nothing committed
-        // since the read: frames not read yet must stay pinned (a read
-        // transaction that starts on a fully backfilled WAL would not keep
-        // them from being overwritten).
-        let Some(shm) = self.read_shm()? else {
-            return Ok(());
+            self.drain_covered();
+            shm
+        } else {
+            match self.ship_available(false)? {
+                Ship::Lost(reason) => return self.doubt(&reason),
+                Ship::NotReady => {
+                    // The WAL can be ahead of the wal-index for a moment.
+                    self.settle_later();
+                    return Ok(());
+                }
+                // A drain has read everything published when it began.
+                Ship::Nothing | Ship::Shipped => self.drain_covered(),
+            }
+            // Move the read transaction forward only when nothing committed
+            // since the read: frames not read yet must stay pinned (a read
+            // transaction that starts on a fully backfilled WAL would not
+            // keep them from being overwritten).
+            let Some(shm) = self.read_shm()? else {
+                return Ok(());
+            };
+            shm
         };
         if self.read_all_published(&shm) {
             self.repin_if_changed(&shm)?;

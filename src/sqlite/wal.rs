@@ -550,7 +550,15 @@ pub struct WalMap {
     path: PathBuf,
     file: Option<File>,
     map: Option<memmap2::Mmap>,
+    /// The file's length at the last [`WalMap::refresh`]: the only part of
+    /// the map [`WalMap::bytes`] exposes (the map itself may reach past it).
+    len: usize,
 }
+
+/// A WAL grows by a frame or a few per commit. Mapping it to the next
+/// multiple of this, past its end, lets it grow that much before the next
+/// `munmap`/`mmap` pair (and its TLB shootdown): address space, not memory.
+const MAP_HEADROOM: u64 = 4 << 20;
 
 impl WalMap {
     /// Map the WAL at `path`. A missing file maps as empty.
@@ -559,28 +567,28 @@ impl WalMap {
             path: path.into(),
             file: None,
             map: None,
+            len: 0,
         };
         m.refresh()?;
         Ok(m)
     }
 
-    /// Re-map the file at its current length (reopening it if it was
+    /// Follow the file to its current length (reopening it if it was
     /// replaced, created or deleted meanwhile).
     pub fn refresh(&mut self) -> Result<()> {
-        // Keep the map when the path still names the mapped file at the
-        // mapped length: a shared map follows the file's pages, and skipping
-        // the munmap/mmap pair spares a TLB shootdown on every wake-up.
-        if let (Some(file), Some(map)) = (&self.file, &self.map) {
-            use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::MetadataExt;
+        // Keep the open file while the path still names it: a shared map
+        // follows the file's pages, so a file that grew within the mapped
+        // range needs no new map, only its new length.
+        if let Some(file) = &self.file {
             if let (Ok(now), Ok(open)) = (std::fs::metadata(&self.path), file.metadata()) {
-                if (now.dev(), now.ino()) == (open.dev(), open.ino())
-                    && open.len() == map.len() as u64
-                {
-                    return Ok(());
+                if (now.dev(), now.ino()) == (open.dev(), open.ino()) {
+                    return self.map_to(open.len());
                 }
             }
         }
         self.map = None;
+        self.len = 0;
         self.file = match File::open(&self.path) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -590,14 +598,37 @@ impl WalMap {
             return Ok(());
         };
         let len = file.metadata().map_err(|e| Error::io(&self.path, e))?.len();
+        self.map_to(len)
+    }
+
+    /// Expose the open file's first `len` bytes, mapping more of it when
+    /// the map is too short.
+    fn map_to(&mut self, len: u64) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let len_usize = usize::try_from(len)
+            .map_err(|_| Error::wal(&self.path, format!("{len} bytes do not fit in memory")))?;
         if len == 0 {
+            self.map = None;
+            self.len = 0;
             return Ok(());
         }
-        // SAFETY: the map is read-only and private to this struct. Reading
-        // mapped bytes past the end of a file that was truncated after mapping
-        // raises SIGBUS, so the invariant is: the WAL is not truncated while
-        // this map is read. SQLite shrinks a WAL in a TRUNCATE checkpoint, on
-        // the first commit after a restart when `journal_size_limit` is set
+        if self.map.as_ref().is_some_and(|m| m.len() >= len_usize) {
+            self.len = len_usize;
+            return Ok(());
+        }
+        self.map = None;
+        self.len = 0;
+        let span = len.div_ceil(MAP_HEADROOM).saturating_mul(MAP_HEADROOM);
+        let span = usize::try_from(span).unwrap_or(len_usize);
+        // SAFETY: the map is read-only and private to this struct. Touching
+        // a mapped page past the end of the file raises SIGBUS, so the
+        // invariants are: (1) only `bytes()` reads the map, and it exposes
+        // the file's length as of the last `refresh`, never the headroom
+        // mapped past it; (2) the WAL is not truncated while those bytes are
+        // read. SQLite shrinks a WAL in a TRUNCATE checkpoint, on the first
+        // commit after a restart when `journal_size_limit` is set
         // (`walLimitSize`), and when the last connection closes. `capture`
         // reads the map only (a) under its fence — a held write lock, so no
         // checkpoint can restart or truncate and no commit can happen — or
@@ -608,8 +639,10 @@ impl WalMap {
         // never closes the last one. The bytes may still change (frames past
         // the published end being rewritten); every frame is checked against
         // the salts and the checksum chain, and only published frames are used.
-        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(&self.path, e))?;
+        let map = unsafe { memmap2::MmapOptions::new().len(span).map(file) }
+            .map_err(|e| Error::io(&self.path, e))?;
         self.map = Some(map);
+        self.len = len_usize;
         Ok(())
     }
 
@@ -618,6 +651,7 @@ impl WalMap {
     pub fn file(&mut self) -> Result<Option<&File>> {
         if self.file.is_none() {
             self.map = None;
+            self.len = 0;
             self.file = match File::open(&self.path) {
                 Ok(f) => Some(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -629,7 +663,10 @@ impl WalMap {
 
     /// The mapped bytes (empty when the file is missing or empty).
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        match &self.map {
+            Some(m) => m.get(..self.len).unwrap_or(&[]),
+            None => &[],
+        }
     }
 
     /// The WAL's path.
