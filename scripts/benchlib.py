@@ -228,10 +228,13 @@ class Connects:
         with self.lock:
             return set(self.seen)
 
-    def finish(self, since=frozenset()):
-        """Connections opened since the start (or first seen after the mark `since`)."""
+    def stop(self):
         self.stop_ev.set()
         self.th.join()
+
+    def finish(self, since=frozenset()):
+        """Connections opened since the start (or first seen after the mark `since`)."""
+        self.stop()
         self._sample()
         return len(self.seen - self.baseline - since)
 
@@ -781,6 +784,11 @@ def versions():
         v["litestream"] = None
     try:
         v["walsync_commit"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        # The binaries are built from the working tree: say when it differs from the commit.
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        if dirty:
+            v["walsync_commit"] += "+changes"
     except OSError:
         pass
     return v
@@ -852,8 +860,11 @@ class Direct:
         pass
 
 
-def wait_quiet(count, min_count, quiet, timeout, poll=0.2):
-    """Until count() >= min_count and unchanged for `quiet` s (polled every `poll` s); False on timeout."""
+def wait_quiet(count, min_count, quiet, timeout, poll=0.2, settle=None):
+    """Until count() >= min_count and unchanged for `quiet` s (polled every `poll` s).
+    False when `timeout` s passed, or `settle` s after min_count was reached
+    (a tool with many databases may never fall quiet: its periodic work
+    overlaps)."""
     end = time.monotonic() + timeout
     last, last_change = -1, time.monotonic()
     while time.monotonic() < end:
@@ -862,8 +873,15 @@ def wait_quiet(count, min_count, quiet, timeout, poll=0.2):
             last, last_change = n, time.monotonic()
         elif n >= min_count and time.monotonic() - last_change >= quiet:
             return True
+        if settle is not None and n >= min_count:
+            end = min(end, time.monotonic() + settle)
+            settle = None
         time.sleep(poll)
     return False
+
+
+# Seconds requests and connects are still counted after the last commit of a direct run.
+DRAIN_S = 5.0
 
 
 def run_load(tool_name, n, rate, duration, s3, base, prefix, keep=False, record=True, certs=None, count=0):
@@ -889,12 +907,14 @@ def run_load(tool_name, n, rate, duration, s3, base, prefix, keep=False, record=
     else:
         puts = metrics.puts
     poll = 0.2 if record else 0.5  # a /metrics page is a few hundred lines for Garage to render
+    connects = None
     try:
         t_start = time.monotonic()
         puts0 = puts()
         connects = Connects(route.port)
         tool.start(paths)
-        res["startup_quiet"] = wait_quiet(lambda: puts() - puts0, n, quiet=2.0, timeout=min(60 + n, 1800), poll=poll)
+        res["startup_quiet"] = wait_quiet(lambda: puts() - puts0, n, quiet=2.0, timeout=min(60 + n, 1800), poll=poll,
+                                          settle=30)
         res["startup_s"] = time.monotonic() - t_start
         before = route.proxy.stats() if record else metrics.read()
         startup_conns = connects.mark()
@@ -925,10 +945,12 @@ def run_load(tool_name, n, rate, duration, s3, base, prefix, keep=False, record=
             res["mb_uploaded"] = (after["bytes_in"] - before["bytes_in"]) / 1e6
         else:
             # Without the proxy nothing tells when the last commit landed:
-            # counting goes on until the server saw no upload for 3 s (both
-            # tools upload within about a second of a commit); "shipped"
-            # below checks that nothing was left behind.
-            res["uploads_quiet"] = wait_quiet(puts, 0, quiet=3.0, timeout=30 + n / 5, poll=poll)
+            # counting goes on for DRAIN_S after the last commit, the same
+            # for both tools (both ship within about a second of a commit;
+            # waiting for the uploads to stop would favour the tool that
+            # does less background work); "shipped" below checks that
+            # nothing was left behind.
+            time.sleep(DRAIN_S)
             counted = GarageMetrics.diff(before, metrics.read())
             res["connects"] = connects.finish(since=startup_conns)
             res["connects_incl_startup"] = connects.finish()
@@ -949,6 +971,8 @@ def run_load(tool_name, n, rate, duration, s3, base, prefix, keep=False, record=
         res["shipped"] = src == dst
         res["restore_check"] = {"source_rows": src["rows"], "restored_rows": dst["rows"], "integrity": dst["integrity"]}
     finally:
+        if connects:
+            connects.stop()
         tool.stop()
         route.stop()
     if not keep:
