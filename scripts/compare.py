@@ -19,8 +19,8 @@ of it, certificates made by openssl at start), N and tool:
      one core;
    * RSS: sampled every 0.25 s (mean, peak) and VmHWM from /proc/PID/status;
    * requests by S3 API call: Garage's own counters (api_s3_request_counter
-     per endpoint, from its /metrics, read before the window and after the
-     uploads went quiet for 3 s);
+     per endpoint, from its /metrics, read at the start of the window and
+     5 s after its last commit; TCP connects over the same time);
    * TCP connects: new client ports to the S3 (or TLS) port in /proc/net/tcp
      snapshots every 0.1 s (see benchlib.Connects: every FIN-closed
      connection stays visible 60 s in TIME_WAIT, so only connections reset
@@ -183,6 +183,7 @@ def tables(doc):
                         ("VmHWM (MB)", lambda r: get(r, "vmhwm_mb")),
                         ("CPU (% of a core)", lambda r: get(r, "cpu_pct")),
                         ("start-up (s)", lambda r: get(r, "startup_s")),
+                        ("start-up ended quiet", lambda r: get(r, "startup_quiet")),
                         ("open descriptors", lambda r: get(r, "fds")),
                         ("restored = source", lambda r: get(r, "shipped")),
                         ("failed", lambda r: get(r, "error"))):
@@ -204,6 +205,9 @@ def plot(doc, outdir):
     files = []
 
     def save(fig, ax, name, title):
+        if not ax.get_legend_handles_labels()[0]:  # nothing measured for this plot
+            plt.close(fig)
+            return
         ax.set_title(title, fontsize=9)
         fig.text(0.99, 0.01, stamp, ha="right", va="bottom", fontsize=6, color="gray")
         ax.grid(True, alpha=0.3)
