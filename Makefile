@@ -23,7 +23,7 @@ help:
 	@echo "make fmt       format the code"
 	@echo "make bench     divan benchmarks (cargo bench --bench core)"
 	@echo "make bench-compare    walsync vs Litestream 0.5.17 at their defaults: CPU, RSS, requests, TCP connects (direct"
-	@echo "               to S3), latency (via the recording proxy), HTTP and HTTPS, 1/10/100 DBs, RSS at 1,000/10,000 (~35 min;"
+	@echo "               to S3), latency (via the recording proxy), HTTP and HTTPS, 1/10/100 DBs, RSS at 1,000/10,000 (~25 min + 10,000 DBs;"
 	@echo "               method: benches/README.md)"
 	@echo "make bench-realworld  sync latency, restore, multi-db, network outage vs Litestream (~6.5 min)"
 	@echo "make bench-history    a simulated day at 10 writes/s: restore compacted vs level 0 alone (ARGS='--hours 6')"

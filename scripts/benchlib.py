@@ -913,8 +913,13 @@ def run_load(tool_name, n, rate, duration, s3, base, prefix, keep=False, record=
         puts0 = puts()
         connects = Connects(route.port)
         tool.start(paths)
-        res["startup_quiet"] = wait_quiet(lambda: puts() - puts0, n, quiet=2.0, timeout=min(60 + n, 1800), poll=poll,
-                                          settle=30)
+        def started():
+            if tool.proc.poll() is not None:
+                raise RuntimeError(f"{tool_name} exited during start-up (code {tool.proc.returncode}); "
+                                   f"see {tool.logf.name}")
+            return puts() - puts0
+
+        res["startup_quiet"] = wait_quiet(started, n, quiet=2.0, timeout=min(60 + n, 1800), poll=poll, settle=30)
         res["startup_s"] = time.monotonic() - t_start
         before = route.proxy.stats() if record else metrics.read()
         startup_conns = connects.mark()

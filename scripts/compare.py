@@ -53,6 +53,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import sys
 import tempfile
 import traceback
@@ -65,6 +66,9 @@ import benchlib as b  # noqa: E402
 CPU_RATIO_TARGET = 1 / 3
 ISOLATED_P50_MS, ISOLATED_P99_MS = 25, 100
 CONNECTS_PER_1000_TARGET = 20
+# Open descriptors per database, a bit above what both tools held at 1,000
+# databases on the machine this was written on (walsync ~8, Litestream ~7).
+FDS_PER_DB = 9
 
 
 def fmt(v, unit=""):
@@ -186,7 +190,7 @@ def tables(doc):
                         ("start-up ended quiet", lambda r: get(r, "startup_quiet")),
                         ("open descriptors", lambda r: get(r, "fds")),
                         ("restored = source", lambda r: get(r, "shipped")),
-                        ("failed", lambda r: get(r, "error"))):
+                        ("failed", lambda r: None if get(r, "error") is None else r["error"][:40])):
             rows.append([scen, name, fmt(g(lt)) if lt else "-", fmt(g(ws)) if ws else "-", ""])
             scen = ""
     return b.table(rows, ["Scenario", "Metric", "Litestream", "Walsync", "Target (#12)"])
@@ -327,12 +331,25 @@ def main():
         "results": [],
     }
     tools = ["walsync"] if args.walsync_only else ["litestream", "walsync"]
+    # The tools inherit our open-file limit: raise the soft limit to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    fd_limit = hard
+    doc["host"]["open_file_limit"] = fd_limit
     certs = b.TlsCerts(os.path.join(base, "tls")) if "https" in transports else None
     if certs:
         b.ensure_stunnel()
 
     def one(kind, tool, n, rate, duration, transport, count=0, record=False, may_fail=False):
         prefix = f"bench-{run_id}/{kind}-{transport}-{tool}-n{n}"
+        if kind == "rss" and n * FDS_PER_DB > fd_limit:
+            b.log(f"compare: rss N={n} {tool} skipped: open-file limit {fd_limit} < {FDS_PER_DB} per database")
+            doc["results"].append({"kind": kind, "tool": tool, "n": n, "transport": transport,
+                                   "error": f"skipped: ulimit -n {fd_limit}",
+                                   "reason": f"open-file limit {fd_limit} < {n * FDS_PER_DB} "
+                                             f"(~{FDS_PER_DB} descriptors per database)"})
+            return
         b.log(f"compare: {kind} {transport} N={n} {tool} ({'proxy' if record else 'direct'}, "
               f"{f'{count} commits' if count else f'{duration:g}s'} at {rate:g} w/s per db, load {b.loadavg()})")
         try:
