@@ -11,9 +11,11 @@
 #
 #   1. scripts/venv.sh — .venv (psutil, boto3, matplotlib, lz4, Litestream 0.5.17)
 #   2. cargo build --release --bins (walsync, walsync-sync)
-#   3. a private Garage S3 server (scripts/s3-server.sh, fresh state dir),
+#   3. a private Garage S3 server (scripts/s3-server.sh, fresh state dir; its
+#      request counters at WALSYNC_S3_METRICS, which compare needs),
 #      unless a remote S3 is configured: AWS_ACCESS_KEY_ID and
 #      WALSYNC_TEST_BUCKET set and WALSYNC_BENCH_REMOTE=1 — then that is used
+#      (not by compare, which counts requests with Garage's metrics)
 #   4. .venv/bin/python scripts/<name>.py "$@"
 #   5. the server is stopped, also on failure or Ctrl-C
 set -euo pipefail

@@ -50,7 +50,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
@@ -72,26 +71,10 @@ def test_sync(args, s3, base, run_id, tools):
     out = {}
     for t in tools:
         b.log(f"sync: {t}, {args.commits} commits at {args.sync_rate:g}/s (load {b.loadavg()})")
-        work = os.path.join(base, f"sync-{t}")
-        paths = b.create_dbs(os.path.join(work, "data"), 1)
-        proxy = b.Proxy(os.path.join(work, "spool"), s3["endpoint"])
-        tool = b.TOOLS[t](work, s3, proxy, f"realworld-{run_id}/sync-{t}")
-        try:
-            tool.start(paths)
-            b.wait_puts(proxy, 1, quiet=2.0, timeout=60)
-            la = b.loadavg()
-            w = b.Writer(paths, args.sync_rate, args.commits / args.sync_rate + 30,
-                         os.path.join(work, "w.json"), count=args.commits).wait(args.commits / args.sync_rate + 120)
-            landing = b.Landing(proxy.spool)
-            landing.wait_all([(0, s) for s, _ in w["commits"][0]], 30)
-            lat, missing = b.latencies(w, landing)
-            r = b.lat_summary(lat)
-            r.update(missing=missing, loadavg_start=la, loadavg_end=b.loadavg(), objects=landing.objects)
-            out[t] = r
-        finally:
-            tool.stop()
-            proxy.stop()
-            b.cleanup(work)
+        r = b.run_load(t, 1, args.sync_rate, args.commits / args.sync_rate + 30, s3, base,
+                       f"realworld-{run_id}/sync-{t}", count=args.commits)
+        out[t] = {**r["latency"], "loadavg_start": r["loadavg_start"], "loadavg_end": r["loadavg_end"],
+                  "shipped": r["shipped"]}
     return out
 
 

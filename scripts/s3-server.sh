@@ -8,8 +8,11 @@
 #
 # `start` prints only `export …` lines on stdout (everything else goes to
 # stderr): AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3,
-# AWS_REGION=garage and WALSYNC_TEST_BUCKET. It is idempotent: when the server
-# of this state directory is already running it just prints the env again.
+# AWS_REGION=garage, WALSYNC_TEST_BUCKET and WALSYNC_S3_METRICS (the URL of
+# Garage's Prometheus metrics on its admin port: request counters per S3
+# endpoint, read by the benchmarks; no admin token is set, so the admin API
+# itself stays closed). It is idempotent: when the server of this state
+# directory is already running it just prints the env again.
 #
 # Environment:
 #   WALSYNC_CACHE      where Garage is installed (default ~/.cache/walsync)
@@ -49,13 +52,13 @@ running_pid() {
     echo "$pid"
 }
 
-# Two distinct free TCP ports on 127.0.0.1.
+# Three distinct free TCP ports on 127.0.0.1.
 free_ports() {
     if command -v python3 >/dev/null; then
         python3 - <<'PY'
 import socket
 socks = []
-for _ in range(2):
+for _ in range(3):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -63,7 +66,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
     else
         local found=() p
-        for ((p = 20000 + RANDOM % 20000; ${#found[@]} < 2; p++)); do
+        for ((p = 20000 + RANDOM % 20000; ${#found[@]} < 3; p++)); do
             (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || found+=("$p")
         done
         echo "${found[*]}"
@@ -118,9 +121,9 @@ start_server() {
     mkdir -p "$STATE/meta" "$STATE/data"
     chmod 700 "$STATE"
 
-    local ports s3_port rpc_port access secret rpc_secret pid i
+    local ports s3_port rpc_port admin_port access secret rpc_secret pid i
     ports=$(free_ports)
-    read -r s3_port rpc_port <<<"$ports"
+    read -r s3_port rpc_port admin_port <<<"$ports"
     access="GK$(hex 12)"
     secret="$(hex 32)"
     rpc_secret="$(hex 32)"
@@ -139,6 +142,9 @@ rpc_secret = "$rpc_secret"
 s3_region = "garage"
 api_bind_addr = "127.0.0.1:$s3_port"
 root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin_port"
 TOML
     chmod 600 "$STATE/garage.toml"
 
@@ -175,6 +181,7 @@ export AWS_SECRET_ACCESS_KEY=$secret
 export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$s3_port
 export AWS_REGION=garage
 export WALSYNC_TEST_BUCKET=$BUCKET
+export WALSYNC_S3_METRICS=http://127.0.0.1:$admin_port/metrics
 ENV
     say "Garage $GARAGE_VERSION running (pid $pid) at http://127.0.0.1:$s3_port, bucket $BUCKET, state $STATE"
     print_env

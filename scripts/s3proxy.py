@@ -37,6 +37,7 @@ Control (HTTP, on the CONTROL port, which an outage never blocks, and on the
 proxy port while it is up; not forwarded):
 
 * ``GET /__proxy/stats``  JSON counters: requests per method, bytes in/out,
+  ``connections`` (client connections accepted on the proxy port),
   ``faults`` (faults injected, by kind), ``dark``.
 * ``POST /__proxy/faults`` with a JSON body: replace the fault configuration
   (see below; ``{}`` switches every fault off). ``GET`` returns it.
@@ -195,6 +196,7 @@ class State:
         self.faults = Faults(faults or {}, self.rng)
         self.fault_counts = {}
         self.counts = {}
+        self.connections = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.log = open(os.path.join(spool, "requests.jsonl"), "a", buffering=1 << 16) if spool else None
@@ -249,6 +251,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def setup(self):
+        super().setup()
+        if not getattr(self.server, "is_control", False):
+            with self.server.state.lock:
+                self.server.state.connections += 1
+
     def _control(self):
         st = self.server.state
         status = 200
@@ -259,6 +267,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "requests": dict(st.counts),
                     "bytes_in": st.bytes_in,
                     "bytes_out": st.bytes_out,
+                    "connections": st.connections,
                     "faults": dict(st.fault_counts),
                     "down": st.down,
                     "dark": st.faults.dark(),

@@ -384,6 +384,7 @@ fn moto_storage(m: &Moto, prefix: &str) -> Arc<dyn Storage> {
                 secret_access_key: "testing".into(),
                 session_token: None,
             }),
+            ca_bundle: None,
         })
         .unwrap(),
     )

@@ -76,7 +76,7 @@ impl S3Storage {
         }
         Ok(S3Storage {
             bucket,
-            http: Http::new(),
+            http: Http::new(config.ca_bundle.as_deref())?,
             bucket_name: config.bucket,
             prefix: config.prefix,
             endpoint,

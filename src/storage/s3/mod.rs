@@ -39,6 +39,7 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -114,6 +115,11 @@ pub struct S3Config {
     /// Access keys; `None` falls back to rust-s3's lookup (environment, then
     /// the `~/.aws/credentials` profile).
     pub credentials: Option<S3Credentials>,
+    /// PEM file of the certificate authorities HTTPS endpoints are checked
+    /// against, instead of the built-in Mozilla roots (`AWS_CA_BUNDLE`, as
+    /// the AWS CLI and SDKs read it): a private CA, or a self-signed
+    /// server's certificate.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl S3Config {
@@ -125,7 +131,9 @@ impl S3Config {
     /// - region: `opts.region`, else `AWS_REGION`, else `AWS_DEFAULT_REGION`,
     ///   else `us-east-1`;
     /// - credentials: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    ///   `AWS_SESSION_TOKEN`.
+    ///   `AWS_SESSION_TOKEN`;
+    /// - trusted certificate authorities: `AWS_CA_BUNDLE`, else the built-in
+    ///   Mozilla roots.
     ///
     /// Empty variables count as unset.
     pub fn from_spec(spec: &str, opts: &S3Options) -> Result<S3Config> {
@@ -175,6 +183,7 @@ impl S3Config {
             region,
             path_style,
             credentials,
+            ca_bundle: var("AWS_CA_BUNDLE").map(PathBuf::from),
         })
     }
 

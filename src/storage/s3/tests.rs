@@ -61,6 +61,11 @@ fn environment_and_flags() {
     assert_eq!(c.region.as_deref(), Some("auto"));
     assert!(!c.path_style);
 
+    assert_eq!(c.ca_bundle, None);
+    let with_ca = [("AWS_CA_BUNDLE", "/etc/walsync/ca.pem")];
+    let c = S3Config::from_spec_with_env("bkt", &S3Options::default(), env(&with_ca)).unwrap();
+    assert_eq!(c.ca_bundle, Some("/etc/walsync/ca.pem".into()));
+
     let c = S3Config::from_spec_with_env("bkt", &S3Options::default(), env(&[])).unwrap();
     assert_eq!((c.endpoint, c.region, c.path_style), (None, None, false));
     assert!(S3Config::from_spec_with_env(
@@ -122,6 +127,7 @@ fn aws_region_without_endpoint() {
             secret_access_key: "b".into(),
             session_token: None,
         }),
+        ca_bundle: None,
     };
     let s = S3Storage::new(config).unwrap();
     assert_eq!(s.describe(), "s3://bkt");

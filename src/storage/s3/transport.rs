@@ -6,6 +6,7 @@
 //! broken pooled connection are decided here, for every request.
 
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use s3::command::{Command, HttpMethod};
@@ -13,10 +14,12 @@ use s3::request::blocking::AttoRequest;
 use s3::request::Request as _;
 use s3::Bucket;
 use ureq::http;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::transport::{Connector as _, DefaultConnector};
 
 use super::wire::{Observe, Progress, Resolve};
 use super::REQUEST_TIMEOUT;
+use crate::error::{Error, Result};
 
 /// How long an unused connection stays in the pool. Below the idle
 /// timeouts of the usual front ends of S3 services (60 s for AWS load
@@ -94,8 +97,17 @@ pub(super) struct Http {
 }
 
 impl Http {
-    pub fn new() -> Http {
+    /// The agent; HTTPS servers are checked against the certificates of
+    /// the PEM file `ca_bundle` if given (read once, here: a missing or
+    /// empty file is a configuration error at start, not a TLS failure on
+    /// every request), else against the Mozilla roots built into ureq.
+    pub fn new(ca_bundle: Option<&Path>) -> Result<Http> {
+        let roots = match ca_bundle {
+            Some(path) => RootCerts::from(load_ca_bundle(path)?),
+            None => RootCerts::WebPki,
+        };
         let config = ureq::Agent::config_builder()
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             // Every request ends within this time: a server that hangs
             // becomes a failed attempt, which is retried and which the WAL
             // escape valve counts as an outage (`--max-wal-mib`). One PUT
@@ -119,9 +131,9 @@ impl Http {
             .user_agent(concat!("walsync/", env!("CARGO_PKG_VERSION")))
             .build();
         let connector = DefaultConnector::new().chain(Observe);
-        Http {
+        Ok(Http {
             agent: ureq::Agent::with_parts(config, connector, Resolve::default()),
-        }
+        })
     }
 
     /// Signs `command` for `path` (a full key, or `/` for bucket requests)
@@ -247,6 +259,26 @@ impl Http {
     }
 }
 
+/// The certificates of the PEM file `path` (`AWS_CA_BUNDLE`); other PEM
+/// items (keys) are skipped. No certificate at all is an error: an agent
+/// that trusts nothing would fail every HTTPS request.
+fn load_ca_bundle(path: &Path) -> Result<Vec<Certificate<'static>>> {
+    let what =
+        |reason: String| Error::Config(format!("AWS_CA_BUNDLE {}: {reason}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| what(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| what(format!("not a PEM file ({e})")))? {
+            PemItem::Certificate(cert) => certs.push(cert),
+            _ => continue,
+        }
+    }
+    if certs.is_empty() {
+        return Err(what("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 /// Whether `e`, after `progress`, is a pooled connection the server had
 /// already closed: worth one more try on a new connection (see
 /// [`Http::send`]).
@@ -271,6 +303,35 @@ fn stale(e: &ureq::Error, progress: Progress, replay: Replay) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PEM certificate block (the parser checks framing and base64 only;
+    /// rustls parses the DER when it builds its root store).
+    const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_bundle_certificates_are_loaded_and_bad_bundles_are_config_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("ca.pem");
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----\n";
+        std::fs::write(&bundle, format!("{PEM_CERT}{key}{PEM_CERT}")).unwrap();
+        assert_eq!(load_ca_bundle(&bundle).unwrap().len(), 2);
+        assert!(Http::new(Some(&bundle)).is_ok());
+        assert!(Http::new(None).is_ok());
+
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, key).unwrap();
+        for bad in [&missing, &empty] {
+            match Http::new(Some(bad)) {
+                Err(Error::Config(msg)) => {
+                    assert!(msg.starts_with("AWS_CA_BUNDLE "), "{msg}");
+                    assert!(msg.contains(&*bad.to_string_lossy()), "{msg}");
+                }
+                Err(e) => panic!("{}: {e}", bad.display()),
+                Ok(_) => panic!("{}: accepted", bad.display()),
+            }
+        }
+    }
 
     #[test]
     fn only_stale_pooled_connections_are_retried() {
