@@ -114,6 +114,18 @@ impl Watcher {
             .recv_timeout(Duration::from_secs(10))
             .expect("the watcher queued no segment within 10 s");
         assert_eq!(seg.txid, self.next_txid, "segment {}", seg.key);
+        // After the first snapshot, every segment must be a level-0 one: a
+        // pass that fell back to snapshots would time something else.
+        let level = if self.next_txid == 1 {
+            "/0009/"
+        } else {
+            "/0000/"
+        };
+        assert!(
+            seg.key.contains(level),
+            "segment {} is not at {level}",
+            seg.key
+        );
         self.next_txid += 1;
         self.budget.release(seg.charge);
         let bytes = seg.body.len().unwrap_or(0);

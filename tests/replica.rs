@@ -753,3 +753,91 @@ fn the_put_interval_does_not_hold_back_an_application_checkpoint() {
     );
     assert_eq!(w.rows_at(Target::Latest), w.source_rows());
 }
+
+/// The outage starts while walsync's read transaction began on a fully
+/// backfilled WAL (not known to pin it yet, the pass that would say so waits
+/// for the upload): it still blocks every backfill, so the WAL grows, and
+/// `--max-wal-mib` must release it all the same.
+#[test]
+fn outage_valve_releases_a_read_transaction_begun_on_a_backfilled_wal() {
+    let w = World::new();
+    let c = app(&w.db);
+    create_tables(&c);
+    for i in 0..5 {
+        c.execute("INSERT INTO t VALUES (?1)", [format!("pre{i}")])
+            .unwrap();
+    }
+    let (b, l, d): (i64, i64, i64) = c
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((b, l), (0, d));
+    let mut cfg = w.cfg();
+    cfg.max_wal_bytes = 256 << 10;
+    cfg.stuck_after = Duration::from_millis(300);
+    w.slow.failing.store(true, Ordering::SeqCst); // outage: snapshot 1 stays in flight
+    let run = start(&w, cfg);
+    std::thread::sleep(Duration::from_millis(500)); // the snapshot's R begins on the backfilled WAL
+    c.busy_timeout(Duration::from_millis(50)).unwrap();
+    let wal = PathBuf::from(format!("{}-wal", w.db.display()));
+    let mut released = false;
+    for i in 0..400 {
+        c.execute("INSERT INTO t VALUES (?1)", [format!("{i:0500}")])
+            .unwrap();
+        run.wake();
+        std::thread::sleep(Duration::from_millis(5));
+        if i % 20 == 19 {
+            let r: rusqlite::Result<(i64, i64, i64)> =
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                });
+            let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+            eprintln!("i={i} truncate={r:?} wal len={len}");
+            if matches!(r, Ok((0, _, _))) && len == 0 {
+                released = true;
+                break;
+            }
+        }
+    }
+    w.slow.failing.store(false, Ordering::SeqCst);
+    run.stop();
+    assert!(released, "the WAL was never released during the outage");
+}
+
+/// The WAL map (mapped with headroom past the file's end) shows exactly the
+/// file across shrinking and regrowing the same file.
+#[test]
+fn wal_map_follows_shrink_and_regrow() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x-wal");
+    let pat = |n: usize, seed: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 12) as u8))
+            .collect()
+    };
+    std::fs::write(&p, pat(5 << 20, 1)).unwrap();
+    let mut m = walsync::sqlite::wal::WalMap::open(&p).unwrap();
+    assert!(m.bytes() == &pat(5 << 20, 1)[..]);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(100).unwrap();
+    m.refresh().unwrap();
+    assert!(m.bytes() == &pat(5 << 20, 1)[..100]);
+    f.write_all_at(&pat(3 << 20, 7), 0).unwrap();
+    m.refresh().unwrap();
+    assert!(m.bytes() == &pat(3 << 20, 7)[..]);
+    f.write_all_at(&pat(9 << 20, 9), 0).unwrap();
+    m.refresh().unwrap();
+    assert!(m.bytes() == &pat(9 << 20, 9)[..]);
+    f.set_len(0).unwrap();
+    m.refresh().unwrap();
+    assert!(m.bytes().is_empty());
+    f.write_all_at(&pat(4096 * 3 + 5, 3), 0).unwrap();
+    m.refresh().unwrap();
+    assert!(m.bytes() == &pat(4096 * 3 + 5, 3)[..]);
+    f.set_len(8 << 20).unwrap(); // exactly a multiple of the headroom
+    m.refresh().unwrap();
+    assert_eq!(m.bytes().len(), 8 << 20);
+    assert_eq!(m.bytes()[(8 << 20) - 1], 0);
+}

@@ -14,7 +14,11 @@ impl Capture {
     /// snapshot once the queued segments are stored. Point-in-time history
     /// between the last stored txid and that snapshot is what is given up.
     pub(super) fn release_if_wal_too_big(&mut self) -> Result<()> {
-        if self.cfg.max_wal_bytes == 0 || !self.pin.pinned() {
+        // Any read transaction holds the WAL: a pinned one keeps its frames
+        // from being reused, and one that began on a fully backfilled WAL
+        // (not pinned yet: the pass that would say so waits for the upload)
+        // blocks every backfill, so the WAL grows all the same.
+        if self.cfg.max_wal_bytes == 0 || !self.pin.in_read() {
             return Ok(());
         }
         // Only a real outage: uploads in flight are normal, and releasing on
@@ -42,10 +46,12 @@ impl Capture {
         // What the pinned read transaction holds back is the current
         // generation (it cannot restart while pinned), not the file, whose
         // length never shrinks without a TRUNCATE.
-        let (Some(shm), Some(Read::At(p))) = (self.read_shm()?, self.read) else {
+        // The page size from the wal-index: the read position may be
+        // `Read::Empty` (nothing was in the WAL when it began).
+        let Some(shm) = self.read_shm()? else {
             return Ok(());
         };
-        let frame = wal::FRAME_HEADER_SIZE as u64 + u64::from(p.page_size);
+        let frame = wal::FRAME_HEADER_SIZE as u64 + u64::from(shm.page_size);
         let len = u64::from(shm.mx_frame) * frame;
         if len <= self.cfg.max_wal_bytes {
             return Ok(());

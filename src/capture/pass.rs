@@ -91,6 +91,8 @@ impl Capture {
             // check or a checkpointer's progress. The counter must agree
             // all the same.
             self.check_counter(&shm)?;
+            // As ship_available would: the counter read with this position.
+            self.counted = self.counted.or(Some(shm.change));
             if self.snapshot_reason.is_some() {
                 return Ok(());
             }

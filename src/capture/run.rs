@@ -41,6 +41,9 @@ impl Capture {
                     );
                     retry = retry.saturating_add(1);
                     pending_error = Some(Instant::now() + wait);
+                    // The last pass's timer may be past already: without
+                    // this the failing pass would run again at once.
+                    timer = None;
                 }
             }
             let deadline = [timer, pending_error].into_iter().flatten().min();
