@@ -17,7 +17,7 @@ impl Capture {
         drain_timeout: Duration,
     ) -> Result<()> {
         let mut retry = 0u32;
-        let mut timer: Option<Instant> = None;
+        let mut timer: Option<Instant>;
         let mut pending_error: Option<Instant>;
         loop {
             match self.tick() {
