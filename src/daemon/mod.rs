@@ -79,6 +79,10 @@ pub struct OwnStorage {
     pub raw: Arc<dyn Storage>,
 }
 
+/// How often the daemon hands free allocator pages back to the kernel after
+/// start-up ([`crate::util::release_free_memory`]; a few ms at 1,000 DBs).
+const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
+
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
 const DB_THREAD_STACK: usize = 512 * 1024;
@@ -309,6 +313,9 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     let watchdog = crate::daemon::notify::watchdog_interval();
     let mut ready = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
+    // After start-up, free memory inside the allocator's arenas goes back to
+    // the kernel now and then (crate::util::release_free_memory).
+    let mut trim = crossbeam_channel::never();
     loop {
         crossbeam_channel::select! {
             recv(disc_rx) -> d => if let Ok(Discovery::NewDatabase(p)) = d {
@@ -318,10 +325,13 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 }
             },
             recv(signals) -> _ => break,
+            recv(trim) -> _ => crate::util::release_free_memory(),
             recv(ticker) -> _ => {
                 if !ready && daemon.registry.ready() {
                     ready = true;
                     log::info!("start-up complete");
+                    crate::util::release_free_memory();
+                    trim = crossbeam_channel::tick(RELEASE_MEMORY_EVERY);
                     crate::daemon::notify::ready();
                     ticker = match watchdog {
                         Some(every) => crossbeam_channel::tick(every),
