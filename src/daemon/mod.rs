@@ -13,10 +13,12 @@
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`metrics`]: database registry, Prometheus endpoint, request log.
 //! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - `limits`: the open-file limit, raised and checked at start.
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 
 pub mod config;
 pub mod heartbeat;
+mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod watch;
@@ -230,7 +232,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     for s in own.iter().flatten() {
         crate::storage::retry_transient(5, &s.data.describe(), || s.data.check())?;
     }
-    raise_fd_limit(files.len())?;
+    limits::raise_fd_limit(files.len())?;
     if let Some(f) = &opts.fencer {
         // The probe writes an object: a blip must not stop the daemon. It
         // needs three requests in a row to succeed (each attempt uses a new
@@ -610,37 +612,6 @@ impl Daemon {
                 self.registry.remove(&name);
                 log::error!("{}: cannot start a thread: {e}", path.display())
             }
-        }
-    }
-}
-
-/// Descriptors one replicated database holds (measured, idle after its first
-/// snapshot): SQLite's database, WAL and `-shm`, the descriptor SQLite keeps
-/// of the database after the fence's connection closes (closing it would
-/// drop the locks), walsync's own database, WAL and `-shm` descriptors, and
-/// the lock file.
-const FDS_PER_DB: u64 = 8;
-/// Descriptors besides the databases' (stdio, inotify, sockets, temp files).
-const FDS_BASE: u64 = 64;
-
-/// The usual soft open-file limit of 1,024 would stop at ~120 databases:
-/// raise the soft limit to the hard limit, and refuse to start, in one line
-/// naming the limit, when even that cannot hold the databases found now
-/// (otherwise thousands of them would fail one by one with "unable to open
-/// database file").
-fn raise_fd_limit(databases: usize) -> Result<()> {
-    let need = databases as u64 * FDS_PER_DB + FDS_BASE;
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < need => Err(Error::Config(format!(
-            "{databases} databases need about {need} open files ({FDS_PER_DB} each), but the open-file limit is {n} even raised to its hard limit: raise the hard limit (LimitNOFILE= in the systemd unit, `ulimit -Hn`, or nofile in /etc/security/limits.conf)"
-        ))),
-        Ok(n) => {
-            log::debug!("open-file limit: {n}");
-            Ok(())
-        }
-        Err(e) => {
-            log::warn!("cannot raise the open-file limit: {e}");
-            Ok(())
         }
     }
 }
