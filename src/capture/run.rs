@@ -90,8 +90,11 @@ impl Capture {
     /// Memory only, before a long sleep with nothing in flight: the passes since
     /// the last wake-up made SQLite touch its wal-index map (a WAL restart
     /// zeroes a whole 32 KiB hash table); drop those pages from this
-    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]).
+    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]), and the
+    /// pages of this thread's stack below the loop
+    /// ([`crate::util::release_unused_stack`]).
     fn trim_idle(&self) {
+        crate::util::release_unused_stack();
         if let Some(c) = &self.conn {
             if !crate::sqlite::shm::trim_sqlite_map(c) {
                 log::trace!("{}: wal-index map not trimmed", self.cfg.name);

@@ -490,6 +490,7 @@ impl Daemon {
             .name(thread_name)
             .stack_size(DB_THREAD_STACK)
             .spawn(move || {
+                crate::util::note_thread_stack(DB_THREAD_STACK);
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other
