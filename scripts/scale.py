@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """walsync at scale: 1,000 databases in one process (`make scale`).
 
-    scripts/scale.py [--dbs 1000] [--write-secs 60] [--rate 0.05] [--json]
+    scripts/scale.py [--dbs 1000] [--write-secs 60] [--rate 0.05]
+                     [--restore-sample N] [--json]
 
 Against the S3 server in the environment (`make scale` starts a private
 Garage through scripts/bench.sh). Measured, not estimated:
@@ -13,17 +14,21 @@ Garage through scripts/bench.sh). Measured, not estimated:
    directly. Startup time = from spawning the process until a listing of the
    bucket shows a level-9 snapshot for every database (polled every 0.25 s).
    RSS (sampled, and VmHWM) and the thread count (/proc/PID/status) are taken
-   after start-up and during the write phase.
+   after start-up and during the write phase. Requests at start = walsync's
+   own storage request counters (its --metrics-addr endpoint) when every
+   first snapshot is stored.
 3. Write phase: every database is written now and then — --rate commits/s
    each on average (default 0.05: one commit every 20 s per database, 50
    commits/s over 1,000), for --write-secs, by benchlib's writer process.
 4. SIGTERM: walsync ships everything committed and exits 0 (bounded by
-   --shutdown-timeout). Then EVERY database is restored with `walsync
-   restore` (4 at a time) and its rows (count, max seq) compared with the
-   source: "replicated" means all of them match.
+   --shutdown-timeout). Then every database (or an evenly spread sample of
+   --restore-sample of them) is restored with `walsync restore` (4 at a time)
+   and its rows (count, max seq) compared with the source: "replicated"
+   means all of them match.
 
-Results: benches/results/scale.json and scale.txt. Bounded: start-up ≤ 300 s,
-the write phase, shutdown ≤ 180 s, each restore ≤ 60 s.
+Results: benches/results/scale.json and scale.txt. Bounded: start-up ≤
+max(300 s, 0.1 s per database), the write phase, shutdown ≤ 180 s, each
+restore ≤ 60 s.
 """
 
 import argparse
@@ -33,6 +38,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +64,33 @@ def threads_of(pid):
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     return None
+
+
+def fds_of(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def requests_by_kind(port):
+    """walsync's storage request counters, summed over databases, by kind."""
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    kinds = {}
+    for line in body.splitlines():
+        if line.startswith("walsync_storage_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            kind = labels.split('kind="', 1)[1].split('"', 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + int(float(value))
+    return kinds
 
 
 def s3_client(s3):
@@ -103,6 +136,7 @@ def main():
     ap.add_argument("--write-secs", type=float, default=60)
     ap.add_argument("--rate", type=float, default=0.05, help="commits/s per database (average)")
     ap.add_argument("--shutdown-timeout", type=int, default=180)
+    ap.add_argument("--restore-sample", type=int, default=0, help="restore only this many databases (0 = all)")
     ap.add_argument("--json", action="store_true", help="print the JSON result on stdout")
     a = ap.parse_args()
 
@@ -114,6 +148,7 @@ def main():
         "dbs": a.dbs,
         "write_secs": a.write_secs,
         "rate_per_db": a.rate,
+        "restore_sample": a.restore_sample,
         "inotify_max_user_instances": read_int("/proc/sys/fs/inotify/max_user_instances"),
         "inotify_max_user_watches": read_int("/proc/sys/fs/inotify/max_user_watches"),
         "nofile_soft_hard": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
@@ -131,10 +166,12 @@ def main():
         b.log(f"scale: creating {a.dbs} databases in {work}")
         paths = b.create_dbs(os.path.join(work, "data"), a.dbs)
         logf = open(os.path.join(work, "walsync.log"), "w")
+        port = free_port()
         cmd = [
             os.path.join(b.BIN, "walsync-sync"), os.path.join(work, "data", "*.db"),
             "--bucket", s3["bucket"], "--prefix", prefix, "--endpoint", s3["endpoint"],
             "--region", s3["region"], "--path-style", "--shutdown-timeout", f"{a.shutdown_timeout}s",
+            "--metrics-addr", f"127.0.0.1:{port}",
         ]
         b.log("scale: starting walsync-sync")
         t0 = time.monotonic()
@@ -142,18 +179,25 @@ def main():
         sampler = b.Sampler(proc.pid)
         names = {os.path.basename(p) for p in paths}
         seen = set()
+        startup_bound = max(300, 0.1 * a.dbs)
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"walsync-sync exited during start-up ({proc.returncode}); log {logf.name}")
+                logf.flush()
+                with open(logf.name) as f:
+                    last = [line.strip() for line in f if line.strip()][-1:]
+                raise RuntimeError(f"walsync-sync exited during start-up ({proc.returncode}): {last}")
             seen = dbs_with_snapshot(client, s3["bucket"], prefix)
             if names <= seen:
                 break
-            if time.monotonic() - t0 > 300:
-                raise RuntimeError(f"only {len(seen)} of {a.dbs} first snapshots after 300 s")
+            if time.monotonic() - t0 > startup_bound:
+                raise RuntimeError(f"only {len(seen)} of {a.dbs} first snapshots after {startup_bound:.0f} s")
             time.sleep(0.25)
         res["startup_s"] = round(time.monotonic() - t0, 2)
         res["threads_after_startup"] = threads_of(proc.pid)
         res["rss_after_startup_mb"] = round(sampler.p.memory_info().rss / 1e6, 1)
+        res["vmhwm_after_startup_mb"] = round(sampler.hwm() / 1e6, 1)
+        res["fds_after_startup"] = fds_of(proc.pid)
+        res["requests_at_startup"] = requests_by_kind(port)
         b.log(f"scale: all {a.dbs} first snapshots stored {res['startup_s']} s after start; "
               f"RSS {res['rss_after_startup_mb']} MB, {res['threads_after_startup']} threads")
 
@@ -171,17 +215,22 @@ def main():
         res["exit_code"] = proc.wait(a.shutdown_timeout + 30)
         res["shutdown_s"] = round(time.monotonic() - ts, 2)
 
-        b.log(f"scale: restoring all {a.dbs} databases")
+        sample = paths
+        if 0 < a.restore_sample < len(paths):
+            step = len(paths) / a.restore_sample
+            sample = [paths[int(i * step)] for i in range(a.restore_sample)]
+        b.log(f"scale: restoring {len(sample)} of {a.dbs} databases")
         tr = time.monotonic()
         bad = []
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
-            futs = [ex.submit(restore_one, s3, prefix, p, p + ".restored") for p in paths]
+            futs = [ex.submit(restore_one, s3, prefix, p, p + ".restored") for p in sample]
             for f in concurrent.futures.as_completed(futs):
                 src, err = f.result()
                 if err:
                     bad.append(f"{os.path.basename(src)}: {err}")
         res["restore_all_s"] = round(time.monotonic() - tr, 1)
-        res["restored_ok"] = a.dbs - len(bad)
+        res["restored"] = len(sample)
+        res["restored_ok"] = len(sample) - len(bad)
         res["restore_failures"] = bad[:20]
         res["all_replicated"] = not bad and res["exit_code"] == 0
         res["loadavg_end"] = b.loadavg()
@@ -199,13 +248,16 @@ def main():
         ("databases", res["dbs"]),
         ("inotify max_user_instances / max_user_watches", f"{res['inotify_max_user_instances']} / {res['inotify_max_user_watches']}"),
         ("startup: spawn → every first snapshot stored (s)", res["startup_s"]),
-        ("RSS after start-up (MB)", res["rss_after_startup_mb"]),
+        ("RSS after start-up (MB), VmHWM", f"{res['rss_after_startup_mb']}, {res['vmhwm_after_startup_mb']}"),
+        ("open files after start-up", res["fds_after_startup"]),
+        ("storage requests at start-up (walsync's counters)",
+         ", ".join(f"{k} {v}" for k, v in sorted(res["requests_at_startup"].items()) if v)),
         ("RSS mean / peak during writes (MB), VmHWM", f"{res['rss_mean_mb']} / {res['rss_peak_mb']}, {res['vmhwm_mb']}"),
         ("threads after start-up / after writes", f"{res['threads_after_startup']} / {res['threads_after_writes']}"),
         ("CPU during writes (% of a core)", res["cpu_pct"]),
         ("commits (databases written)", f"{res['commits']} ({res['dbs_written']})"),
         ("SIGTERM → exit (s), exit code", f"{res['shutdown_s']}, {res['exit_code']}"),
-        ("databases restored and equal to the source", f"{res['restored_ok']} of {res['dbs']}"),
+        ("databases restored and equal to the source", f"{res['restored_ok']} of {res['restored']} restored ({res['dbs']} replicated)"),
         ("load average start / end", f"{res['loadavg_start']} / {res['loadavg_end']}"),
     ]
     text = f"make scale, {res['date']}, commit {res.get('walsync_commit')}\n" + b.table(

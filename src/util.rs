@@ -101,6 +101,85 @@ impl Since {
     }
 }
 
+/// Hand the allocator's free pages back to the kernel (glibc `malloc_trim`).
+///
+/// Why: every database's thread allocates from one of glibc's per-thread
+/// arenas (at most 8 per core), and start-up makes a thousand threads do the
+/// same burst at once (resume-point listings, the first snapshot, its
+/// upload). What they free stays resident inside the arenas: glibc gives back
+/// only the free space at the top of an arena, not free pages between live
+/// chunks. `malloc_trim` releases those pages too (MADV_DONTNEED), without
+/// moving anything. Elsewhere than glibc this does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes each arena's lock and only
+        // releases pages no allocation uses; callable from any thread.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+thread_local! {
+    /// Lowest stack address this thread may release (0: unknown), set by
+    /// [`note_thread_stack`].
+    static STACK_LOW: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Room left untouched at the low end of a noted stack: glibc keeps the
+/// thread descriptor and static TLS at the top of the stack mapping, so the
+/// usable stack is somewhat smaller than the size asked for.
+const STACK_SLACK: usize = 64 * 1024;
+/// Room left below the current stack pointer (the red zone and the frames of
+/// the release itself).
+const STACK_MARGIN: usize = 4 * 1024;
+
+/// Called first on a thread spawned with `size` bytes of stack: lets
+/// [`release_unused_stack`] find the part of it below the current frame.
+pub fn note_thread_stack(size: usize) {
+    let here = std::hint::black_box(&size) as *const usize as usize;
+    let low = here.saturating_sub(size).saturating_add(STACK_SLACK);
+    STACK_LOW.with(|c| c.set(low));
+}
+
+/// Hand back the pages of this thread's stack below the current frame.
+///
+/// Why: a database's thread touches its deepest stack once (opening SQLite,
+/// the resume-point listings over HTTP, the first snapshot: ~40 KiB) and
+/// then sleeps in a shallow loop for hours; the touched pages stayed
+/// resident, once per database. Pages below the stack pointer hold nothing
+/// (a later call gets zeroed pages). Does nothing on a thread that did not
+/// call [`note_thread_stack`].
+pub fn release_unused_stack() {
+    let low = STACK_LOW.with(std::cell::Cell::get);
+    if low == 0 {
+        return;
+    }
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let page = rustix::param::page_size();
+    let start = low.next_multiple_of(page);
+    let end = sp.saturating_sub(STACK_MARGIN) / page * page;
+    if end > start {
+        // SAFETY: [start, end) lies within this thread's stack mapping
+        // (between `size - STACK_SLACK` below the frame that noted it and
+        // STACK_MARGIN below this frame), below every live frame of this
+        // thread; MADV_DONTNEED on private anonymous memory only makes later
+        // reads of it return zeros, and nothing reads it before writing.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                start as *mut std::ffi::c_void,
+                end - start,
+                rustix::mm::Advice::LinuxDontNeed,
+            )
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,3 +184,36 @@ fn a_held_write_lock_stops_every_change() {
     assert_eq!((busy, log), (0, ckpt));
     fence.execute_batch("ROLLBACK").unwrap();
 }
+
+#[test]
+fn trimming_the_wal_index_map_changes_nothing_sqlite_sees() {
+    use walsync::sqlite::shm::trim_sqlite_map;
+    let db = Db::new();
+    let app = open(&db.path);
+    let walsync = open(&db.path);
+    // No wal-index mapped yet in a fresh connection that has read nothing.
+    assert!(!trim_sqlite_map(&Connection::open_in_memory().unwrap()));
+    for i in 0..100 {
+        app.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    begin_read(&walsync);
+    assert!(trim_sqlite_map(&walsync));
+    let n: i64 = walsync
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 100);
+    walsync.execute_batch("COMMIT").unwrap();
+    // The application commits and checkpoints through the trimmed map too
+    // (it is shared by every connection of the process to this file).
+    for i in 100..200 {
+        app.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+    }
+    assert!(trim_sqlite_map(&app));
+    let (busy, _, _) = checkpoint(&app, "TRUNCATE");
+    assert_eq!(busy, 0);
+    assert!(db.wal().is_empty());
+    let n: i64 = walsync
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 200);
+}

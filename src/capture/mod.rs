@@ -502,6 +502,11 @@ impl Capture {
                 path.display()
             )));
         }
+        // Memory only: SQLite's wal-index map keeps just the pages it reads
+        // resident (32 KiB per database otherwise; see the function).
+        if !crate::sqlite::shm::trim_sqlite_map(&c) {
+            log::debug!("{}: wal-index map not trimmed", self.cfg.name);
+        }
         self.db_id = file_id(&self.real);
         self.db_file = Some(File::open(&self.real).map_err(|e| Error::io(&path, e))?);
         self.conn = Some(c);

@@ -6,6 +6,9 @@
 
 use super::*;
 
+/// A sleep at least this long is idle (see [`Capture::trim_idle`]).
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(5);
+
 impl Capture {
     /// The watcher thread's loop: runs until `Shutdown`, the event channel
     /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
@@ -19,6 +22,9 @@ impl Capture {
         let mut retry = 0u32;
         let mut timer: Option<Instant>;
         let mut pending_error: Option<Instant>;
+        // Memory only: whether SQLite's wal-index map was trimmed since the
+        // last wake-up (see `trim_idle`).
+        let mut trimmed = false;
         loop {
             match self.tick() {
                 Ok(next) => {
@@ -47,6 +53,11 @@ impl Capture {
                 }
             }
             let deadline = [timer, pending_error].into_iter().flatten().min();
+            let idle = deadline.is_none_or(|d| d > Instant::now() + IDLE_TRIM_AFTER);
+            if idle && !trimmed && self.inflight.is_empty() {
+                trimmed = true;
+                self.trim_idle();
+            }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let never = crossbeam_channel::never();
             let tick = match timeout {
@@ -55,7 +66,10 @@ impl Capture {
             };
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
-                    Ok(Event::Wake) => self.woken(),
+                    Ok(Event::Wake) => {
+                        trimmed = false;
+                        self.woken();
+                    }
                     Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
@@ -72,6 +86,21 @@ impl Capture {
                     Ok(Event::Shutdown) => return self.drain(drain_timeout),
                     Err(_) => break,
                 }
+            }
+        }
+    }
+
+    /// Memory only, before a long sleep with nothing in flight: the passes since
+    /// the last wake-up made SQLite touch its wal-index map (a WAL restart
+    /// zeroes a whole 32 KiB hash table); drop those pages from this
+    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]), and the
+    /// pages of this thread's stack below the loop
+    /// ([`crate::util::release_unused_stack`]).
+    fn trim_idle(&self) {
+        crate::util::release_unused_stack();
+        if let Some(c) = &self.conn {
+            if !crate::sqlite::shm::trim_sqlite_map(c) {
+                log::trace!("{}: wal-index map not trimmed", self.cfg.name);
             }
         }
     }

@@ -13,10 +13,12 @@
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`metrics`]: database registry, Prometheus endpoint, request log.
 //! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - `limits`: the open-file limit, raised and checked at start.
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 
 pub mod config;
 pub mod heartbeat;
+mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod watch;
@@ -78,6 +80,10 @@ pub struct OwnStorage {
     /// The same place as is, for lease objects.
     pub raw: Arc<dyn Storage>,
 }
+
+/// How often the daemon hands free allocator pages back to the kernel after
+/// start-up ([`crate::util::release_free_memory`]; a few ms at 1,000 DBs).
+const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
@@ -226,7 +232,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     for s in own.iter().flatten() {
         crate::storage::retry_transient(5, &s.data.describe(), || s.data.check())?;
     }
-    raise_fd_limit(files.len());
+    limits::raise_fd_limit(files.len())?;
     if let Some(f) = &opts.fencer {
         // The probe writes an object: a blip must not stop the daemon. It
         // needs three requests in a row to succeed (each attempt uses a new
@@ -309,6 +315,9 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     let watchdog = crate::daemon::notify::watchdog_interval();
     let mut ready = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
+    // After start-up, free memory inside the allocator's arenas goes back to
+    // the kernel now and then (crate::util::release_free_memory).
+    let mut trim = crossbeam_channel::never();
     loop {
         crossbeam_channel::select! {
             recv(disc_rx) -> d => if let Ok(Discovery::NewDatabase(p)) = d {
@@ -318,10 +327,13 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 }
             },
             recv(signals) -> _ => break,
+            recv(trim) -> _ => crate::util::release_free_memory(),
             recv(ticker) -> _ => {
                 if !ready && daemon.registry.ready() {
                     ready = true;
                     log::info!("start-up complete");
+                    crate::util::release_free_memory();
+                    trim = crossbeam_channel::tick(RELEASE_MEMORY_EVERY);
                     crate::daemon::notify::ready();
                     ticker = match watchdog {
                         Some(every) => crossbeam_channel::tick(every),
@@ -478,6 +490,7 @@ impl Daemon {
             .name(thread_name)
             .stack_size(DB_THREAD_STACK)
             .spawn(move || {
+                crate::util::note_thread_stack(DB_THREAD_STACK);
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other
@@ -601,24 +614,6 @@ impl Daemon {
                 log::error!("{}: cannot start a thread: {e}", path.display())
             }
         }
-    }
-}
-
-/// Each database holds about five descriptors (SQLite's database, WAL and
-/// `-shm`, the WAL map, the wal-index reader); the usual soft limit of 1,024
-/// would stop at ~200 databases. Raise the soft limit to the hard limit.
-fn raise_fd_limit(databases: usize) {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => {
-            log::debug!("open-file limit: {n}");
-            let need = databases as u64 * 6 + 64;
-            if n < need {
-                log::warn!(
-                    "open-file limit {n} may be too low for {databases} databases (about {need} needed); raise LimitNOFILE"
-                );
-            }
-        }
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 

@@ -57,7 +57,7 @@ impl Router {
     pub fn start(discoveries: Sender<Discovery>) -> Result<Router> {
         let inotify = Inotify::init().map_err(|e| {
             Error::Config(format!(
-                "cannot create an inotify instance: {e} (fs.inotify.max_user_instances reached?)"
+                "cannot create an inotify instance: {e} (fs.inotify.max_user_instances reached? walsync needs one; raise it with sysctl fs.inotify.max_user_instances)"
             ))
         })?;
         let router = Router {
@@ -80,10 +80,18 @@ impl Router {
             .unwrap_or_else(|p| p.into_inner())
             .add(dir, MASK)
             .map_err(|e| {
-                Error::io(
-                    dir,
-                    std::io::Error::new(e.kind(), format!("cannot watch directory: {e}")),
-                )
+                // ENOSPC from inotify_add_watch: the per-user watch limit.
+                let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                    format!(
+                        "cannot watch directory: fs.inotify.max_user_watches ({}) reached; raise it (sysctl fs.inotify.max_user_watches)",
+                        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                            .map(|s| s.trim().to_string())
+                            .unwrap_or_else(|_| "?".into())
+                    )
+                } else {
+                    format!("cannot watch directory: {e}")
+                };
+                Error::io(dir, std::io::Error::new(e.kind(), why))
             })?;
         let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let aliases = r.dirs.entry(wd).or_default();

@@ -112,6 +112,65 @@ impl Shm {
     }
 }
 
+/// Size of one wal-index region as SQLite maps it (`WALINDEX_PGSZ`).
+const REGION: usize = 32 * 1024;
+
+/// Keep only the pages of SQLite's own wal-index map that are actually read
+/// resident in this process, and drop the rest now.
+///
+/// Why: SQLite maps the `-shm` file in 32 KiB regions (shared, one map per
+/// file per process). A read fault on a shared file map makes the kernel map
+/// the neighbouring cached pages as well ("fault-around", 64 KiB), so after
+/// the first read the whole region is in this process's RSS: 32 KiB per
+/// replicated database, while an idle database's connection reads the
+/// header page and a few hash-table pages. `MADV_RANDOM` turns fault-around
+/// off for this map, `MADV_DONTNEED` unmaps what is there (the pages stay in
+/// the page cache, shared with the application: nothing is lost, the next
+/// access maps the page again). Neither changes what SQLite reads.
+///
+/// Best effort: returns false (and changes nothing) when the connection has
+/// no wal-index region 0 mapped yet. Call on a connection in WAL mode that
+/// has read the database (SQLite then has the `-shm` open and mapped).
+pub fn trim_sqlite_map(conn: &rusqlite::Connection) -> bool {
+    use rusqlite::ffi;
+    // SAFETY: `handle` is the open connection, used from this thread only
+    // (walsync's connections are SQLITE_OPEN_NO_MUTEX and owned by one
+    // thread); SQLITE_FCNTL_FILE_POINTER writes the `sqlite3_file*` of the
+    // main database, valid while the connection is open. With `bExtend` = 0
+    // `xShmMap` only returns region 0 (mapping it if the `-shm` file is
+    // already that long) and never grows the file; `unixShmMap` takes its
+    // own mutex. `madvise` with MADV_RANDOM and MADV_DONTNEED on a shared
+    // file map changes neither its contents nor its validity.
+    unsafe {
+        let db = conn.handle();
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        let rc = ffi::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+            return false;
+        }
+        let methods = &*(*file).pMethods;
+        let Some(shm_map) = methods.xShmMap.filter(|_| methods.iVersion >= 2) else {
+            return false;
+        };
+        let mut region: *mut std::ffi::c_void = std::ptr::null_mut();
+        if shm_map(file, 0, REGION as i32, 0, &mut region) != ffi::SQLITE_OK || region.is_null() {
+            return false;
+        }
+        let page = rustix::param::page_size();
+        if region as usize % page != 0 || REGION % page != 0 {
+            return false;
+        }
+        use rustix::mm::{madvise, Advice};
+        madvise(region, REGION, Advice::Random).is_ok()
+            && madvise(region, REGION, Advice::LinuxDontNeed).is_ok()
+    }
+}
+
 fn read_full(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
