@@ -140,7 +140,15 @@ const STACK_MARGIN: usize = 4 * 1024;
 
 /// Called first on a thread spawned with `size` bytes of stack: lets
 /// [`release_unused_stack`] find the part of it below the current frame.
-pub fn note_thread_stack(size: usize) {
+///
+/// # Safety
+///
+/// `size` must be at most the stack size this thread was spawned with
+/// (`std::thread::Builder::stack_size`), and this must be called near the
+/// top of the thread's stack (first thing in its closure): a larger size
+/// would make [`release_unused_stack`] discard memory below this thread's
+/// stack mapping, which may belong to another thread.
+pub unsafe fn note_thread_stack(size: usize) {
     let here = std::hint::black_box(&size) as *const usize as usize;
     let low = here.saturating_sub(size).saturating_add(STACK_SLACK);
     STACK_LOW.with(|c| c.set(low));

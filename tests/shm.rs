@@ -191,8 +191,14 @@ fn trimming_the_wal_index_map_changes_nothing_sqlite_sees() {
     let db = Db::new();
     let app = open(&db.path);
     let walsync = open(&db.path);
-    // No wal-index mapped yet in a fresh connection that has read nothing.
+    // Not in WAL mode: nothing to trim, and no `-shm` may be created (it
+    // would stay open and locked for the life of the process).
     assert!(!trim_sqlite_map(&Connection::open_in_memory().unwrap()));
+    let rollback = db.path.with_file_name("rollback.db");
+    let rc = Connection::open(&rollback).unwrap();
+    rc.execute_batch("CREATE TABLE r(x)").unwrap();
+    assert!(!trim_sqlite_map(&rc));
+    assert!(!rollback.with_file_name("rollback.db-shm").exists());
     for i in 0..100 {
         app.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
     }

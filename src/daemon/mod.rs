@@ -490,7 +490,9 @@ impl Daemon {
             .name(thread_name)
             .stack_size(DB_THREAD_STACK)
             .spawn(move || {
-                crate::util::note_thread_stack(DB_THREAD_STACK);
+                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
+                // (`stack_size` above), and this is its first statement.
+                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other

@@ -128,11 +128,18 @@ const REGION: usize = 32 * 1024;
 /// the page cache, shared with the application: nothing is lost, the next
 /// access maps the page again). Neither changes what SQLite reads.
 ///
-/// Best effort: returns false (and changes nothing) when the connection has
-/// no wal-index region 0 mapped yet. Call on a connection in WAL mode that
-/// has read the database (SQLite then has the `-shm` open and mapped).
+/// Best effort: returns false (and changes nothing) when the connection is
+/// not in WAL mode or has no wal-index region 0 mapped. The WAL-mode check
+/// comes first because `xShmMap` on a connection that has not opened its
+/// WAL would open the `-shm` file and take a lock that only closing the WAL
+/// releases; asking for the journal mode reads the database, which opens
+/// the WAL of a WAL-mode connection the way any read does.
 pub fn trim_sqlite_map(conn: &rusqlite::Connection) -> bool {
     use rusqlite::ffi;
+    let mode: rusqlite::Result<String> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
+    if !mode.is_ok_and(|m| m.eq_ignore_ascii_case("wal")) {
+        return false;
+    }
     // SAFETY: `handle` is the open connection, used from this thread only
     // (walsync's connections are SQLITE_OPEN_NO_MUTEX and owned by one
     // thread); SQLITE_FCNTL_FILE_POINTER writes the `sqlite3_file*` of the
