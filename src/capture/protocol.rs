@@ -195,6 +195,7 @@ impl Capture {
         // idle, all of a burst when behind (group commit).
         let txid = self.next_txid;
         let enc = segment::encode_transactions(self.wal.bytes(), txs, txid, &self.cfg.tmp_dir)?;
+        self.wal.forget_read_pages();
         self.send(enc, 0)?;
         self.read = Some(Read::At(last.end));
         Ok(())

@@ -161,6 +161,7 @@ impl Capture {
             }
             Ok(())
         })?;
+        self.wal.forget_read_pages();
         self.send(enc, SNAPSHOT_LEVEL)?;
         self.last_snapshot = Instant::now();
         self.snapshot_reason = None;

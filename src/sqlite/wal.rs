@@ -669,6 +669,30 @@ impl WalMap {
         }
     }
 
+    /// Unmap the pages read so far from this process (they stay in the page
+    /// cache; the next read maps them again). A map kept across commits
+    /// would otherwise keep every WAL page ever read resident here, up to
+    /// the whole WAL per database, which the old map-per-growth did not.
+    pub fn forget_read_pages(&self) {
+        let Some(map) = &self.map else {
+            return;
+        };
+        if map.is_empty() {
+            return;
+        }
+        // SAFETY: the range is exactly this map (page-aligned start, its own
+        // length); MADV_DONTNEED on a read-only shared file map only drops
+        // page-table entries: later reads fault the file's pages in again,
+        // with the same contents, and nothing of this map is borrowed here.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                map.as_ptr() as *mut std::ffi::c_void,
+                map.len(),
+                rustix::mm::Advice::LinuxDontNeed,
+            )
+        };
+    }
+
     /// The WAL's path.
     pub fn path(&self) -> &Path {
         &self.path
