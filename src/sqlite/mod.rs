@@ -7,7 +7,8 @@
 //! nothing of LTX, storage or threads, so it can be tested and fuzzed on any
 //! input. The capture protocol ([`crate::capture`]) builds on it.
 //!
-//! - [`wal`]: verify a WAL, cut it at commit frames, map it (`memmap2`).
+//! - [`wal`]: verify a WAL, cut it at commit frames, map it (`memmap2`;
+//!   the map, [`wal::WalMap`], and its soundness rules live in `walmap.rs`).
 //! - [`shm`]: the wal-index header: `mxFrame`, salts, `nBackfill` and the
 //!   commit counter that proves nothing was missed.
 //! - [`tail`]: commits written past `mxFrame` and not yet published, the
@@ -18,3 +19,4 @@ pub mod lock;
 pub mod shm;
 pub mod tail;
 pub mod wal;
+mod walmap;
