@@ -133,6 +133,7 @@ impl Watcher {
             txid: seg.txid,
             bytes,
             fenced: None,
+            withdrawn: None,
         });
     }
 }
@@ -148,6 +149,7 @@ impl Drop for Watcher {
                         txid: seg.txid,
                         bytes: 0,
                         fenced: None,
+                        withdrawn: None,
                     });
                 }
             }

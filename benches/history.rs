@@ -110,9 +110,14 @@ impl Storage for Counting {
         self.n.list.fetch_add(1, Ordering::Relaxed);
         self.inner.list_page(prefix, after, max)
     }
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
+    fn put_stream(
+        &self,
+        key: &str,
+        body: &mut dyn walsync::storage::Source,
+        meta: &Metadata,
+    ) -> walsync::Result<()> {
         self.n.put.fetch_add(1, Ordering::Relaxed);
-        self.inner.put_file(key, path, meta)
+        self.inner.put_stream(key, body, meta)
     }
     fn put_conditional(
         &self,

@@ -91,6 +91,12 @@ pub enum Error {
     /// process must not ship it. The text names the database and the holder.
     #[error("{0}")]
     Fenced(String),
+
+    /// A streamed body can no longer be written: the database state it
+    /// reads was released (a snapshot whose read transaction ended, see
+    /// [`crate::storage::Source`]). Its upload is abandoned, not retried.
+    #[error("{0}")]
+    Withdrawn(String),
 }
 
 fn kind_text(kind: StorageErrorKind) -> &'static str {

@@ -203,6 +203,9 @@ fn merge_equals_sequential_application() {
         let merged = match enc.body {
             walsync::upload::segment::Body::Memory(b) => b,
             walsync::upload::segment::Body::File(p) => std::fs::read(&p).unwrap(),
+            walsync::upload::segment::Body::Stream(mut s) => {
+                walsync::storage::source::collect(s.as_mut()).unwrap()
+            }
         };
         let h = Header::decode(&merged[..ltx::HEADER_SIZE]).unwrap();
         assert_eq!((h.min_txid, h.max_txid), (2, s.txid), "case {case}");
@@ -460,8 +463,13 @@ impl Storage for Meddler {
     ) -> walsync::Result<Vec<walsync::storage::ObjectInfo>> {
         self.inner.list_page(prefix, after, max_keys)
     }
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> walsync::Result<()> {
-        self.inner.put_file(key, path, meta)
+    fn put_stream(
+        &self,
+        key: &str,
+        body: &mut dyn walsync::storage::Source,
+        meta: &Metadata,
+    ) -> walsync::Result<()> {
+        self.inner.put_stream(key, body, meta)
     }
     fn put_conditional(
         &self,

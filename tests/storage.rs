@@ -364,9 +364,14 @@ impl Storage for Probe {
         self.note("list_page");
         self.inner.list_page(prefix, after, max_keys)
     }
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> walsync::Result<()> {
-        self.note("put_file");
-        self.inner.put_file(key, path, meta)
+    fn put_stream(
+        &self,
+        key: &str,
+        body: &mut dyn walsync::storage::Source,
+        meta: &Metadata,
+    ) -> walsync::Result<()> {
+        self.note("put_stream");
+        self.inner.put_stream(key, body, meta)
     }
     fn put_conditional(
         &self,
@@ -395,9 +400,9 @@ impl Storage for Probe {
     }
 }
 
-/// Every wrapper passes `put_file`, `list_page`, `put_conditional` and
-/// `get_with_etag` on as themselves: a wrapper answering `put_file` with a
-/// whole-file read and `put`, or `list_page` with a full `list`, would turn
+/// Every wrapper passes `put_stream` (also under `put_file`), `list_page`,
+/// `put_conditional` and `get_with_etag` on as themselves: a wrapper
+/// answering `put_stream` with a whole-body read and `put`, or `list_page` with a full `list`, would turn
 /// a streamed snapshot into one allocation of its size or a short probe into
 /// a listing of everything.
 #[test]
@@ -453,7 +458,7 @@ fn wrappers_forward_streaming_and_conditional_methods() {
         let key = |i: u64| format!("app.db/0009/{:016x}-{:016x}.ltx", 1, 100 * n as u64 + i);
         probe.take();
         s.put_file(&key(1), &src, &Metadata::new()).unwrap();
-        assert_eq!(probe.take(), ["put_file"], "{what}: put_file");
+        assert_eq!(probe.take(), ["put_stream"], "{what}: put_file");
         s.list_page("app.db/0009/", None, 1).unwrap();
         assert_eq!(probe.take(), ["list_page"], "{what}: list_page");
         let stored = s

@@ -23,8 +23,11 @@ impl Capture {
         }
         // Only a real outage: uploads in flight are normal, and releasing on
         // every pass would turn every transaction into a full snapshot. Once
-        // released, the snapshot waits for the uploads to come back, so this
-        // fires at most once per outage.
+        // released, the snapshot waits for the uploads in flight to come
+        // back; a streamed snapshot in flight is withdrawn instead, and the
+        // next one waits `stuck_after`, so in an outage this fires at most
+        // once per `stuck_after` and the application's checkpoints have the
+        // WAL in between.
         // Failing: this database's upload, or — for a segment still queued
         // behind others, or one waiting for the byte budget — every upload.
         let stalled = self.last_progress.elapsed();
@@ -65,6 +68,9 @@ impl Capture {
             "{}: {reason}; the next txid will be a snapshot",
             self.cfg.name
         );
+        if self.withdraw_stream() {
+            self.snapshot_not_before = Some(Instant::now() + self.cfg.stuck_after);
+        }
         self.end_read()?;
         self.snapshot_reason = Some(reason);
         Ok(())

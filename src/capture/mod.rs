@@ -61,14 +61,15 @@
 //!
 //! # Files
 //!
-//! - `mod.rs`: settings, the per-database state, the connection, the read
-//!   transaction that pins the WAL, and the fence.
+//! - `config.rs`: settings. `mod.rs`: the per-database state, the
+//!   connection, the read transaction that pins the WAL, and the fence.
 //! - `protocol.rs`: read what the wal-index publishes, the counter check,
 //!   cut segments and send them in txid order, acknowledgements.
 //! - `pass.rs`: one pass per wake-up (what is due, what was missed, when to
 //!   look again).
 //! - `checkpoint.rs`: walsync's own checkpoints and the WAL escape valve.
-//! - `snapshot.rs`, `resume.rs`, `run.rs` (loop and drain), `stats.rs`.
+//! - `snapshot.rs`, `source.rs` (a snapshot streamed from the database),
+//!   `resume.rs`, `run.rs` (loop and drain), `stats.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -81,7 +82,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::defaults;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
 use crate::replica::{last_in_level, read_header};
@@ -95,80 +95,19 @@ use crate::upload::segment::{self, Encoded};
 use crate::upload::{Ack, Budget, Segment};
 
 mod checkpoint;
+mod config;
 mod pass;
 mod protocol;
 mod resume;
 mod run;
 mod snapshot;
+mod source;
 mod stats;
 
+pub use config::{DbConfig, Event};
 pub use resume::{find_resume_point, Resumed};
+pub use source::SnapshotSource;
 pub use stats::DbStats;
-
-/// Settings of one replicated database.
-#[derive(Clone, Debug)]
-pub struct DbConfig {
-    /// Path of the database file.
-    pub path: PathBuf,
-    /// Name in the bucket (the file name by default).
-    pub name: String,
-    /// Run a PASSIVE checkpoint once the WAL holds this many frames.
-    pub checkpoint_pages: u64,
-    /// Run a TRUNCATE checkpoint once the WAL file is this many pages long.
-    pub truncate_pages: u64,
-    /// Take a full snapshot this often (none when `None`).
-    pub snapshot_interval: Option<Duration>,
-    /// Minimum time between two PUTs of this database.
-    pub min_put_interval: Duration,
-    /// How long a fence may wait for the application's writer.
-    pub busy_timeout: Duration,
-    /// While uploads are stuck, past this WAL size (bytes) walsync stops
-    /// holding the WAL back: the application's checkpoints proceed and the
-    /// next txid will be a snapshot (0 = never).
-    pub max_wal_bytes: u64,
-    /// Uploads that made no progress for this long while the one in flight
-    /// failed are an outage (see `max_wal_bytes`).
-    pub stuck_after: Duration,
-    /// Directory for temporary snapshot files.
-    pub tmp_dir: PathBuf,
-    /// Retention window of the replica (`None`: keep everything); see
-    /// [`crate::compact`].
-    pub retention: Option<Duration>,
-}
-
-impl DbConfig {
-    /// Defaults ([`crate::defaults`]) for the database at `path`, named by
-    /// its file name.
-    pub fn new(path: impl Into<PathBuf>) -> DbConfig {
-        let path = path.into();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        DbConfig {
-            path,
-            name,
-            checkpoint_pages: defaults::CHECKPOINT_PAGES,
-            truncate_pages: defaults::TRUNCATE_PAGES,
-            snapshot_interval: Some(defaults::SNAPSHOT_INTERVAL),
-            min_put_interval: defaults::MIN_PUT_INTERVAL,
-            busy_timeout: Duration::from_secs(5),
-            max_wal_bytes: defaults::MAX_WAL_MIB << 20,
-            stuck_after: STUCK_AFTER,
-            tmp_dir: std::env::temp_dir(),
-            retention: Some(defaults::RETENTION),
-        }
-    }
-}
-
-/// What the watcher thread is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// The WAL or database file changed.
-    Wake,
-    /// Ship what is committed, wait for the uploads, then stop.
-    Shutdown,
-}
 
 /// What [`Capture::ship_available`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,9 +210,14 @@ pub struct Capture {
     acks: Receiver<Ack>,
     stats: Arc<DbStats>,
 
+    /// The streamed snapshot in flight, if one is (see `source.rs`). Declared
+    /// before `conn` and `db_file`: dropping it withdraws the source before
+    /// the read transaction that keeps its pages ends.
+    stream: Option<source::Withdraw>,
     conn: Option<Connection>,
-    /// walsync's own descriptor of the database file (pages for snapshots).
-    db_file: Option<File>,
+    /// walsync's own descriptor of the database file (pages for snapshots;
+    /// shared with a streamed snapshot in flight, which never closes it).
+    db_file: Option<Arc<File>>,
     /// The read transaction and whether it pins the WAL.
     pin: Pin,
     /// Re-checks scheduled after a wake that changed nothing yet (a
@@ -293,6 +237,9 @@ pub struct Capture {
     last_snapshot: Instant,
     /// Txid of the snapshot in flight, if one is.
     snapshot_inflight: Option<u64>,
+    /// No snapshot before this (after the escape valve withdrew one: the
+    /// application's checkpoints get the WAL back for a while).
+    snapshot_not_before: Option<Instant>,
     /// What storage held at start-up (level ends for the compactor).
     resumed: Option<Resumed>,
     snapshot_reason: Option<String>,
@@ -332,7 +279,7 @@ type Moved = Box<dyn FnMut(&Path, &Path) -> Result<()> + Send>;
 /// Uploads without progress for this long, the one in flight failing, are
 /// an outage: only then may the WAL past `max_wal_bytes` be released (once
 /// per outage). A big upload that is slow but succeeding is none.
-const STUCK_AFTER: Duration = Duration::from_secs(60);
+pub(super) const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 /// `db` with every symlink resolved, as SQLite resolves it before it names
 /// the `-wal` and `-shm` files (`unixFullPathname`).
@@ -397,6 +344,7 @@ impl Capture {
             acks_tx,
             acks,
             stats: Arc::new(DbStats::default()),
+            stream: None,
             conn: None,
             db_file: None,
             pin: Pin::Released,
@@ -410,6 +358,7 @@ impl Capture {
             last_put: None,
             last_snapshot: Instant::now(),
             snapshot_inflight: None,
+            snapshot_not_before: None,
             resumed: None,
             snapshot_reason: None,
             deferred_until: None,
@@ -476,6 +425,7 @@ impl Capture {
         // the new one, and walsync's own descriptor of the database stays
         // open as long as its SQLite connection does (`db_file` is declared
         // after `conn`, so it is dropped after it).
+        self.withdraw_stream();
         self.pin = Pin::Released;
         self.conn = None;
         self.db_file = None;
@@ -508,7 +458,9 @@ impl Capture {
             log::debug!("{}: wal-index map not trimmed", self.cfg.name);
         }
         self.db_id = file_id(&self.real);
-        self.db_file = Some(File::open(&self.real).map_err(|e| Error::io(&path, e))?);
+        self.db_file = Some(Arc::new(
+            File::open(&self.real).map_err(|e| Error::io(&path, e))?,
+        ));
         self.conn = Some(c);
         Ok(())
     }
@@ -548,12 +500,21 @@ impl Capture {
         Ok(())
     }
 
+    /// End the read transaction (withdrawing a streamed snapshot first:
+    /// its pages are safe only while the read transaction is held).
     fn end_read(&mut self) -> Result<()> {
+        self.withdraw_stream();
         if self.pin.in_read() {
             self.pin = Pin::Released;
             self.sql("COMMIT")?;
         }
         Ok(())
+    }
+
+    /// Withdraw the streamed snapshot in flight, if any: returns whether one
+    /// was still readable. Its upload is then abandoned (see `source.rs`).
+    fn withdraw_stream(&mut self) -> bool {
+        self.stream.take().is_some_and(|s| s.withdraw())
     }
 
     fn read_shm(&mut self) -> Result<Option<ShmHeader>> {

@@ -349,7 +349,11 @@ impl Capture {
         }
         if let Some(reason) = self.snapshot_reason.clone() {
             // One segment in flight at a time: the snapshot waits for it.
-            if self.inflight.is_empty() && self.pending.is_empty() {
+            let wait = self.snapshot_not_before.filter(|t| *t > Instant::now());
+            if let Some(t) = wait {
+                self.deferred_until = Some(t);
+            } else if self.inflight.is_empty() && self.pending.is_empty() {
+                self.snapshot_not_before = None;
                 self.snapshot(&reason)?;
             }
         }

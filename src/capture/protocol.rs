@@ -222,10 +222,11 @@ impl Capture {
         let key = ltx::object_key("", &self.cfg.name, level, enc.header.min_txid, txid);
         let len = enc.body.len()?;
         let failures: Arc<std::sync::atomic::AtomicU32> = Arc::default();
-        // Files are streamed from disk; only their read buffer counts.
+        // Files and streamed snapshots are written as they upload; only
+        // their buffers count (S3 parts grow past 16 MiB with the size).
         let charge = self.budget.force(match enc.body {
             crate::upload::segment::Body::Memory(_) => len,
-            crate::upload::segment::Body::File(_) => len.min(16 << 20),
+            _ => len.min((len / 9_000).max(16 << 20)),
         });
         self.segments
             .send(Segment {
@@ -256,11 +257,32 @@ impl Capture {
             self.fenced = Some(why);
             return;
         }
+        if let Some(why) = ack.withdrawn {
+            // Not stored, and never will be: a new snapshot comes next,
+            // under a new txid (see `source.rs`); nothing cut after the
+            // withdrawn one may be shipped on top of it.
+            self.inflight.remove(&ack.txid);
+            if self.snapshot_inflight == Some(ack.txid) {
+                self.snapshot_inflight = None;
+            }
+            self.pending.clear();
+            self.stream = None;
+            if self.snapshot_reason.is_none() {
+                self.snapshot_reason = Some(why);
+            }
+            // Not at once: a snapshot abandoned for a local read error
+            // would otherwise be retried in a tight loop.
+            let soon = Instant::now() + Duration::from_secs(1);
+            self.snapshot_not_before = Some(self.snapshot_not_before.map_or(soon, |t| t.max(soon)));
+            return;
+        }
         self.inflight.remove(&ack.txid);
         self.last_progress = Instant::now();
         self.upload_failures = Arc::default();
         if self.snapshot_inflight == Some(ack.txid) {
             self.snapshot_inflight = None;
+            // Stored: its pages need not be held any more.
+            self.stream = None;
             self.stats.snapshot_txid.store(ack.txid, Ordering::Relaxed);
         }
         let durable = match (self.inflight.first(), self.pending.front()) {

@@ -1,8 +1,9 @@
 //! Full snapshots: every page at one consistent point, as the next txid.
 //!
 //! Why a file of its own: a snapshot is how continuity is restored whenever
-//! it is in doubt, and `walsync snapshot` takes one on demand; both read the
-//! database under the fence and stream it through a temp file.
+//! it is in doubt, and `walsync snapshot` takes one on demand; both cut it
+//! under the fence. A small one is encoded in memory; a large one is read
+//! from the database while it uploads (`source.rs`), never copied.
 
 use super::*;
 
@@ -18,6 +19,16 @@ impl Capture {
         self.snapshot(reason)?;
         self.wait_uploaded(deadline, timeout)?;
         self.end_read()?;
+        if self.stats.snapshot_txid.load(Ordering::Relaxed) != txid {
+            return Err(Error::Config(format!(
+                "{}: snapshot txid {txid} was not stored{}",
+                self.cfg.name,
+                self.snapshot_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )));
+        }
         Ok(txid)
     }
 
@@ -46,7 +57,8 @@ impl Capture {
 
     /// Take a consistent snapshot as the next txid (level 9): every page as
     /// of the end of the WAL, the newest committed frame per page, else the
-    /// database file. Streamed into a temp file; memory stays bounded.
+    /// database file. Encoded in memory when small, else streamed from the
+    /// database during its upload; memory stays bounded either way.
     pub fn snapshot(&mut self, reason: &str) -> Result<()> {
         log::info!(
             "{}: snapshot as txid {}: {reason}",
@@ -88,6 +100,13 @@ impl Capture {
                 page_size = Some(h.page_size);
             }
         }
+        // The WAL just scanned, for a streamed snapshot's frames: taken
+        // under the fence, so it is this file whatever later happens to the
+        // path.
+        let wal_file = match (commit, self.wal.file()?) {
+            (Some(_), Some(f)) => Some(f.try_clone().map_err(|e| Error::io(self.wal.path(), e))?),
+            _ => None,
+        };
         self.end_read()?;
         self.begin_read()?;
         let shm = self.note_read_began()?;
@@ -140,27 +159,47 @@ impl Capture {
         if let Some(Read::At(p)) = self.read {
             segment::wal_fields(&mut header, wal::WAL_HEADER_SIZE as u64, &p);
         }
-        let lock = ltx::lock_pgno(page_size);
-        let wal_bytes = self.wal.bytes();
         let raw = u64::from(commit) * u64::from(page_size);
-        let enc = segment::encode_with(header, raw, &self.cfg.tmp_dir, |w| {
-            let mut buf = vec![0u8; page_size as usize];
-            for pgno in (1..=commit).filter(|p| *p != lock) {
-                match frames.get(&pgno) {
-                    Some(f) => {
-                        let data = wal::frame_page(wal_bytes, page_size, f).ok_or_else(|| {
-                            Error::Config(format!("internal: page {pgno} outside the WAL"))
-                        })?;
-                        w.page(pgno, data)?;
-                    }
-                    None => {
-                        segment::read_db_page(file, &path, pgno, &mut buf)?;
-                        w.page(pgno, &buf)?;
+        let enc = if raw <= segment::MEMORY_LIMIT {
+            let lock = ltx::lock_pgno(page_size);
+            let wal_bytes = self.wal.bytes();
+            segment::encode_with(header, raw, &self.cfg.tmp_dir, |w| {
+                let mut buf = vec![0u8; page_size as usize];
+                for pgno in (1..=commit).filter(|p| *p != lock) {
+                    match frames.get(&pgno) {
+                        Some(f) => {
+                            let data =
+                                wal::frame_page(wal_bytes, page_size, f).ok_or_else(|| {
+                                    Error::Config(format!("internal: page {pgno} outside the WAL"))
+                                })?;
+                            w.page(pgno, data)?;
+                        }
+                        None => {
+                            segment::read_db_page(file, &path, pgno, &mut buf)?;
+                            w.page(pgno, &buf)?;
+                        }
                     }
                 }
+                Ok(())
+            })?
+        } else {
+            // Pages read while it uploads: held still by the read
+            // transaction begun above (see `source.rs`).
+            let pages = source::Pages {
+                db: file.clone(),
+                db_path: path.clone(),
+                wal: wal_file.filter(|_| !frames.is_empty()),
+                wal_path: self.wal.path().to_path_buf(),
+                frames: frames.iter().map(|(p, f)| (*p, f.offset)).collect(),
+            };
+            let (src, withdraw) = source::snapshot_source(header, &self.cfg.name, pages);
+            self.stream = Some(withdraw);
+            Encoded {
+                header,
+                meta: segment::timestamp_metadata(&header)?,
+                body: segment::Body::Stream(Box::new(src)),
             }
-            Ok(())
-        })?;
+        };
         self.wal.forget_read_pages();
         self.send(enc, SNAPSHOT_LEVEL)?;
         self.last_snapshot = Instant::now();

@@ -206,18 +206,24 @@ pub(super) fn put_encoded(
     enc: Encoded,
     recent: Option<&Recent>,
 ) -> Result<u64> {
-    match &enc.body {
+    let mut enc = enc;
+    match &mut enc.body {
         Body::Memory(b) => {
             storage.put(key, b, &enc.meta)?;
             let n = b.len() as u64;
-            if let (Some(r), Body::Memory(b)) = (recent, enc.body) {
-                r.offer(key, b);
+            if let Some(r) = recent {
+                r.offer(key, std::mem::take(b));
             }
             Ok(n)
         }
         Body::File(p) => {
-            let n = enc.body.len()?;
+            let n = std::fs::metadata(&*p).map_err(|e| Error::io(&*p, e))?.len();
             storage.put_file(key, p, &enc.meta).map(|()| n)
+        }
+        Body::Stream(s) => {
+            let mut counted = crate::storage::source::Counted::new(s.as_mut());
+            storage.put_stream(key, &mut counted, &enc.meta)?;
+            Ok(counted.last())
         }
     }
 }

@@ -70,13 +70,19 @@ impl Storage for FencedStorage {
         self.inner.put(key, body, &meta)
     }
 
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
+    fn put_stream(
+        &self,
+        key: &str,
+        body: &mut dyn crate::storage::Source,
+        meta: &Metadata,
+    ) -> Result<()> {
         match db_of(key) {
             Some((db, _)) => {
                 self.fencer.ensure(&db)?;
-                self.inner.put_file(key, path, &self.meta_with_writer(meta))
+                self.inner
+                    .put_stream(key, body, &self.meta_with_writer(meta))
             }
-            None => self.inner.put_file(key, path, meta),
+            None => self.inner.put_stream(key, body, meta),
         }
     }
 

@@ -12,7 +12,6 @@
 //! database is seen.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -236,10 +235,10 @@ impl Storage for CountingStorage {
         self.count(prefix, RequestKind::List, r)
     }
 
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
-        let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
-        let r = self.inner.put_file(key, path, meta);
-        self.count_put(key, bytes, r)
+    fn put_stream(&self, key: &str, body: &mut dyn super::Source, meta: &Metadata) -> Result<()> {
+        let mut counted = super::source::Counted::new(body);
+        let r = self.inner.put_stream(key, &mut counted, meta);
+        self.count_put(key, counted.last(), r)
     }
 
     fn put_conditional(

@@ -3,8 +3,8 @@
 //! An object `a/b.ltx` is the file `<root>/a/b.ltx`, byte for byte, so a
 //! replica directory can be inspected, copied or served with ordinary tools.
 //!
-//! Durability: `put` and `put_file` write a temporary file next to the target
-//! (`put_file` copies its source in bounded pieces, never whole), fsync it,
+//! Durability: `put` and `put_stream` write a temporary file next to the target
+//! (`put_stream` writes its source in bounded pieces, never whole), fsync it,
 //! rename it over the target and fsync the directory. The rename is the
 //! commit point: a reader sees the old object or the new one, never a torn one,
 //! and a crash leaves at most a temporary file behind (ignored by `list`).
@@ -29,7 +29,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{err, hex, validate_key, Metadata, ObjectInfo, Precondition, Storage};
+use super::{err, hex, validate_key, Metadata, ObjectInfo, Precondition, Source, Storage};
 use crate::error::{Error, Result, StorageErrorKind};
 
 /// Counter making temporary file names unique between threads of one process.
@@ -160,7 +160,7 @@ impl FileStorage {
         }
     }
 
-    /// `put` and `put_file`: the object's bytes come from `fill`, written
+    /// `put` and `put_stream`: the object's bytes come from `fill`, written
     /// into a temporary file beside the target and renamed over it (see the
     /// module doc for the order of the renames).
     fn store(
@@ -205,6 +205,26 @@ impl FileStorage {
             return Err(self.io_err(key, e));
         }
         fsync_dir(&dir).map_err(|e| self.io_err(key, e))
+    }
+}
+
+/// A writer that keeps its first error (the source only passes on a copy).
+struct Tap<W> {
+    inner: W,
+    failed: Option<io::Error>,
+}
+
+impl<W: Write> Write for Tap<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.inner.write(b).inspect_err(|e| {
+            if self.failed.is_none() {
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -280,13 +300,37 @@ impl Storage for FileStorage {
         self.store(key, meta, |f| f.write_all(body))
     }
 
-    /// Copied into the temporary file by `io::copy` (`copy_file_range` on
-    /// Linux, else an 8 KiB buffer): memory stays the same whatever the size.
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
-        // Opened first: a missing source is an error about the source, and
-        // leaves no temporary file behind.
-        let mut src = File::open(path).map_err(|e| Error::io(path, e))?;
-        self.store(key, meta, |f| io::copy(&mut src, f).map(|_| ()))
+    /// Written into the temporary file through a 64 KiB buffer: memory
+    /// stays the same whatever the size. A source that fails leaves no
+    /// temporary file; the error returned is the file system's when writing
+    /// failed (a full disk is a storage error), else the source's own (a
+    /// withdrawn snapshot).
+    fn put_stream(&self, key: &str, body: &mut dyn Source, meta: &Metadata) -> Result<()> {
+        let mut failed = None;
+        let stored = self.store(key, meta, |f| {
+            let mut w = Tap {
+                inner: io::BufWriter::with_capacity(64 << 10, f),
+                failed: None,
+            };
+            match body.write_to(&mut w) {
+                Ok(_) => w.inner.flush(),
+                Err(e @ Error::Withdrawn(_)) => {
+                    failed = Some(e);
+                    Err(io::Error::other("withdrawn"))
+                }
+                Err(e) => match w.failed.take() {
+                    Some(own) => Err(own),
+                    None => {
+                        failed = Some(e);
+                        Err(io::Error::other("source failed"))
+                    }
+                },
+            }
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => stored,
+        }
     }
 
     /// The whole listing cut to `max_keys`: a directory has no pages, and

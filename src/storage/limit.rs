@@ -9,7 +9,6 @@
 //! the buffer meanwhile, as during any slow upload. A paginated listing
 //! takes one token per page; a multipart upload counts as one request.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -106,9 +105,9 @@ impl<S: Storage> Storage for RateLimited<S> {
         self.inner.list_page(prefix, start_after, max_keys)
     }
 
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
+    fn put_stream(&self, key: &str, body: &mut dyn super::Source, meta: &Metadata) -> Result<()> {
         self.take();
-        self.inner.put_file(key, path, meta)
+        self.inner.put_stream(key, body, meta)
     }
 
     fn put_conditional(

@@ -22,6 +22,7 @@ mod limit;
 mod retry;
 pub mod routed;
 mod s3;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -35,6 +36,7 @@ pub use limit::RateLimited;
 pub use retry::{retry_transient, RetryReads};
 pub use routed::RoutedStorage;
 pub use s3::{S3Config, S3Credentials, S3Options, S3Storage};
+pub use source::{FileSource, Source};
 
 /// User metadata of an object: a small map of lower-case names to values.
 ///
@@ -141,11 +143,12 @@ pub enum Precondition {
 /// A flat, prefix-scoped object store. All methods block; implementations are
 /// shared between threads (`Send + Sync`).
 ///
-/// Only [`Storage::get`] has a default body, and it is right for every
-/// store. Every other method must be written out, because a default that a
-/// wrapper inherits silently goes wrong where nobody looks: a `put_file`
-/// default reading the whole file turned streamed snapshots into whole-file
-/// reads, a `list_page` default lists every page, a `put_conditional` default
+/// Only [`Storage::get`] and [`Storage::put_file`] have default bodies,
+/// each right for every store because it is expressed in a method the
+/// store writes out. Every other method must be written out, because a
+/// default that a wrapper inherits silently goes wrong where nobody looks:
+/// a streaming default reading the whole body turned streamed snapshots
+/// into whole-file reads, a `list_page` default lists every page, a `put_conditional` default
 /// drops the lease's atomicity and a `get_with_etag` default returns an ETag
 /// the inner store's `If-Match` does not know. Wrappers forward each method
 /// to their inner store.
@@ -185,11 +188,18 @@ pub trait Storage: Send + Sync {
         max_keys: usize,
     ) -> Result<Vec<ObjectInfo>>;
 
-    /// Stores the file at `path` under `key`, like [`Storage::put`], without
-    /// holding the whole file in memory (S3: multipart upload; directory:
-    /// chunked copy), so a multi-gigabyte snapshot never sits in memory. The
-    /// file may be read more than once (retries).
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()>;
+    /// Stores what `body` writes under `key`, like [`Storage::put`], without
+    /// holding it whole in memory or copying it to local disk (S3: a
+    /// multipart upload whose parts are sent as they fill; directory: a
+    /// temporary file beside the target). `body` may be written more than
+    /// once (a part or the whole upload retried); its errors, such as
+    /// [`Error::Withdrawn`], are returned unchanged.
+    fn put_stream(&self, key: &str, body: &mut dyn Source, meta: &Metadata) -> Result<()>;
+
+    /// Stores the file at `path` under `key` through [`Storage::put_stream`].
+    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
+        self.put_stream(key, &mut FileSource::new(path)?, meta)
+    }
 
     /// Stores `body` under `key` only if `cond` holds, atomically on the
     /// server: `Ok(true)` when stored, `Ok(false)` when the precondition
@@ -254,8 +264,8 @@ macro_rules! delegate_storage {
             ) -> Result<Vec<ObjectInfo>> {
                 (**self).list_page(prefix, start_after, max_keys)
             }
-            fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
-                (**self).put_file(key, path, meta)
+            fn put_stream(&self, key: &str, body: &mut dyn Source, meta: &Metadata) -> Result<()> {
+                (**self).put_stream(key, body, meta)
             }
             fn put_conditional(
                 &self,

@@ -133,8 +133,8 @@ impl Storage for RetryReads<'_> {
         })
     }
 
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
-        self.0.put_file(key, path, meta)
+    fn put_stream(&self, key: &str, body: &mut dyn super::Source, meta: &Metadata) -> Result<()> {
+        self.0.put_stream(key, body, meta)
     }
 
     fn put_conditional(

@@ -10,7 +10,6 @@
 //! daemon (checked at start-up), so the route is unambiguous.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::counting::database_of;
@@ -95,8 +94,8 @@ impl Storage for RoutedStorage {
         self.pick(prefix).list_page(prefix, start_after, max_keys)
     }
 
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
-        self.pick(key).put_file(key, path, meta)
+    fn put_stream(&self, key: &str, body: &mut dyn super::Source, meta: &Metadata) -> Result<()> {
+        self.pick(key).put_stream(key, body, meta)
     }
 
     fn put_conditional(

@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Error;
 use crate::replica::recent::Recent;
-use crate::storage::{Metadata, Storage};
+use crate::storage::{FileSource, Metadata, Source, Storage};
 use crate::util::Since;
 
 use crate::upload::segment::Body;
@@ -55,6 +55,9 @@ pub struct Ack {
     /// Set when the segment was *not* stored because another writer holds
     /// the database ([`crate::lease`]): the reason, one line. Not retried.
     pub fenced: Option<String>,
+    /// Set when the segment was *not* stored because its streamed body was
+    /// withdrawn ([`crate::error::Error::Withdrawn`]): the reason. Not retried.
+    pub withdrawn: Option<String>,
 }
 
 /// Byte budget shared by every watcher (a counting semaphore on bytes).
@@ -275,12 +278,23 @@ fn run(
             if abort.load(Ordering::SeqCst) {
                 break;
             }
-            let result = match &seg.body {
+            let result = match &mut seg.body {
                 Body::Memory(b) => storage.put(&seg.key, b, &seg.meta).map(|()| b.len() as u64),
-                Body::File(p) => seg
-                    .body
-                    .len()
-                    .and_then(|n| storage.put_file(&seg.key, p, &seg.meta).map(|()| n)),
+                Body::File(p) => FileSource::new(p).and_then(|mut f| {
+                    let n = f.size_hint();
+                    storage.put_stream(&seg.key, &mut f, &seg.meta).map(|()| n)
+                }),
+                Body::Stream(s) => {
+                    let mut body = Progressing {
+                        inner: s.as_mut(),
+                        failures: &seg.failures,
+                        budget,
+                        written: 0,
+                    };
+                    storage
+                        .put_stream(&seg.key, &mut body, &seg.meta)
+                        .map(|()| body.written)
+                }
             };
             match result {
                 Ok(bytes) => {
@@ -298,6 +312,7 @@ fn run(
                         txid: seg.txid,
                         bytes,
                         fenced: None,
+                        withdrawn: None,
                     });
                     break;
                 }
@@ -307,6 +322,19 @@ fn run(
                         txid: seg.txid,
                         bytes: 0,
                         fenced: Some(why),
+                        withdrawn: None,
+                    });
+                    break;
+                }
+                Err(Error::Withdrawn(why)) => {
+                    // The state it would upload is gone: its watcher takes a
+                    // new snapshot (under a new txid) instead.
+                    log::info!("{why}");
+                    let _ = seg.ack.send(Ack {
+                        txid: seg.txid,
+                        bytes: 0,
+                        fenced: None,
+                        withdrawn: Some(why),
                     });
                     break;
                 }
@@ -339,6 +367,63 @@ fn run(
             }
         }
         budget.release(seg.charge);
+    }
+}
+
+/// Bytes of a streamed upload between two signs of progress.
+const PROGRESS_EVERY: u64 = 1 << 20;
+
+/// A streamed body whose upload shows progress: every [`PROGRESS_EVERY`]
+/// bytes the store accepted, its segment and the pool count as not failing.
+/// A large snapshot retried after one failed attempt and now uploading
+/// slowly is no outage: the escape valve must not withdraw it.
+struct Progressing<'a> {
+    inner: &'a mut dyn Source,
+    failures: &'a std::sync::atomic::AtomicU32,
+    budget: &'a Budget,
+    /// Bytes written by the last attempt.
+    written: u64,
+}
+
+struct ProgressWriter<'a> {
+    w: &'a mut dyn std::io::Write,
+    failures: &'a std::sync::atomic::AtomicU32,
+    budget: &'a Budget,
+    n: u64,
+}
+
+impl std::io::Write for ProgressWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let k = self.w.write(data)?;
+        let before = self.n / PROGRESS_EVERY;
+        self.n += k as u64;
+        if self.n / PROGRESS_EVERY > before {
+            self.failures.store(0, Ordering::Relaxed);
+            self.budget.note_stored();
+        }
+        Ok(k)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl Source for Progressing<'_> {
+    fn size_hint(&self) -> u64 {
+        self.inner.size_hint()
+    }
+
+    fn write_to(&mut self, w: &mut dyn std::io::Write) -> crate::error::Result<u64> {
+        let mut pw = ProgressWriter {
+            w,
+            failures: self.failures,
+            budget: self.budget,
+            n: 0,
+        };
+        let n = self.inner.write_to(&mut pw)?;
+        self.written = n;
+        Ok(n)
     }
 }
 

@@ -21,31 +21,46 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::ltx::{self, Encoder, Header};
 use crate::sqlite::wal::{self, Position, Transaction};
-use crate::storage::Metadata;
+use crate::storage::{Metadata, Source};
 
-/// Segments whose raw pages exceed this are encoded into a temp file.
+/// Segments whose raw pages exceed this are encoded into a temp file, and
+/// snapshots are streamed from the database (see `capture::source`).
 pub const MEMORY_LIMIT: u64 = 8 << 20;
 
 use crate::storage::{META_SHA256, META_TIMESTAMP};
 use crate::util::hex;
 
-/// A segment's bytes: small ones in memory, snapshots in a temp file.
-#[derive(Debug)]
+/// A segment's bytes: small ones in memory, large segments in a temp file,
+/// large snapshots read from the database as they are uploaded.
 pub enum Body {
     /// An encoded LTX file.
     Memory(Vec<u8>),
     /// An encoded LTX file on disk (deleted when the segment is dropped).
     File(tempfile::TempPath),
+    /// An LTX file written as it is uploaded (a snapshot read from the
+    /// database: see `capture::source`).
+    Stream(Box<dyn Source>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Body::Memory(v) => write!(f, "Memory({} bytes)", v.len()),
+            Body::File(p) => write!(f, "File({})", p.display()),
+            Body::Stream(s) => write!(f, "Stream(at most {} bytes)", s.size_hint()),
+        }
+    }
 }
 
 impl Body {
-    /// Size in bytes.
+    /// Size in bytes (for a stream: at most this).
     pub fn len(&self) -> Result<u64> {
         match self {
             Body::Memory(v) => Ok(v.len() as u64),
             Body::File(p) => std::fs::metadata(p)
                 .map(|m| m.len())
                 .map_err(|e| Error::io(p, e)),
+            Body::Stream(s) => Ok(s.size_hint()),
         }
     }
 
@@ -161,12 +176,17 @@ pub fn encode_with(
 }
 
 fn metadata(header: &Header, sha: &[u8]) -> Result<Metadata> {
-    Ok(Metadata::new()
-        .with(
-            META_TIMESTAMP,
-            ltx::format_timestamp_ms(header.timestamp_ms)?,
-        )
-        .with(META_SHA256, hex(sha)))
+    Ok(timestamp_metadata(header)?.with(META_SHA256, hex(sha)))
+}
+
+/// The timestamp metadata alone: what a streamed object carries (its
+/// SHA-256 is known only once it is written, after the metadata was sent;
+/// the LTX file checksum covers its bytes).
+pub fn timestamp_metadata(header: &Header) -> Result<Metadata> {
+    Ok(Metadata::new().with(
+        META_TIMESTAMP,
+        ltx::format_timestamp_ms(header.timestamp_ms)?,
+    ))
 }
 
 /// A writer that hashes everything written through it (ring SHA-256).

@@ -13,6 +13,7 @@ pub mod faultproxy;
 pub mod oracle;
 pub mod process;
 pub mod proxy;
+pub mod world;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

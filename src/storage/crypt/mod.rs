@@ -52,8 +52,7 @@
 //!
 //! Encrypted objects are not LTX files: Litestream cannot read them.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,7 +60,7 @@ use std::sync::Arc;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::{Metadata, ObjectInfo, Precondition, Storage};
+use super::{Metadata, ObjectInfo, Precondition, Source, Storage};
 use crate::error::{Error, Result};
 
 pub use crate::ltx::{encrypted_reason, ENCRYPTED_MAGIC as MAGIC, KEY_ENV};

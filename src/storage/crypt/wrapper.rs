@@ -237,39 +237,16 @@ impl Storage for CryptStorage {
             .collect())
     }
 
-    /// Streams `path` through the cipher into a temporary file beside it,
-    /// then hands that to the inner store (multipart on S3): memory stays at
-    /// one chunk however large the snapshot.
-    fn put_file(&self, key: &str, path: &Path, meta: &Metadata) -> Result<()> {
-        let sealer = self.new_sealer(key)?;
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut tmp = crate::tmpfiles::create(dir)?;
-        let mut src = File::open(path).map_err(|e| Error::io(path, e))?;
-        let tmp_path = tmp.path().to_path_buf();
-        let io_err = |e| Error::io(&tmp_path, e);
-        tmp.write_all(&sealer.head.raw).map_err(io_err)?;
-        let mut cur = read_chunk(&mut src, path)?;
-        let mut out = Vec::with_capacity(STRIDE as usize);
-        let mut index = 0u64;
-        loop {
-            let next = if cur.len() as u64 == CHUNK {
-                read_chunk(&mut src, path)?
-            } else {
-                Vec::new()
-            };
-            let last = next.is_empty();
-            out.clear();
-            sealer.seal(index, last, &cur, &mut out)?;
-            tmp.write_all(&out).map_err(io_err)?;
-            if last {
-                break;
-            }
-            cur = next;
-            index += 1;
-        }
-        tmp.flush().map_err(io_err)?;
-        let tmp = tmp.into_temp_path();
-        self.inner.put_file(key, &tmp, &stored_meta(meta))
+    /// Seals the body chunk by chunk as the inner store takes it (a
+    /// multipart upload on S3): memory stays at one chunk however large the
+    /// snapshot, and nothing is written to local disk.
+    fn put_stream(&self, key: &str, body: &mut dyn Source, meta: &Metadata) -> Result<()> {
+        let mut sealed = Sealed {
+            crypt: self,
+            key,
+            body,
+        };
+        self.inner.put_stream(key, &mut sealed, &stored_meta(meta))
     }
 
     fn put_conditional(
@@ -304,11 +281,80 @@ impl Storage for CryptStorage {
     }
 }
 
-/// Reads up to one chunk (fewer bytes only at the end of the file).
-fn read_chunk(src: &mut File, path: &Path) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(CHUNK as usize);
-    Read::take(&mut *src, CHUNK)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(buf)
+/// A body as stored encrypted: every write seals it again under a fresh
+/// salt (a retried upload never reuses a nonce under one key).
+struct Sealed<'a> {
+    crypt: &'a CryptStorage,
+    key: &'a str,
+    body: &'a mut dyn Source,
+}
+
+impl Source for Sealed<'_> {
+    fn size_hint(&self) -> u64 {
+        let plain = self.body.size_hint();
+        HEADER_LEN + chunk_count(plain) * TAG + plain
+    }
+
+    fn write_to(&mut self, w: &mut dyn Write) -> Result<u64> {
+        let sealer = self.crypt.new_sealer(self.key)?;
+        let loc = self.crypt.location(self.key);
+        w.write_all(&sealer.head.raw)
+            .map_err(|e| Error::Crypt(format!("{loc}: {e}")))?;
+        let mut out = SealWriter {
+            sealer: &sealer,
+            w,
+            cur: Vec::with_capacity(CHUNK as usize),
+            sealed: Vec::with_capacity(STRIDE as usize),
+            index: 0,
+            written: HEADER_LEN,
+        };
+        self.body.write_to(&mut out)?;
+        // The last chunk (empty for an empty body) carries the last flag.
+        out.seal(true)
+            .map_err(|e| Error::Crypt(format!("{loc}: {e}")))?;
+        Ok(out.written)
+    }
+}
+
+/// Holds one chunk of plaintext; seals a full one only once more bytes
+/// arrive, because the last chunk is sealed differently.
+struct SealWriter<'a> {
+    sealer: &'a Sealer,
+    w: &'a mut dyn Write,
+    cur: Vec<u8>,
+    sealed: Vec<u8>,
+    index: u64,
+    written: u64,
+}
+
+impl SealWriter<'_> {
+    fn seal(&mut self, last: bool) -> std::io::Result<()> {
+        self.sealed.clear();
+        self.sealer
+            .seal(self.index, last, &self.cur, &mut self.sealed)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.w.write_all(&self.sealed)?;
+        self.written += self.sealed.len() as u64;
+        self.cur.clear();
+        self.index += 1;
+        Ok(())
+    }
+}
+
+impl Write for SealWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.cur.len() as u64 == CHUNK {
+            self.seal(false)?;
+        }
+        let n = data.len().min(CHUNK as usize - self.cur.len());
+        self.cur.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

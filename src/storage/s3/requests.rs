@@ -69,9 +69,6 @@ pub(super) fn quote_etag(etag: &str) -> String {
     format!("\"{}\"", etag.trim_matches('"'))
 }
 
-/// Files larger than this are uploaded in parts (see `multipart.rs`).
-pub(super) const MULTIPART_THRESHOLD: u64 = 16 << 20;
-
 /// Content type of every object walsync stores.
 pub(super) const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -107,7 +104,7 @@ impl S3Storage {
     }
 
     /// A PUT of `body` with `headers` (metadata, preconditions).
-    fn put_request(
+    pub(super) fn put_request(
         &self,
         location: &str,
         full: &str,
@@ -141,15 +138,13 @@ fn infos(
 }
 
 impl Storage for S3Storage {
-    fn put_file(&self, key: &str, path: &std::path::Path, meta: &Metadata) -> Result<()> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        if len <= MULTIPART_THRESHOLD {
-            let body = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            return self.put(key, &body, meta);
-        }
-        self.put_multipart(key, path, meta)
+    fn put_stream(
+        &self,
+        key: &str,
+        body: &mut dyn crate::storage::Source,
+        meta: &Metadata,
+    ) -> Result<()> {
+        self.put_streamed(key, body, meta)
     }
 
     fn list_page(
