@@ -4,6 +4,8 @@
 //! before a watcher exists; the watcher's state lives in `mod.rs`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::STUCK_AFTER;
@@ -73,4 +75,23 @@ pub enum Event {
     Wake,
     /// Ship what is committed, wait for the uploads, then stop.
     Shutdown,
+}
+
+/// Set while a watcher waits for a timer that reads the WAL anyway (the put
+/// interval holds back what is published): events for WAL writes need not
+/// wake it until then. The daemon's file-event router reads it and skips
+/// those wake-ups — at 10 commits/s and a 1 s interval, nine in ten. Events
+/// for the database file itself (replaced, deleted) always wake it.
+#[derive(Clone, Debug, Default)]
+pub struct Snooze(Arc<AtomicBool>);
+
+impl Snooze {
+    /// The watcher will read the WAL at its timer: WAL events may be skipped.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Relaxed);
+    }
 }

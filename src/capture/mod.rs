@@ -104,7 +104,7 @@ mod snapshot;
 mod source;
 mod stats;
 
-pub use config::{DbConfig, Event};
+pub use config::{DbConfig, Event, Snooze};
 pub use resume::{find_resume_point, Resumed};
 pub use source::SnapshotSource;
 pub use stats::DbStats;
@@ -267,6 +267,9 @@ pub struct Capture {
     /// while the upload in flight fails (`upload_failures`).
     last_progress: Instant,
     upload_failures: Arc<std::sync::atomic::AtomicU32>,
+    /// Set while the put interval's timer will read the WAL anyway (see
+    /// [`Snooze`]).
+    snooze: Snooze,
     /// Told `(old, new)` resolved paths before reconnecting to a replaced
     /// or moved file, so its lock is held and its events are watched where
     /// SQLite now writes (see [`Capture::on_moved`]).
@@ -337,6 +340,7 @@ impl Capture {
             last_progress: Instant::now(),
             upload_failures: Arc::default(),
             rewatch: None,
+            snooze: Snooze::default(),
             cfg,
             storage,
             segments,
@@ -387,6 +391,11 @@ impl Capture {
     /// What storage held when replication started (`None`: nothing).
     pub fn resumed(&self) -> Option<Resumed> {
         self.resumed
+    }
+
+    /// Share `snooze` with whoever routes this database's file events.
+    pub fn share_snooze(&mut self, snooze: Snooze) {
+        self.snooze = snooze;
     }
 
     /// Call `f(old, new)` before reconnecting to a replaced or moved file

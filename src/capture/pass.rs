@@ -80,6 +80,8 @@ impl Capture {
                 let due = last + self.cfg.min_put_interval;
                 if Instant::now() < due {
                     self.deferred_until = Some(due);
+                    // The pass at `due` reads everything published by then.
+                    self.snooze.set(true);
                     return Ok(());
                 }
             }
@@ -314,6 +316,7 @@ impl Capture {
 
     /// Do whatever is due now; returns when the next timer fires.
     pub(super) fn tick(&mut self) -> Result<Option<Instant>> {
+        self.snooze.set(false);
         self.check_fenced()?;
         self.flush_pending()?;
         if !self.check_file()? {

@@ -39,6 +39,8 @@ impl Capture {
                     return Err(e);
                 }
                 Err(e) => {
+                    // No pass is due before the retry: wake on every event.
+                    self.snooze.set(false);
                     let wait = crate::util::backoff(retry, Duration::from_secs(30));
                     log::error!(
                         "{}: {e} (retrying in {:.1}s)",

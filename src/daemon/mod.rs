@@ -468,7 +468,11 @@ impl Daemon {
         }
         let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
-        if let Err(e) = self.router.add_database(&key, ev_tx.clone()) {
+        let snooze = crate::capture::Snooze::default();
+        if let Err(e) = self
+            .router
+            .add_database(&key, ev_tx.clone(), snooze.clone())
+        {
             log::error!("{}: not replicated: {e}", path.display());
             return;
         }
@@ -587,6 +591,8 @@ impl Daemon {
                 // ships that file — and watch where SQLite now writes.
                 let moved_router = router.clone();
                 let moved_tx = ev_tx.clone();
+                let moved_snooze = snooze.clone();
+                rep.share_snooze(snooze);
                 let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
                 let moved_lock = held.clone();
                 rep.on_moved(move |old, new| {
@@ -596,7 +602,7 @@ impl Daemon {
                         *slot = Some(fresh);
                     }
                     moved_router.remove_database(old);
-                    moved_router.add_database(new, moved_tx.clone())
+                    moved_router.add_database(new, moved_tx.clone(), moved_snooze.clone())
                 });
                 drop(ev_tx);
                 let result = rep.run(ev_rx, stop, drain);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
-use crate::capture::Event;
+use crate::capture::{Event, Snooze};
 use crate::error::{Error, Result};
 
 /// What the router sends to the daemon besides per-database wake-ups.
@@ -31,7 +31,9 @@ struct Routes {
     /// Every path a watched directory was registered under: one inotify
     /// watch per inode, so a directory and a symlink to it share one.
     dirs: HashMap<WatchDescriptor, Vec<PathBuf>>,
-    dbs: HashMap<(PathBuf, OsString), Sender<Event>>,
+    /// Per watched name: the database's wake-up channel, and for its WAL
+    /// the watcher's [`Snooze`].
+    dbs: HashMap<(PathBuf, OsString), (Sender<Event>, Option<Snooze>)>,
     patterns: Vec<(PathBuf, glob::Pattern)>,
 }
 
@@ -104,14 +106,14 @@ impl Router {
     /// Wake `events` whenever `db` or its WAL changes. `db` must be the
     /// resolved path (no symlink): SQLite keeps the WAL beside the real file,
     /// and the events name the real directory's entries.
-    pub fn add_database(&self, db: &Path, events: Sender<Event>) -> Result<()> {
+    pub fn add_database(&self, db: &Path, events: Sender<Event>, snooze: Snooze) -> Result<()> {
         let (dir, name) = split(db)?;
         self.watch_dir(&dir)?;
         let mut wal = name.clone();
         wal.push("-wal");
         let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        r.dbs.insert((dir.clone(), name), events.clone());
-        r.dbs.insert((dir, wal), events);
+        r.dbs.insert((dir.clone(), name), (events.clone(), None));
+        r.dbs.insert((dir, wal), (events, Some(snooze)));
         Ok(())
     }
 
@@ -155,9 +157,34 @@ fn split(db: &Path) -> Result<(PathBuf, OsString)> {
 fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Discovery>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let events = match inotify.read_events_blocking(&mut buf) {
+        // Wait in poll(2), then read what is there (the descriptor is
+        // non-blocking). The crate's blocking read clears and sets
+        // O_NONBLOCK around every read: four more syscalls per wake-up, one
+        // wake-up per commit under a steady load.
+        let ready = {
+            let mut fds = [rustix::event::PollFd::new(
+                &inotify,
+                rustix::event::PollFlags::IN,
+            )];
+            rustix::event::poll(&mut fds, None)
+        };
+        match ready {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                log::error!("inotify poll failed: {e}; file changes are no longer seen");
+                return;
+            }
+        }
+        let events = match inotify.read_events(&mut buf) {
             Ok(ev) => ev,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 log::error!("inotify read failed: {e}; file changes are no longer seen");
                 return;
@@ -167,7 +194,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
                 // Events were dropped: wake everyone, each checks for itself.
-                for tx in r.dbs.values() {
+                for (tx, _) in r.dbs.values() {
                     let _ = tx.try_send(Event::Wake);
                 }
                 continue;
@@ -183,7 +210,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 drop(r);
                 let mut w = routes.lock().unwrap_or_else(|p| p.into_inner());
                 let gone = w.dirs.remove(&ev.wd).unwrap_or_default();
-                for ((dir, _), tx) in &w.dbs {
+                for ((dir, _), (tx, _)) in &w.dbs {
                     if gone.contains(dir) {
                         let _ = tx.try_send(Event::Wake);
                     }
@@ -199,9 +226,12 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 .mask
                 .intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::CLOSE_WRITE);
             for dir in dirs {
-                if let Some(tx) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
-                    // A full channel already holds a wake-up: nothing is lost.
-                    let _ = tx.try_send(Event::Wake);
+                if let Some((tx, snooze)) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
+                    // A full channel already holds a wake-up, and a snoozing
+                    // watcher reads the WAL at its timer: nothing is lost.
+                    if !snooze.as_ref().is_some_and(Snooze::is_set) {
+                        let _ = tx.try_send(Event::Wake);
+                    }
                 }
                 if created {
                     let path = dir.join(name);
