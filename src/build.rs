@@ -27,12 +27,15 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn watch(path: &str) {
-    // A path that does not exist would make cargo rerun this script on
-    // every build; a ref that is only in packed-refs is covered by that file.
-    if Path::new(path).exists() {
-        println!("cargo:rerun-if-changed={path}");
-    }
+/// Watch `path` if it exists (a path that does not exist would make cargo
+/// rerun this script on every build); else, with `or_dir`, its directory.
+fn watch(path: &Path, or_dir: bool) {
+    let path = match (path.exists(), path.parent()) {
+        (true, _) => path,
+        (false, Some(dir)) if or_dir && dir.is_dir() => dir,
+        _ => return,
+    };
+    println!("cargo:rerun-if-changed={}", path.display());
 }
 
 fn main() {
@@ -54,17 +57,21 @@ fn main() {
                 _ => false,
             };
             if ours {
-                for p in [
-                    git(&["rev-parse", "--git-path", "HEAD"]),
-                    git(&["symbolic-ref", "-q", "HEAD"])
-                        .and_then(|r| git(&["rev-parse", "--git-path", &r])),
-                    git(&["rev-parse", "--git-path", "packed-refs"]),
-                ]
-                .into_iter()
-                .flatten()
+                // --git-path answers relative to the crate's directory. A
+                // branch whose ref is only in packed-refs (a fresh clone's
+                // may be) gets a file of its own at its next commit, in the
+                // ref's directory (refs/heads), which is watched for that.
+                let path = |p: String| Path::new(&manifest).join(p);
+                if let Some(p) = git(&["rev-parse", "--git-path", "HEAD"]) {
+                    watch(&path(p), false);
+                }
+                if let Some(p) = git(&["symbolic-ref", "-q", "HEAD"])
+                    .and_then(|r| git(&["rev-parse", "--git-path", &r]))
                 {
-                    // --git-path answers relative to the crate's directory.
-                    watch(&Path::new(&manifest).join(p).display().to_string());
+                    watch(&path(p), true);
+                }
+                if let Some(p) = git(&["rev-parse", "--git-path", "packed-refs"]) {
+                    watch(&path(p), false);
                 }
                 git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
             } else {
