@@ -4,6 +4,7 @@
     scripts/compare.py [--dbs 1,10,100] [--duration S] [--rate W] [--transports http,https]
                        [--isolated-commits 30] [--isolated-gap 2] [--rss-dbs 1000,10000]
                        [--walsync-only] [--json]
+    scripts/compare.py --replot benches/results/compare.json   (redraw the plots only)
 
 Both tools run at their defaults, one after the other, each as ONE process
 for all databases: ONE `litestream replicate` (all N databases in one
@@ -203,7 +204,9 @@ def plot(doc, outdir):
     import matplotlib.pyplot as plt
 
     res, p = doc["results"], doc["params"]
-    stamp = f"walsync {doc['versions'].get('walsync_commit', '?')}, {doc['versions'].get('litestream') or 'Litestream'}, {doc['date'][:16]} UTC"
+    v, host = doc["versions"], doc.get("host", {})
+    stamp = (f"walsync {v.get('walsync_commit', '?')} vs Litestream {v.get('litestream') or '?'}, "
+             f"measured {doc['date'][:16].replace('T', ' ')} UTC on a {host.get('cpus', '?')}-CPU host")
     colors = {"litestream": "tab:orange", "walsync": "tab:blue"}
     styles = {"http": "o-", "https": "s--"}
     files = []
@@ -213,10 +216,10 @@ def plot(doc, outdir):
             plt.close(fig)
             return
         ax.set_title(title, fontsize=9)
-        fig.text(0.99, 0.01, stamp, ha="right", va="bottom", fontsize=6, color="gray")
+        fig.text(0.99, 0.01, stamp, ha="right", va="bottom", fontsize=7, color="dimgray")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
         path = os.path.join(outdir, name)
         fig.savefig(path)
         plt.close(fig)
@@ -302,7 +305,15 @@ def main():
     ap.add_argument("--json", action="store_true", help="also print the JSON result on stdout")
     ap.add_argument("--out", default=os.path.join(b.ROOT, "benches", "results"), help="where JSON and PNGs go")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="only redraw the PNGs of an earlier run from its compare.json into --out (no server, no run)")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            doc = json.load(f)
+        for path in plot(doc, args.out):
+            print(os.path.relpath(path, os.getcwd()))
+        return
     dbs = [int(x) for x in args.dbs.split(",") if x]
     rss_dbs = [int(x) for x in args.rss_dbs.split(",") if x]
     transports = [t for t in args.transports.split(",") if t]

@@ -47,6 +47,32 @@ fn restored_state(bucket: &str, name: &str, out: &Path) -> (i64, i64) {
     app_state(&c).unwrap().expect("empty database restored")
 }
 
+/// `--version` of both binaries: one line, the version and the git commit
+/// the build recorded; `walsync` without a command: one error line, exit 1.
+#[test]
+fn version_of_both_binaries() {
+    for (bin, name) in [(WALSYNC_BIN, "walsync"), (SYNC_BIN, "walsync-sync")] {
+        for flag in ["--version", "-V"] {
+            let out = Cmd::new(bin).arg(flag).output();
+            assert!(out.status.success(), "{name} {flag}: {out:?}");
+            let line = stdout(&out);
+            assert_eq!(
+                line,
+                format!(
+                    "{name} {} (git commit {})\n",
+                    env!("CARGO_PKG_VERSION"),
+                    walsync::cli::GIT_COMMIT
+                )
+            );
+        }
+    }
+    let out = walsync(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("walsync: error: no command given"), "{err}");
+}
+
 #[test]
 fn snapshot_command_and_the_daemon_lock() {
     let dir = tempfile::tempdir().unwrap();

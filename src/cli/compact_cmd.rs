@@ -3,9 +3,16 @@
 use super::*;
 
 storage_command! {
-    /// Compact a database's replica now and apply retention (what the daemon does on its own).
+    /// Compact a replica and apply retention now (as the daemon does on its own).
     #[derive(FromArgs, Debug)]
-    #[argh(subcommand, name = "compact")]
+    #[argh(
+        subcommand,
+        name = "compact",
+        usage = "<name> --bucket <bucket> [--dry-run] [options]",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
+    )]
     pub struct CompactArgs {
         /// database name in the bucket
         #[argh(positional)]
@@ -13,15 +20,15 @@ storage_command! {
 
         ..location_flags,
 
-        /// retention window: objects no restore inside it needs are deleted; 0 = delete nothing (default 24h)
+        /// keep every state this far back; 0 = all (default 24h)
         #[argh(option)]
         pub retention: Option<String>,
 
-        /// print what would be merged and deleted, and why, without changing anything
+        /// print what would change, and why; change nothing
         #[argh(switch)]
         pub dry_run: bool,
 
-        ..key_flags("file holding the encryption key of an encrypted replica (merged objects are encrypted with it); default: $WALSYNC_ENCRYPTION_KEY (hex)"),
+        ..key_flags("key file (mode 0600), also for merged objects (else env)"),
     }
 }
 

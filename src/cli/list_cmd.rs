@@ -5,9 +5,16 @@ use super::*;
 storage_command! {
     /// List the databases in a bucket, or the files of one database.
     #[derive(FromArgs, Debug)]
-    #[argh(subcommand, name = "list")]
+    #[argh(
+        subcommand,
+        name = "list",
+        usage = "[<name>] --bucket <bucket> [--json] [options]",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
+    )]
     pub struct ListArgs {
-        /// database name: list its files per level instead of all databases
+        /// database name: list its files per level
         #[argh(positional)]
         pub name: Option<String>,
 

@@ -26,9 +26,42 @@ use crate::storage::{self, Storage};
 
 /// walsync: continuous replication of SQLite databases to S3-compatible storage.
 #[derive(FromArgs, Debug)]
+#[argh(
+    usage = "<command> [<args>]",
+    note = "`walsync <command> --help` shows a command's flags; operations guide:
+scripts/README.md in the source (systemd, config file, metrics, encryption).",
+    note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG (default walsync=info)."
+)]
 pub struct Walsync {
+    /// print the version and the git commit, then exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+
     #[argh(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// The git commit this binary was built from (`src/build.rs`): 12 hex
+/// digits, or `unknown` when built outside a git checkout.
+pub const GIT_COMMIT: &str = env!("WALSYNC_GIT_COMMIT");
+
+/// What `--version` prints: `walsync 0.1.0 (git commit 0123456789ab)`.
+pub fn version_line(program: &str) -> String {
+    format!(
+        "{program} {} (git commit {GIT_COMMIT})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The running binary's file name (`walsync`, `walsync-sync`).
+pub fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .and_then(|a| Path::new(a).file_name()?.to_str().map(str::to_string))
+        .unwrap_or_else(|| "walsync".to_string())
 }
 
 /// The `walsync` subcommands.
@@ -68,13 +101,20 @@ pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
 
 /// Run a parsed `walsync` command line.
 pub fn run(args: Walsync) -> Result<()> {
+    if args.version {
+        println!("{}", version_line(&program_name()));
+        return Ok(());
+    }
     match args.command {
-        Command::Sync(a) => run_sync(*a),
-        Command::Restore(a) => run_restore(a),
-        Command::Snapshot(a) => run_snapshot(a),
-        Command::List(a) => run_list(a),
-        Command::Verify(a) => run_verify(a),
-        Command::Compact(a) => run_compact(a),
+        None => Err(Error::Config(
+            "no command given (`walsync --help` lists them)".into(),
+        )),
+        Some(Command::Sync(a)) => run_sync(*a),
+        Some(Command::Restore(a)) => run_restore(a),
+        Some(Command::Snapshot(a)) => run_snapshot(a),
+        Some(Command::List(a)) => run_list(a),
+        Some(Command::Verify(a)) => run_verify(a),
+        Some(Command::Compact(a)) => run_compact(a),
     }
 }
 

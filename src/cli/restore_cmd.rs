@@ -5,9 +5,16 @@ use super::*;
 storage_command! {
     /// Restore a database from its replica.
     #[derive(FromArgs, Debug)]
-    #[argh(subcommand, name = "restore")]
+    #[argh(
+        subcommand,
+        name = "restore",
+        usage = "<name> -o <output> --bucket <bucket> [options]",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
+    )]
     pub struct RestoreArgs {
-        /// database name in the bucket (its file name, e.g. app.db)
+        /// database name in the bucket (its file name: app.db)
         #[argh(positional)]
         pub name: String,
 
@@ -17,7 +24,7 @@ storage_command! {
 
         ..location_flags,
 
-        /// restore exactly this txid (decimal, or hex with 0x) instead of the newest
+        /// restore this txid (decimal, or hex with 0x), not the newest
         #[argh(option)]
         pub txid: Option<String>,
 
@@ -29,11 +36,11 @@ storage_command! {
         #[argh(switch)]
         pub force: bool,
 
-        /// do nothing (exit 0) when the output file already exists
+        /// do nothing (exit 0) when the output file exists
         #[argh(switch)]
         pub if_db_not_exists: bool,
 
-        /// do nothing (exit 0) when the bucket holds no replica of the database
+        /// do nothing (exit 0) when there is no replica
         #[argh(switch)]
         pub if_replica_exists: bool,
 

@@ -3,9 +3,16 @@
 use super::*;
 
 storage_command! {
-    /// Take a consistent snapshot of a database now (refused while a walsync-sync daemon replicates it).
+    /// Snapshot a database now (refused while walsync-sync replicates it).
     #[derive(FromArgs, Debug)]
-    #[argh(subcommand, name = "snapshot")]
+    #[argh(
+        subcommand,
+        name = "snapshot",
+        usage = "<database path> --bucket <bucket> [options]",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
+    )]
     pub struct SnapshotArgs {
         /// database path
         #[argh(positional)]
@@ -13,7 +20,7 @@ storage_command! {
 
         ..location_flags,
 
-        /// how long to wait for the upload to be acknowledged, e.g. 5m (default 10m)
+        /// wait this long for the upload to be stored (default 10m)
         #[argh(option)]
         pub timeout: Option<String>,
 

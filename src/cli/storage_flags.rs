@@ -99,7 +99,9 @@ impl StorageFlags {
 ///   whose bucket is optional and may come from its config file): only
 ///   `--endpoint`, `--region`, `--path-style`, with those help texts.
 /// - `..key_flags,` or `..key_flags("help"),`: `--encryption-key-file`
-///   (with the usual or the given help text) and `--decryption-key-file`.
+///   (with the usual or the given help text) and `--decryption-key-file`;
+///   `..key_flags[hidden_help],` leaves both out of `--help` (the command
+///   then names them in a note, to keep its help on one screen).
 ///
 /// A field's type is written as `Name` or `Name<Arg>` (matched as
 /// identifiers, not as a `ty`): argh reads the type's tokens to tell a
@@ -130,7 +132,7 @@ macro_rules! storage_command {
             $($(#[$a:meta])* pub $af:ident: $at:ident $(<$ag:ident>)?,)*
             ..$location:ident $(($endpoint_doc:tt, $path_style_doc:tt))?,
             $($(#[$b:meta])* pub $bf:ident: $bt:ident $(<$bg:ident>)?,)*
-            ..key_flags $(($key_doc:tt))?,
+            ..key_flags $(($key_doc:tt))? $([$hide:ident])?,
             $($(#[$c:meta])* pub $cf:ident: $ct:ident $(<$cg:ident>)?,)*
         }
     ) => {
@@ -139,7 +141,7 @@ macro_rules! storage_command {
             $location [$($endpoint_doc $path_style_doc)?]
             { $($(#[$a])* pub $af: $at $(<$ag>)?,)* }
             { $($(#[$b])* pub $bf: $bt $(<$bg>)?,)* }
-            [$($key_doc)?]
+            [$($key_doc)?] [$($hide)?]
             { $($(#[$c])* pub $cf: $ct $(<$cg>)?,)* }
         }
     };
@@ -148,12 +150,12 @@ macro_rules! storage_command {
         $crate::cli::storage_command! {
             @build $attr $name
             s3_flags [
-                "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL)"
-                "use path-style addressing (needed by most self-hosted servers)"
+                "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)"
+                "path-style addressing (automatic with a custom endpoint)"
             ]
             {
                 $($a)*
-                /// bucket name, `s3://bucket/prefix` or `file:///dir`
+                /// bucket name, s3://bucket/prefix or file:///dir
                 #[argh(option)]
                 pub bucket: String,
             }
@@ -175,18 +177,18 @@ macro_rules! storage_command {
         }
     };
     // `..key_flags,`: the usual help text of `--encryption-key-file`.
-    (@build $attr:tt $name:ident s3_flags $docs:tt $a:tt $b:tt [] $c:tt) => {
+    (@build $attr:tt $name:ident s3_flags $docs:tt $a:tt $b:tt [] $hide:tt $c:tt) => {
         $crate::cli::storage_command! {
             @build $attr $name s3_flags $docs $a $b
-            ["file holding the encryption key (32 raw bytes or 64 hex digits, mode 0600); default: $WALSYNC_ENCRYPTION_KEY (hex); see README \"Encryption\""]
-            $c
+            ["key file (mode 0600); else $WALSYNC_ENCRYPTION_KEY (hex)"]
+            $hide $c
         }
     };
     // Every help text known: the struct itself.
     (
         @build [$($attr:tt)*] $name:ident
         s3_flags [$endpoint_doc:tt $path_style_doc:tt]
-        { $($a:tt)* } { $($b:tt)* } [$key_doc:tt] { $($c:tt)* }
+        { $($a:tt)* } { $($b:tt)* } [$key_doc:tt] [$($hide:ident)?] { $($c:tt)* }
     ) => {
         $($attr)*
         pub struct $name {
@@ -196,7 +198,7 @@ macro_rules! storage_command {
             #[argh(option)]
             pub endpoint: Option<String>,
 
-            /// S3 region (default: $AWS_REGION, then $AWS_DEFAULT_REGION, then us-east-1)
+            /// S3 region (default: $AWS_REGION, else us-east-1)
             #[argh(option)]
             pub region: Option<String>,
 
@@ -207,11 +209,11 @@ macro_rules! storage_command {
             $($b)*
 
             #[doc = $key_doc]
-            #[argh(option)]
+            #[argh(option $(, $hide)?)]
             pub encryption_key_file: Option<String>,
 
-            /// file holding an older key that only decrypts (key rotation); repeatable
-            #[argh(option)]
+            /// older key file that only decrypts (rotation); repeatable
+            #[argh(option $(, $hide)?)]
             pub decryption_key_file: Vec<String>,
 
             $($c)*

@@ -7,108 +7,126 @@
 use super::*;
 
 storage_command! {
-    /// Replicate SQLite databases continuously to S3-compatible storage (same as `walsync-sync`).
+    /// Replicate SQLite databases continuously (same as `walsync-sync`).
     #[derive(FromArgs, Debug, Default)]
-    #[argh(subcommand, name = "sync")]
+    #[argh(
+        subcommand,
+        name = "sync",
+        usage = "[<db or 'glob'>...] [--config <f>] [--bucket <b>] [options]",
+        note = "--snapshot-interval D  full snapshot this often; 0 = if needed (default 24h)",
+        note = "--checkpoint-pages N   PASSIVE checkpoint at N WAL frames (default 1000)",
+        note = "--min-put-interval D   least time between uploads of a DB (default 1s)",
+        note = "--shutdown-timeout D   on SIGTERM, wait this long for uploads (default 30s)",
+        note = "--heartbeat-interval D at most one heartbeat per D (default 5m)",
+        note = "--heartbeat-max-lag D  no heartbeat while a database lags more (default 1m)",
+        note = "--max-requests-per-sec N  S3 requests per second, all DBs (default 0: no cap)",
+        note = "--encryption-key-file F  key file (mode 0600); else $WALSYNC_ENCRYPTION_KEY",
+        note = "--decryption-key-file F  older key that only decrypts (rotation); repeatable",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
+    )]
     pub struct SyncArgs {
         /// database paths or glob patterns, expanded by walsync itself (quote
         /// them: '/data/*.db'); a pattern's directory keeps being watched so
         /// databases created later are replicated too
-        #[argh(positional)]
+        #[argh(positional, hidden_help)]
         pub databases: Vec<String>,
 
-        /// TOML file with databases, per-database overrides and any of these
-        /// settings (flags given here win); see scripts/walsync.example.toml
+        /// TOML file of databases and settings; flags win
         #[argh(option)]
         pub config: Option<String>,
 
-        /// bucket name, `s3://bucket/prefix` or `file:///dir`
+        /// bucket name, s3://bucket/prefix or file:///dir
         #[argh(option)]
         pub bucket: Option<String>,
 
-        /// key prefix inside the bucket (same as `s3://bucket/prefix`)
+        /// key prefix inside the bucket (same as s3://bucket/prefix)
         #[argh(option)]
         pub prefix: Option<String>,
 
         ..s3_flags(
-            "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL, else AWS)",
-            "use path-style addressing (the default with a custom endpoint)"
+            "S3 endpoint URL (default: $AWS_ENDPOINT_URL_S3, else AWS)",
+            "path-style addressing (automatic with a custom endpoint)"
         ),
 
-        /// number of uploader threads shared by all databases (default 4)
+        /// uploader threads shared by all databases (default 4)
         #[argh(option)]
         pub uploaders: Option<usize>,
 
-        /// take a full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
-        #[argh(option)]
+        /// full snapshot of every database this often, e.g. 24h, 30m; 0 = only when needed (default 24h)
+        #[argh(option, hidden_help)]
         pub snapshot_interval: Option<String>,
 
         /// walsync runs a PASSIVE checkpoint after shipping once the WAL holds this many frames (default 1000)
-        #[argh(option)]
+        #[argh(option, hidden_help)]
         pub checkpoint_pages: Option<u64>,
 
-        /// walsync runs a TRUNCATE checkpoint (a brief writer stall) once the WAL file is this many pages long (default 16384)
+        /// TRUNCATE checkpoint at a WAL this many pages (default 16384)
         #[argh(option)]
         pub truncate_pages: Option<u64>,
 
-        /// while uploads are stuck, stop holding a database's WAL back once it is
-        /// this many MiB (its next txid is then a snapshot); 0 = never (default 1024)
+        /// WAL MiB held back in an S3 outage; 0 = any (default 1024)
         #[argh(option)]
         pub max_wal_mib: Option<u64>,
 
-        /// minimum time between two uploads of one database; commits in between are grouped, a commit after a quiet spell ships at once; 0 = every commit at once (default 1s)
-        #[argh(option)]
+        /// minimum time between two uploads of one database; 0 = every commit at once (default 1s)
+        #[argh(option, hidden_help)]
         pub min_put_interval: Option<String>,
 
-        /// memory for queued uploads in MiB, shared by all databases; beyond it the WAL is the buffer (default 64)
+        /// memory for queued uploads in MiB, all DBs (default 64)
         #[argh(option)]
         pub memory_mib: Option<u64>,
 
-        /// on SIGTERM/SIGINT, how long to wait for committed data to ship, e.g. 30s (default 30s)
-        #[argh(option)]
+        /// on SIGTERM/SIGINT, how long to wait for committed data to ship (default 30s)
+        #[argh(option, hidden_help)]
         pub shutdown_timeout: Option<String>,
 
-        /// serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9188 (default: off)
+        /// serve Prometheus /metrics at IP:PORT (default: off)
         #[argh(option)]
         pub metrics_addr: Option<String>,
 
-        /// GET this URL (healthchecks.io / Uptime Kuma push) while every database is caught up (default: off; treated as a secret)
+        /// GET URL while every database is caught up (default: off)
         #[argh(option)]
         pub heartbeat_url: Option<String>,
 
-        /// at most one heartbeat per interval, e.g. 1m (default 5m)
-        #[argh(option)]
+        /// at most one heartbeat per interval (default 5m)
+        #[argh(option, hidden_help)]
         pub heartbeat_interval: Option<String>,
 
-        /// withhold the heartbeat while any database lags more than this, e.g. 1m (default 1m)
-        #[argh(option)]
+        /// withhold the heartbeat while any database lags more than this (default 1m)
+        #[argh(option, hidden_help)]
         pub heartbeat_max_lag: Option<String>,
 
-        /// keep every state of the last DURATION restorable, exactly; older objects no restore in the window needs are deleted; 0 = keep everything (default 24h)
+        /// every state this far back stays restorable (default 24h)
         #[argh(option)]
         pub retention: Option<String>,
 
-        /// an object is deleted only after it has been outside the retention window this long, so restores in flight finish (default 5m)
+        /// delete objects out of retention this late (default 5m)
         #[argh(option)]
         pub retention_grace: Option<String>,
 
-        /// intervals of compaction levels 1,2,3, e.g. 30s,5m,1h; 0 turns a level off, `off` all (default 30s,5m,1h)
+        /// level 1,2,3 intervals; 0/off = none (default 30s,5m,1h)
         #[argh(option)]
         pub compaction: Option<String>,
 
-        /// cap on S3 requests per second, shared by all databases; 0 = no cap (default 0)
-        #[argh(option)]
+        /// cap on S3 requests per second, shared by all databases (default 0: no cap)
+        #[argh(option, hidden_help)]
         pub max_requests_per_sec: Option<u32>,
 
-        ..key_flags,
+        ..key_flags[hidden_help],
 
-        /// lifetime of a database's writer lease in the bucket; another walsync may take a database over only after it expired (default 60s)
+        /// writer lease lifetime in the bucket (default 60s)
         #[argh(option)]
         pub lease_ttl: Option<String>,
 
-        /// no writer lease in the bucket: only when nothing else can ever replicate the same names to the same prefix
+        /// no writer lease (only if nothing else writes these names)
         #[argh(switch)]
         pub no_fencing: bool,
+
+        /// print the version and the git commit, then exit
+        #[argh(switch, short = 'V')]
+        pub version: bool,
     }
 }
 
@@ -324,6 +342,10 @@ pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
 
 /// Run `walsync sync` / `walsync-sync`.
 pub fn run_sync(mut args: SyncArgs) -> Result<()> {
+    if args.version {
+        println!("{}", version_line(&program_name()));
+        return Ok(());
+    }
     let specs = args.apply_config()?;
     let mut opts = args.options(specs)?;
     let ttl = duration_or("lease-ttl", &args.lease_ttl, defaults::LEASE_TTL)?;

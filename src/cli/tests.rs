@@ -65,7 +65,7 @@ enum Want {
 fn table() -> Vec<(&'static str, &'static str, Want)> {
     use crate::defaults as d;
     use Want::*;
-    let endpoint = Says("$AWS_ENDPOINT_URL_S3, then $AWS_ENDPOINT_URL");
+    let endpoint = Says("$AWS_ENDPOINT_URL_S3, else AWS");
     let mut t = vec![
         ("sync", "--endpoint", endpoint),
         ("sync", "--uploaders", Count(d::UPLOADERS as u64)),
@@ -95,7 +95,7 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
         ("compact", "--retention", Time(d::RETENTION)),
     ];
     for cmd in ["restore", "snapshot", "list", "verify", "compact"] {
-        t.push((cmd, "--endpoint", Says("$AWS_ENDPOINT_URL_S3, then")));
+        t.push((cmd, "--endpoint", Says("$AWS_ENDPOINT_URL_S3, else AWS")));
     }
     for cmd in ["sync", "restore", "snapshot", "list", "verify", "compact"] {
         t.push((cmd, "--region", Says(d::S3_REGION)));
@@ -240,7 +240,8 @@ fn one_shot_commands_share_the_storage_flags() {
         "/old2",
     ];
     let Walsync {
-        command: Command::Compact(a),
+        command: Some(Command::Compact(a)),
+        ..
     } = Walsync::from_args(&["walsync"], &args).unwrap()
     else {
         panic!("not compact");
@@ -257,7 +258,8 @@ fn one_shot_commands_share_the_storage_flags() {
     assert_eq!(a.retention, None);
 
     let Walsync {
-        command: Command::List(l),
+        command: Some(Command::List(l)),
+        ..
     } = Walsync::from_args(&["walsync"], &["list", "--bucket", "b", "--json"]).unwrap()
     else {
         panic!("not list");
@@ -280,4 +282,117 @@ fn sync_storage_joins_bucket_and_prefix() {
     assert_eq!(f.spec, "s3://b/p");
     assert_eq!(f.s3.region.as_deref(), Some("r"));
     assert!(SyncArgs::default().storage().is_err());
+}
+
+/// Every help text: `walsync --help`, each subcommand's, `walsync-sync --help`.
+fn all_help_texts() -> Vec<(String, String)> {
+    let top = match Walsync::from_args(&["walsync"], &["--help"]) {
+        Err(early) => early.output,
+        Ok(_) => panic!("--help parsed as a command"),
+    };
+    let sync = match SyncArgs::from_args(&["walsync-sync"], &["--help"]) {
+        Err(early) => early.output,
+        Ok(_) => panic!("walsync-sync --help parsed as a command"),
+    };
+    let mut all = vec![("walsync".to_string(), top), ("walsync-sync".into(), sync)];
+    all.extend(
+        help_texts()
+            .into_iter()
+            .map(|(cmd, h)| (format!("walsync {cmd}"), h)),
+    );
+    all
+}
+
+/// Each `--help` fits on one 80 x 40 screen and names the environment
+/// variables the command reads.
+#[test]
+fn help_fits_one_screen_and_names_the_environment() {
+    for (cmd, help) in all_help_texts() {
+        let lines: Vec<&str> = help.trim_end().lines().collect();
+        assert!(lines.len() <= 40, "{cmd} --help: {} lines", lines.len());
+        for line in &lines {
+            assert!(line.chars().count() <= 80, "{cmd} --help: {line:?}");
+        }
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_REGION",
+            "AWS_CA_BUNDLE",
+            "WALSYNC_ENCRYPTION_KEY",
+            "RUST_LOG",
+        ] {
+            assert!(help.contains(var), "{cmd} --help does not name ${var}");
+        }
+    }
+}
+
+/// The daemon's flags left out of the options list to keep its help short
+/// are each still named, with their default, in its notes; every flag the
+/// daemon accepts appears in its help.
+#[test]
+fn sync_help_names_every_flag() {
+    let (_, help) = all_help_texts().remove(1);
+    for flag in [
+        "--config",
+        "--bucket",
+        "--prefix",
+        "--endpoint",
+        "--region",
+        "--path-style",
+        "--uploaders",
+        "--snapshot-interval",
+        "--checkpoint-pages",
+        "--truncate-pages",
+        "--max-wal-mib",
+        "--min-put-interval",
+        "--memory-mib",
+        "--shutdown-timeout",
+        "--metrics-addr",
+        "--heartbeat-url",
+        "--heartbeat-interval",
+        "--heartbeat-max-lag",
+        "--retention",
+        "--retention-grace",
+        "--compaction",
+        "--max-requests-per-sec",
+        "--encryption-key-file",
+        "--decryption-key-file",
+        "--lease-ttl",
+        "--no-fencing",
+        "--version",
+    ] {
+        let named = help
+            .lines()
+            .any(|l| l.trim_start().split([' ', ',']).any(|w| w == flag));
+        assert!(named, "walsync-sync --help does not name {flag}");
+        // A hidden flag must still parse.
+        if !matches!(flag, "--path-style" | "--no-fencing" | "--version") {
+            let args = ["x.db", flag, "1"];
+            let parsed = SyncArgs::from_args(&["walsync-sync"], &args);
+            assert!(parsed.is_ok(), "{flag} is not accepted");
+        }
+    }
+}
+
+/// `--version`: the package version and the git commit of the build
+/// (12 hex digits, or `unknown` when built outside a git checkout).
+#[test]
+fn version_line_names_version_and_commit() {
+    let line = version_line("walsync");
+    let want = format!("walsync {} (git commit ", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&want), "{line}");
+    assert!(
+        GIT_COMMIT == "unknown"
+            || (GIT_COMMIT.len() >= 7 && GIT_COMMIT.chars().all(|c| c.is_ascii_hexdigit())),
+        "{GIT_COMMIT:?}"
+    );
+    assert!(line.ends_with(&format!("{GIT_COMMIT})")), "{line}");
+    for argv in [["--version"], ["-V"]] {
+        let a = Walsync::from_args(&["walsync"], &argv).unwrap();
+        assert!(a.version && a.command.is_none());
+        let s = SyncArgs::from_args(&["walsync-sync"], &argv).unwrap();
+        assert!(s.version);
+    }
 }

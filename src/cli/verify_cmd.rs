@@ -4,9 +4,16 @@
 use super::*;
 
 storage_command! {
-    /// Verify the replica of a database: chain, every object's checksums, optionally a test restore.
+    /// Verify a replica: its chain, every object's checksums, a test restore.
     #[derive(FromArgs, Debug)]
-    #[argh(subcommand, name = "verify")]
+    #[argh(
+        subcommand,
+        name = "verify",
+        usage = "[<name> | --all] --bucket <bucket> [--restore] [options]",
+        note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
+AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
+    )]
     pub struct VerifyArgs {
         /// database name in the bucket
         #[argh(positional)]
@@ -18,7 +25,7 @@ storage_command! {
 
         ..location_flags,
 
-        /// also restore the newest txid into a temporary directory and run PRAGMA integrity_check
+        /// also restore the newest txid and run PRAGMA integrity_check
         #[argh(switch)]
         pub restore: bool,
 
