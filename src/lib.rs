@@ -17,7 +17,8 @@
 //!             commit counter, checkpoint after shipping
 //!                       │  committed transactions, or a snapshot
 //!                       ▼
-//!  upload/    segment: LTX encoding (ltx/) into memory or a temp file;
+//!  upload/    segment: LTX encoding (ltx/) into memory, a temp file, or
+//!             straight into the upload (large snapshots, capture/source);
 //!             pool: fixed uploader threads, byte budget, retries forever
 //!                       │
 //!                       ▼
