@@ -4,7 +4,7 @@
 //! before a watcher exists; the watcher's state lives in `mod.rs`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,21 +77,47 @@ pub enum Event {
     Shutdown,
 }
 
-/// Set while a watcher waits for a timer that reads the WAL anyway (the put
-/// interval holds back what is published): events for WAL writes need not
-/// wake it until then. The daemon's file-event router reads it and skips
-/// those wake-ups — at 10 commits/s and a 1 s interval, nine in ten. Events
-/// for the database file itself (replaced, deleted) always wake it.
+/// Whether a watcher waits for a timer that reads the WAL anyway (the put
+/// interval holds back what is published), and whether WAL events came
+/// meanwhile. Events for WAL writes need not wake a snoozing watcher: the
+/// daemon's file-event router skips those wake-ups — at 10 commits/s and a
+/// 1 s interval, nine in ten — but records them, so the next pass still
+/// counts them as file events (settle count and tail probe reset, as for a
+/// delivered wake-up: an event may come before SQLite publishes the commit
+/// in the wal-index). Events for the database file itself (replaced,
+/// deleted) always wake it.
+///
+/// Why nothing committed is missed: the router marks every WAL event
+/// (`fetch_or`) after the write it reports; the watcher clears the state
+/// (`swap`) at the start of every pass and sets SNOOZED only later in that
+/// pass, when it defers, with a timer armed. If the router sees SNOOZED,
+/// its mark stays until the next pass (the timer's, or one after an
+/// error), which begins after the write. If not, it sends a wake-up (or
+/// finds one queued): the `store` of a later snooze may erase that mark,
+/// but the queued wake-up runs another pass all the same.
 #[derive(Clone, Debug, Default)]
-pub struct Snooze(Arc<AtomicBool>);
+pub struct Snooze(Arc<AtomicU8>);
+
+/// The watcher waits for its timer.
+const SNOOZED: u8 = 1;
+/// A WAL event came since the watcher last looked.
+const MISSED: u8 = 2;
 
 impl Snooze {
-    /// The watcher will read the WAL at its timer: WAL events may be skipped.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+    /// A WAL event: recorded; true when the watcher must be woken (it is
+    /// not snoozing).
+    pub fn note_event(&self) -> bool {
+        self.0.fetch_or(MISSED, Ordering::AcqRel) & SNOOZED == 0
     }
 
-    pub(super) fn set(&self, on: bool) {
-        self.0.store(on, Ordering::Relaxed);
+    /// The pass at the timer reads the WAL: skip wake-ups until then.
+    pub(super) fn snooze(&self) {
+        self.0.store(SNOOZED, Ordering::Release);
+    }
+
+    /// A pass begins (or a failed one ends): stop snoozing; true when a WAL
+    /// event came since the last `wake`.
+    pub(super) fn wake(&self) -> bool {
+        self.0.swap(0, Ordering::AcqRel) & MISSED != 0
     }
 }

@@ -258,8 +258,12 @@ pub struct Capture {
     via_symlink: bool,
     /// Looks for commits written past the published end of the WAL.
     tail: TailProbe,
-    /// When the last file event arrived.
+    /// When the last file event arrived (for WAL events skipped while
+    /// snoozing: when the next pass began, at most `min_put_interval`
+    /// later).
     last_event: Instant,
+    /// File events so far (memory trimming: a wake-up since the last trim).
+    events: u64,
     /// Poll interval on filesystems without reliable file events.
     fs_poll: Option<Duration>,
     /// Last time storage made progress on this database's uploads (an ack,
@@ -267,7 +271,8 @@ pub struct Capture {
     /// while the upload in flight fails (`upload_failures`).
     last_progress: Instant,
     upload_failures: Arc<std::sync::atomic::AtomicU32>,
-    /// Set while the put interval's timer will read the WAL anyway (see
+    /// Shared with the file-event router: whether the put interval's timer
+    /// will read the WAL anyway, and whether WAL events came meanwhile (see
     /// [`Snooze`]).
     snooze: Snooze,
     /// Told `(old, new)` resolved paths before reconnecting to a replaced
@@ -336,6 +341,7 @@ impl Capture {
             via_symlink,
             tail: TailProbe::new(),
             last_event: Instant::now(),
+            events: 0,
             fs_poll,
             last_progress: Instant::now(),
             upload_failures: Arc::default(),

@@ -81,7 +81,7 @@ impl Capture {
                 if Instant::now() < due {
                     self.deferred_until = Some(due);
                     // The pass at `due` reads everything published by then.
-                    self.snooze.set(true);
+                    self.snooze.snooze();
                     return Ok(());
                 }
             }
@@ -152,6 +152,7 @@ impl Capture {
         self.settle = 0;
         self.tail.reset();
         self.last_event = Instant::now();
+        self.events = self.events.wrapping_add(1);
     }
 
     /// After a pass: is anything committed still unread? Something
@@ -316,7 +317,12 @@ impl Capture {
 
     /// Do whatever is due now; returns when the next timer fires.
     pub(super) fn tick(&mut self) -> Result<Option<Instant>> {
-        self.snooze.set(false);
+        if self.snooze.wake() {
+            // WAL events came since the last pass: those skipped while
+            // snoozing are file events all the same (the others were
+            // counted when their wake-up arrived; once more is harmless).
+            self.woken();
+        }
         self.check_fenced()?;
         self.flush_pending()?;
         if !self.check_file()? {

@@ -22,9 +22,10 @@ impl Capture {
         let mut retry = 0u32;
         let mut timer: Option<Instant>;
         let mut pending_error: Option<Instant>;
-        // Memory only: whether SQLite's wal-index map was trimmed since the
-        // last wake-up (see `trim_idle`).
-        let mut trimmed = false;
+        // Memory only: the file-event count when SQLite's wal-index map
+        // was last trimmed (see `trim_idle`): trim again only after a
+        // wake-up.
+        let mut trimmed_at: Option<u64> = None;
         loop {
             match self.tick() {
                 Ok(next) => {
@@ -39,9 +40,17 @@ impl Capture {
                     return Err(e);
                 }
                 Err(e) => {
-                    // No pass is due before the retry: wake on every event.
-                    self.snooze.set(false);
-                    let wait = crate::util::backoff(retry, Duration::from_secs(30));
+                    // A failed pass may have snoozed after `step`; no pass
+                    // is due before the retry: wake on every event. Events
+                    // skipped since the pass began retry it at once, as a
+                    // wake-up arriving now would.
+                    let missed = self.snooze.wake();
+                    let wait = if missed {
+                        self.woken();
+                        Duration::ZERO
+                    } else {
+                        crate::util::backoff(retry, Duration::from_secs(30))
+                    };
                     log::error!(
                         "{}: {e} (retrying in {:.1}s)",
                         self.cfg.name,
@@ -56,8 +65,8 @@ impl Capture {
             }
             let deadline = [timer, pending_error].into_iter().flatten().min();
             let idle = deadline.is_none_or(|d| d > Instant::now() + IDLE_TRIM_AFTER);
-            if idle && !trimmed && self.inflight.is_empty() {
-                trimmed = true;
+            if idle && trimmed_at != Some(self.events) && self.inflight.is_empty() {
+                trimmed_at = Some(self.events);
                 self.trim_idle();
             }
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -68,10 +77,7 @@ impl Capture {
             };
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
-                    Ok(Event::Wake) => {
-                        trimmed = false;
-                        self.woken();
-                    }
+                    Ok(Event::Wake) => self.woken(),
                     Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },

@@ -159,8 +159,8 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
-        // O_NONBLOCK around every read: four more syscalls per wake-up, one
-        // wake-up per commit under a steady load.
+        // O_NONBLOCK around every read: three syscalls more per wake-up,
+        // one wake-up per commit under a steady load.
         let ready = {
             let mut fds = [rustix::event::PollFd::new(
                 &inotify,
@@ -169,7 +169,8 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
             rustix::event::poll(&mut fds, None)
         };
         match ready {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
             Err(e) => {
                 log::error!("inotify poll failed: {e}; file changes are no longer seen");
                 return;
@@ -229,7 +230,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 if let Some((tx, snooze)) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
                     // A full channel already holds a wake-up, and a snoozing
                     // watcher reads the WAL at its timer: nothing is lost.
-                    if !snooze.as_ref().is_some_and(Snooze::is_set) {
+                    if snooze.as_ref().is_none_or(Snooze::note_event) {
                         let _ = tx.try_send(Event::Wake);
                     }
                 }
