@@ -75,6 +75,11 @@ impl World {
             "40",
             "--truncate-pages",
             "160",
+            // Still grouping commits (one every 3–12 ms) into one upload,
+            // but ten uploads a second rather than the default's one: the
+            // faults need requests to land on.
+            "--min-put-interval",
+            "100ms",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -157,7 +162,21 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
     let mut commits = 0;
     let mut restarted = !s.restart;
     let mut slowest = (Duration::ZERO, "");
-    while commits < 300 && t0.elapsed() < Duration::from_secs(8) {
+    // The load runs 300 commits or 8 s, then on (up to 30 s) until every
+    // fault the scenario expects has been injected: the dice decide which
+    // requests fail, and a run without them proves nothing.
+    let mut last_look = Instant::now();
+    loop {
+        let enough = commits >= 300 || t0.elapsed() >= Duration::from_secs(8);
+        if enough && last_look.elapsed() >= Duration::from_millis(500) {
+            last_look = Instant::now();
+            let stats = w.proxy.stats();
+            if t0.elapsed() >= Duration::from_secs(30)
+                || s.expect.iter().all(|k| stats.fault(k) > 0)
+            {
+                break;
+            }
+        }
         let tc = Instant::now();
         writer.commit(w.rng.range(1, 3) as usize);
         commits += 1;
