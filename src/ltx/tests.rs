@@ -131,12 +131,28 @@ fn timestamps() {
         format_timestamp_ms(1_735_787_045_600).unwrap(),
         "2025-01-02T03:04:05.6Z"
     );
-    for ms in [0, 1, 999, 1_735_787_045_678, 4_102_444_800_000] {
+    for ms in [0, 1, 999, 1_735_787_045_678, 4_102_444_800_000, -1] {
         assert_eq!(
             parse_timestamp(&format_timestamp_ms(ms).unwrap()).unwrap(),
             ms
         );
+        assert_eq!(
+            parse_timestamp(&display_timestamp_ms(ms).unwrap()).unwrap(),
+            ms
+        );
     }
+    assert_eq!(
+        display_timestamp_ms(1_735_787_045_600).unwrap(),
+        "2025-01-02T03:04:05.600Z"
+    );
+    assert_eq!(
+        display_timestamp_ms(1_735_787_045_000).unwrap(),
+        "2025-01-02T03:04:05.000Z"
+    );
+    assert_eq!(
+        display_timestamp_ms(-1).unwrap(),
+        "1969-12-31T23:59:59.999Z"
+    );
     assert_eq!(
         parse_timestamp("2025-01-02T03:04:05.678901234Z").unwrap(),
         1_735_787_045_678

@@ -17,6 +17,16 @@ pub fn format_timestamp_ms(ms: i64) -> Result<String> {
         .map_err(|e| Error::Config(format!("timestamp {ms} ms cannot be formatted: {e}")))
 }
 
+/// Milliseconds since the epoch for people reading a table: RFC 3339 in UTC
+/// with always three fraction digits (`2025-01-02T03:04:05.600Z`), so a
+/// column of times lines up. Stored metadata uses [`format_timestamp_ms`].
+pub fn display_timestamp_ms(ms: i64) -> Result<String> {
+    let t = format_timestamp_ms(ms.div_euclid(1000) * 1000)?;
+    // Whole seconds format without a fraction: "…:05Z".
+    let whole = t.strip_suffix('Z').unwrap_or(&t);
+    Ok(format!("{whole}.{:03}Z", ms.rem_euclid(1000)))
+}
+
 /// [`format_timestamp_ms`] for a `SystemTime` (truncated to milliseconds,
 /// the resolution of the LTX header).
 pub fn format_system_time(t: SystemTime) -> Result<String> {

@@ -144,7 +144,7 @@ pub fn list_files(storage: &dyn Storage, db: &str) -> Result<Vec<FileListing>> {
 }
 
 fn time_text(ms: Option<i64>) -> String {
-    ms.and_then(|ms| ltx::format_timestamp_ms(ms).ok())
+    ms.and_then(|ms| ltx::display_timestamp_ms(ms).ok())
         .unwrap_or_else(|| "-".into())
 }
 
