@@ -162,7 +162,8 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
     let mut commits = 0;
     let mut restarted = !s.restart;
     let mut slowest = (Duration::ZERO, "");
-    // The load runs 300 commits or 8 s, then on (up to 30 s) until every
+    // The load runs 300 commits or 8 s, then on (up to 30 s and 5,000
+    // commits) until every
     // fault the scenario expects has been injected: the dice decide which
     // requests fail, and a run without them proves nothing.
     let mut last_look = Instant::now();
@@ -172,6 +173,7 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
             last_look = Instant::now();
             let stats = w.proxy.stats();
             if t0.elapsed() >= Duration::from_secs(30)
+                || commits >= 5_000
                 || s.expect.iter().all(|k| stats.fault(k) > 0)
             {
                 break;
