@@ -163,9 +163,9 @@ fn run(name: &'static str, s: Scenario) -> Option<World> {
     let mut restarted = !s.restart;
     let mut slowest = (Duration::ZERO, "");
     // The load runs 300 commits or 8 s, then on (up to 30 s and 5,000
-    // commits) until every
-    // fault the scenario expects has been injected: the dice decide which
-    // requests fail, and a run without them proves nothing.
+    // commits) until every fault the scenario expects has been injected:
+    // the dice decide which requests fail, and a run without them proves
+    // nothing.
     let mut last_look = Instant::now();
     loop {
         let enough = commits >= 300 || t0.elapsed() >= Duration::from_secs(8);
