@@ -15,29 +15,35 @@
 //! - [`heartbeat`]: push heartbeats while replication is healthy.
 //! - `limits`: the open-file limit, raised and checked at start.
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
+//! - [`targets`]: paths and patterns to databases and their names.
+//! - `start`: one database's settings, wake-up route and thread.
 
 pub mod config;
 pub mod heartbeat;
 mod limits;
 pub mod metrics;
 pub mod notify;
+mod start;
+pub mod targets;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::capture::{Capture, DbConfig, Event};
+use crate::capture::DbConfig;
 use crate::compact::{Compactor, DbEntry, Policy};
 use crate::daemon::config::DbSpec;
-use crate::daemon::metrics::{DbState, Registry};
+use crate::daemon::metrics::Registry;
 use crate::error::{Error, Result};
 use crate::storage::{CountingStorage, RateLimited, RoutedStorage, Storage};
 use crate::upload::Uploader;
+pub use targets::{check_names, db_name, expand, Targets};
+use targets::{is_pattern, spec_name};
 use watch::{Discovery, Router};
 
 /// Daemon-wide settings (per-database ones are templated by `db`).
@@ -85,104 +91,9 @@ pub struct OwnStorage {
 /// start-up ([`crate::util::release_free_memory`]; a few ms at 1,000 DBs).
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
-/// Stack size of a per-database thread (SQLite needs little; keep 1,000
-/// threads cheap).
-const DB_THREAD_STACK: usize = 512 * 1024;
-
 struct Running {
     name: String,
     handle: JoinHandle<Result<()>>,
-}
-
-/// The expanded database list and the directory patterns to keep watching.
-#[derive(Debug, Default)]
-pub struct Targets {
-    /// Database files found now.
-    pub files: Vec<PathBuf>,
-    /// `(directory, pattern)` pairs for databases created later.
-    pub patterns: Vec<(PathBuf, glob::Pattern)>,
-}
-
-fn is_pattern(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Expand the command line's paths and globs. A plain path must exist; a
-/// pattern may match nothing yet (its directory is watched for new files).
-pub fn expand(args: &[String]) -> Result<Targets> {
-    let mut t = Targets::default();
-    for arg in args {
-        if !is_pattern(arg) {
-            let p = PathBuf::from(arg);
-            if !p.is_file() {
-                return Err(Error::Config(format!("{arg}: no such database file")));
-            }
-            t.files.push(p);
-            continue;
-        }
-        let pattern = glob::Pattern::new(arg)
-            .map_err(|e| Error::Config(format!("{arg}: invalid pattern: {e}")))?;
-        let paths =
-            glob::glob(arg).map_err(|e| Error::Config(format!("{arg}: invalid pattern: {e}")))?;
-        for p in paths {
-            let p = p.map_err(|e| {
-                let path = e.path().to_path_buf();
-                Error::io(path, e.into())
-            })?;
-            if p.is_file() && watch::is_database_name(&p) {
-                t.files.push(p);
-            }
-        }
-        // Keep watching the directory part when it has no wildcard.
-        let dir = Path::new(arg)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        if !is_pattern(&dir.to_string_lossy()) {
-            if dir.is_dir() {
-                t.patterns.push((dir, pattern));
-            } else {
-                return Err(Error::Config(format!(
-                    "{arg}: directory {} does not exist",
-                    dir.display()
-                )));
-            }
-        } else {
-            log::warn!("{arg}: wildcards in directory names are expanded once at start; new directories are not watched");
-        }
-    }
-    t.files.sort();
-    t.files.dedup();
-    Ok(t)
-}
-
-/// The name of a database in the bucket: its file name.
-pub fn db_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::Config(format!("{}: not a file path", path.display())))
-}
-
-/// Refuse two databases with one name, naming both paths. `files` are the
-/// database paths with the name each would be stored under.
-pub fn check_names(files: &[(String, &Path)]) -> Result<()> {
-    let mut seen: HashMap<&str, &Path> = HashMap::new();
-    for (name, f) in files {
-        if let Some(other) = seen.insert(name, f) {
-            return Err(Error::Config(format!(
-                "two databases would be stored as {name:?}: {} and {}",
-                other.display(),
-                f.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Run the daemon until a signal; returns the process status.
@@ -380,15 +291,6 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     Ok(())
 }
 
-/// The name of the database at `path` under `spec`: its `name` override, else
-/// the file name.
-fn spec_name(spec: &DbSpec, path: &Path) -> Result<String> {
-    match &spec.name {
-        Some(n) => Ok(n.clone()),
-        None => db_name(path),
-    }
-}
-
 struct Daemon {
     opts: Options,
     storage: Arc<dyn Storage>,
@@ -401,228 +303,6 @@ struct Daemon {
     stop: Receiver<()>,
     running: HashMap<PathBuf, Running>,
     names: HashMap<String, PathBuf>,
-}
-
-impl Daemon {
-    /// The configured database (index into `opts.databases`) a newly
-    /// discovered file belongs to: a plain path naming it, else the first
-    /// pattern that matches.
-    fn spec_for(&self, path: &Path) -> Option<usize> {
-        let specs = &self.opts.databases;
-        specs
-            .iter()
-            .position(|s| !is_pattern(&s.pattern) && Path::new(&s.pattern) == path)
-            .or_else(|| {
-                specs.iter().position(|s| {
-                    glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path))
-                })
-            })
-    }
-
-    fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {
-        // The file as SQLite names it: its WAL lives beside this path, and
-        // file events name this directory's entries (capture::resolve).
-        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if let Some(other) = self.running.get(&key) {
-            if self.names.get(&other.name).is_some_and(|p| p != path) {
-                log::warn!(
-                    "{}: the same file as the database stored as {:?}: replicated once, under that name",
-                    path.display(),
-                    other.name
-                );
-            }
-            return;
-        }
-        let spec = &self.opts.databases[spec_index];
-        let name = match spec_name(spec, path) {
-            Ok(n) => n,
-            Err(e) => {
-                log::error!("{e}");
-                return;
-            }
-        };
-        if let Some(other) = self.names.get(&name) {
-            log::error!(
-                "{}: not replicated: another database is already stored as {name:?} ({})",
-                path.display(),
-                other.display()
-            );
-            return;
-        }
-        // Per-database overrides from the config file. `spec.encryption_key_file`
-        // is validated there and carried here for the setting that consumes it.
-        let mut cfg = self.opts.db.clone();
-        cfg.path = path.to_path_buf();
-        cfg.name = name.clone();
-        if let Some(interval) = spec.snapshot_interval {
-            cfg.snapshot_interval = interval;
-        }
-        if let Some(retention) = spec.retention {
-            cfg.retention = retention;
-        }
-        if let Some(Some(own)) = self.own.get(spec_index) {
-            self.routed.route(&name, own.data.clone());
-            if let Some(leases) = &self.opts.lease_store {
-                leases.route(&name, own.raw.clone());
-            }
-        }
-        let cfg_name = name.clone();
-        let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
-        let snooze = crate::capture::Snooze::default();
-        if let Err(e) = self
-            .router
-            .add_database(&key, ev_tx.clone(), snooze.clone())
-        {
-            log::error!("{}: not replicated: {e}", path.display());
-            return;
-        }
-        let storage = self.storage.clone();
-        let segments = self.uploader.sender();
-        let budget = self.uploader.budget();
-        let stop = self.stop.clone();
-        let drain = self.opts.shutdown_timeout;
-        let router = self.router.clone();
-        let registry = self.registry.clone();
-        registry.add(&name, path, initial);
-        let reg_name = name.clone();
-        let compactor = self.compactor.clone();
-        let db_path = path.to_path_buf();
-        let watched = key.clone();
-        let fencer = self.opts.fencer.clone();
-        let thread_name = format!("db-{name}");
-        let spawned = std::thread::Builder::new()
-            .name(thread_name)
-            .stack_size(DB_THREAD_STACK)
-            .spawn(move || {
-                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
-                // (`stack_size` above), and this is its first statement.
-                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
-                // A database that cannot be opened yet (a new file not yet
-                // in WAL mode, an empty file, storage down) is reported once
-                // and retried when it changes, or every 30 s; the other
-                // databases go on. Giving up for good would leave a database
-                // discovered a moment before its `PRAGMA journal_mode=WAL`
-                // unreplicated forever.
-                let mut reported: Option<String> = None;
-                // Held while this thread ships the database: a second
-                // process (another daemon, `walsync snapshot`) is refused
-                // instead of allocating the same txids (src/sqlite/lock.rs).
-                let mut lock: Option<crate::sqlite::lock::DbLock> = None;
-                let mut rep = loop {
-                    let transient;
-                    let locked = match lock {
-                        Some(_) => Ok(()),
-                        None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
-                    };
-                    // The bucket lease is taken before the resume point is
-                    // read: no other writer can ship this name meanwhile.
-                    let fenced = match &fencer {
-                        Some(f) => locked.and_then(|()| {
-                            let local = lock.as_ref().and_then(crate::lease::local_identity);
-                            f.acquire(&cfg.name, local.as_deref())
-                        }),
-                        None => locked,
-                    };
-                    match fenced.and_then(|()| {
-                        Capture::open(
-                            cfg.clone(),
-                            storage.clone(),
-                            segments.clone(),
-                            budget.clone(),
-                        )
-                    }) {
-                        Ok(rep) => {
-                            registry.set_state(&reg_name, DbState::Running(rep.stats()));
-                            if reported.is_some() {
-                                log::info!("{}: replicating now", db_path.display());
-                            }
-                            break rep;
-                        }
-                        Err(e) => {
-                            transient = e.storage_kind().is_some_and(|k| k.is_retryable());
-                            let msg = e.to_string();
-                            registry.set_state(&reg_name, DbState::Failed(msg.clone()));
-                            if reported.as_deref() == Some(msg.as_str()) {
-                                log::debug!("{}: still not replicated: {msg}", db_path.display());
-                            } else {
-                                log::error!(
-                                    "{}: not replicated: {msg} ({})",
-                                    db_path.display(),
-                                    if transient {
-                                        "retrying every second"
-                                    } else {
-                                        "retrying when the file changes"
-                                    }
-                                );
-                                reported = Some(msg);
-                            }
-                        }
-                    }
-                    // At most one attempt a second, then (unless the failure
-                    // was transient) wait for a change.
-                    crossbeam_channel::select! {
-                        recv(stop) -> _ => return Ok(()),
-                        recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
-                    }
-                    if transient {
-                        // S3 hiccuped (503, reset, a cut-off answer): the
-                        // committed data waits in the WAL; try again now,
-                        // not only when the application writes again.
-                        continue;
-                    }
-                    crossbeam_channel::select! {
-                        recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
-                            router.remove_database(&watched);
-                            registry.remove(&reg_name);
-                            return Ok(());
-                        },
-                        recv(stop) -> _ => return Ok(()),
-                        recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
-                    }
-                };
-                let _ = compactor.send(DbEntry {
-                    name: cfg.name.clone(),
-                    stats: rep.stats(),
-                    level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
-                    retention: cfg.retention,
-                });
-                // A replaced or moved file (a retargeted symlink, a swapped
-                // directory): hold its lock — refused while another replica
-                // ships that file — and watch where SQLite now writes.
-                let moved_router = router.clone();
-                let moved_tx = ev_tx.clone();
-                let moved_snooze = snooze.clone();
-                rep.share_snooze(snooze);
-                let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
-                let moved_lock = held.clone();
-                rep.on_moved(move |old, new| {
-                    let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    if !slot.as_ref().is_some_and(|l| l.covers(new)) {
-                        let fresh = crate::sqlite::lock::try_lock(new)?;
-                        *slot = Some(fresh);
-                    }
-                    moved_router.remove_database(old);
-                    moved_router.add_database(new, moved_tx.clone(), moved_snooze.clone())
-                });
-                drop(ev_tx);
-                let result = rep.run(ev_rx, stop, drain);
-                if let (Some(f), Ok(())) = (&fencer, &result) {
-                    f.release(&cfg_name);
-                }
-                drop(held);
-                result
-            });
-        match spawned {
-            Ok(handle) => {
-                self.names.insert(name.clone(), path.to_path_buf());
-                self.running.insert(key, Running { name, handle });
-            }
-            Err(e) => {
-                self.registry.remove(&name);
-                log::error!("{}: cannot start a thread: {e}", path.display())
-            }
-        }
-    }
 }
 
 /// A channel that receives one message per SIGTERM/SIGINT/SIGHUP... (only

@@ -1,0 +1,241 @@
+//! Starting one database: its settings, its wake-up route, its thread.
+//!
+//! Why a file of its own: the thread body is where a database that cannot be
+//! replicated yet (not in WAL mode, locked by another process, storage down)
+//! waits and retries without holding up the others, and where the lock on
+//! the file and the bucket lease are taken before the resume point is read.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::capture::{Capture, Event};
+use crate::compact::DbEntry;
+use crate::daemon::metrics::DbState;
+use crate::daemon::targets::{is_pattern, spec_name};
+use crate::daemon::{Daemon, Running};
+
+/// Stack size of a per-database thread (SQLite needs little; keep 1,000
+/// threads cheap).
+const DB_THREAD_STACK: usize = 512 * 1024;
+
+impl Daemon {
+    /// The configured database (index into `opts.databases`) a newly
+    /// discovered file belongs to: a plain path naming it, else the first
+    /// pattern that matches.
+    pub(super) fn spec_for(&self, path: &Path) -> Option<usize> {
+        let specs = &self.opts.databases;
+        specs
+            .iter()
+            .position(|s| !is_pattern(&s.pattern) && Path::new(&s.pattern) == path)
+            .or_else(|| {
+                specs.iter().position(|s| {
+                    glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path))
+                })
+            })
+    }
+
+    pub(super) fn start_db(&mut self, path: &Path, spec_index: usize, initial: bool) {
+        // The file as SQLite names it: its WAL lives beside this path, and
+        // file events name this directory's entries (capture::resolve).
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Some(other) = self.running.get(&key) {
+            if self.names.get(&other.name).is_some_and(|p| p != path) {
+                log::warn!(
+                    "{}: the same file as the database stored as {:?}: replicated once, under that name",
+                    path.display(),
+                    other.name
+                );
+            }
+            return;
+        }
+        let spec = &self.opts.databases[spec_index];
+        let name = match spec_name(spec, path) {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("{e}");
+                return;
+            }
+        };
+        if let Some(other) = self.names.get(&name) {
+            log::error!(
+                "{}: not replicated: another database is already stored as {name:?} ({})",
+                path.display(),
+                other.display()
+            );
+            return;
+        }
+        // Per-database overrides from the config file. `spec.encryption_key_file`
+        // is validated there and carried here for the setting that consumes it.
+        let mut cfg = self.opts.db.clone();
+        cfg.path = path.to_path_buf();
+        cfg.name = name.clone();
+        if let Some(interval) = spec.snapshot_interval {
+            cfg.snapshot_interval = interval;
+        }
+        if let Some(retention) = spec.retention {
+            cfg.retention = retention;
+        }
+        if let Some(Some(own)) = self.own.get(spec_index) {
+            self.routed.route(&name, own.data.clone());
+            if let Some(leases) = &self.opts.lease_store {
+                leases.route(&name, own.raw.clone());
+            }
+        }
+        let cfg_name = name.clone();
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
+        let snooze = crate::capture::Snooze::default();
+        if let Err(e) = self
+            .router
+            .add_database(&key, ev_tx.clone(), snooze.clone())
+        {
+            log::error!("{}: not replicated: {e}", path.display());
+            return;
+        }
+        let storage = self.storage.clone();
+        let segments = self.uploader.sender();
+        let budget = self.uploader.budget();
+        let stop = self.stop.clone();
+        let drain = self.opts.shutdown_timeout;
+        let router = self.router.clone();
+        let registry = self.registry.clone();
+        registry.add(&name, path, initial);
+        let reg_name = name.clone();
+        let compactor = self.compactor.clone();
+        let db_path = path.to_path_buf();
+        let watched = key.clone();
+        let fencer = self.opts.fencer.clone();
+        let thread_name = format!("db-{name}");
+        let spawned = std::thread::Builder::new()
+            .name(thread_name)
+            .stack_size(DB_THREAD_STACK)
+            .spawn(move || {
+                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
+                // (`stack_size` above), and this is its first statement.
+                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
+                // A database that cannot be opened yet (a new file not yet
+                // in WAL mode, an empty file, storage down) is reported once
+                // and retried when it changes, or every 30 s; the other
+                // databases go on. Giving up for good would leave a database
+                // discovered a moment before its `PRAGMA journal_mode=WAL`
+                // unreplicated forever.
+                let mut reported: Option<String> = None;
+                // Held while this thread ships the database: a second
+                // process (another daemon, `walsync snapshot`) is refused
+                // instead of allocating the same txids (src/sqlite/lock.rs).
+                let mut lock: Option<crate::sqlite::lock::DbLock> = None;
+                let mut rep = loop {
+                    let transient;
+                    let locked = match lock {
+                        Some(_) => Ok(()),
+                        None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
+                    };
+                    // The bucket lease is taken before the resume point is
+                    // read: no other writer can ship this name meanwhile.
+                    let fenced = match &fencer {
+                        Some(f) => locked.and_then(|()| {
+                            let local = lock.as_ref().and_then(crate::lease::local_identity);
+                            f.acquire(&cfg.name, local.as_deref())
+                        }),
+                        None => locked,
+                    };
+                    match fenced.and_then(|()| {
+                        Capture::open(
+                            cfg.clone(),
+                            storage.clone(),
+                            segments.clone(),
+                            budget.clone(),
+                        )
+                    }) {
+                        Ok(rep) => {
+                            registry.set_state(&reg_name, DbState::Running(rep.stats()));
+                            if reported.is_some() {
+                                log::info!("{}: replicating now", db_path.display());
+                            }
+                            break rep;
+                        }
+                        Err(e) => {
+                            transient = e.storage_kind().is_some_and(|k| k.is_retryable());
+                            let msg = e.to_string();
+                            registry.set_state(&reg_name, DbState::Failed(msg.clone()));
+                            if reported.as_deref() == Some(msg.as_str()) {
+                                log::debug!("{}: still not replicated: {msg}", db_path.display());
+                            } else {
+                                log::error!(
+                                    "{}: not replicated: {msg} ({})",
+                                    db_path.display(),
+                                    if transient {
+                                        "retrying every second"
+                                    } else {
+                                        "retrying when the file changes"
+                                    }
+                                );
+                                reported = Some(msg);
+                            }
+                        }
+                    }
+                    // At most one attempt a second, then (unless the failure
+                    // was transient) wait for a change.
+                    crossbeam_channel::select! {
+                        recv(stop) -> _ => return Ok(()),
+                        recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                    }
+                    if transient {
+                        // S3 hiccuped (503, reset, a cut-off answer): the
+                        // committed data waits in the WAL; try again now,
+                        // not only when the application writes again.
+                        continue;
+                    }
+                    crossbeam_channel::select! {
+                        recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
+                            router.remove_database(&watched);
+                            registry.remove(&reg_name);
+                            return Ok(());
+                        },
+                        recv(stop) -> _ => return Ok(()),
+                        recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
+                    }
+                };
+                let _ = compactor.send(DbEntry {
+                    name: cfg.name.clone(),
+                    stats: rep.stats(),
+                    level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
+                    retention: cfg.retention,
+                });
+                // A replaced or moved file (a retargeted symlink, a swapped
+                // directory): hold its lock — refused while another replica
+                // ships that file — and watch where SQLite now writes.
+                let moved_router = router.clone();
+                let moved_tx = ev_tx.clone();
+                let moved_snooze = snooze.clone();
+                rep.share_snooze(snooze);
+                let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
+                let moved_lock = held.clone();
+                rep.on_moved(move |old, new| {
+                    let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    if !slot.as_ref().is_some_and(|l| l.covers(new)) {
+                        let fresh = crate::sqlite::lock::try_lock(new)?;
+                        *slot = Some(fresh);
+                    }
+                    moved_router.remove_database(old);
+                    moved_router.add_database(new, moved_tx.clone(), moved_snooze.clone())
+                });
+                drop(ev_tx);
+                let result = rep.run(ev_rx, stop, drain);
+                if let (Some(f), Ok(())) = (&fencer, &result) {
+                    f.release(&cfg_name);
+                }
+                drop(held);
+                result
+            });
+        match spawned {
+            Ok(handle) => {
+                self.names.insert(name.clone(), path.to_path_buf());
+                self.running.insert(key, Running { name, handle });
+            }
+            Err(e) => {
+                self.registry.remove(&name);
+                log::error!("{}: cannot start a thread: {e}", path.display())
+            }
+        }
+    }
+}
