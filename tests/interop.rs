@@ -58,7 +58,12 @@ impl Env {
 
     /// A Litestream config replicating `db` to `<prefix>/<db file name>`.
     fn litestream_config(&self, db: &Path) -> PathBuf {
-        let name = db.file_name().unwrap().to_string_lossy();
+        let name = db.file_name().unwrap().to_string_lossy().into_owned();
+        self.litestream_config_named(db, &name)
+    }
+
+    /// A Litestream config replicating `db` to `<prefix>/<name>`.
+    fn litestream_config_named(&self, db: &Path, name: &str) -> PathBuf {
         let creds = self.config.credentials.clone().expect("S3 credentials");
         let endpoint = self.config.endpoint.clone().expect("S3 endpoint");
         let region = self
@@ -77,7 +82,7 @@ impl Env {
             key = creds.access_key_id,
             secret = creds.secret_access_key,
         );
-        let path = self.path(&format!("{name}.litestream.yml"));
+        let path = self.path(&format!("{}.litestream.yml", name.replace('/', "_")));
         std::fs::write(&path, yaml).unwrap();
         path
     }
@@ -243,6 +248,59 @@ fn litestream_restores_walsync_daemon_backup() {
         "litestream restored {} txids of the walsync backup identically",
         targets.len() + 1
     );
+}
+
+/// Databases of a tenant tree are stored as `<tenant>/data.db`: Litestream
+/// restores them from that path, to the same bytes as walsync.
+#[test]
+fn litestream_restores_tenant_tree_names() {
+    let Some(env) = Env::new("ls_tenants") else {
+        return;
+    };
+    let tenants = ["acme", "beta"];
+    let mut writers: Vec<(String, Writer)> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let dir = env.path(&format!("tenants/{t}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut w = Writer::create(&dir.join("data.db"), i as i64 + 1);
+            w.commit(10);
+            (format!("{t}/data.db"), w)
+        })
+        .collect();
+    let mut daemon = Cmd::new(SYNC_BIN)
+        .arg(env.path("tenants/*/data.db"))
+        .args([
+            "--bucket",
+            &env.config.bucket,
+            "--prefix",
+            &env.config.prefix,
+        ])
+        .env("RUST_LOG", "walsync=debug")
+        .spawn(&env.path("daemon.log"));
+    for _ in 0..20 {
+        for (_, w) in writers.iter_mut() {
+            w.commit(2);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (name, w) in &writers {
+        let mut replica = oracle::Oracle::new(env.storage.clone(), name);
+        oracle::wait_caught_up(&mut replica, &w.path, Duration::from_secs(30));
+    }
+    daemon.assert_running();
+    stop(&mut daemon);
+    for (name, w) in &writers {
+        let cfg = env.litestream_config_named(&w.path, name);
+        let theirs = env.path(&format!("ls-{}.db", name.replace('/', "_")));
+        env.litestream_restore(&cfg, &w.path, &theirs, None);
+        let ours = env.path(&format!("ws-{}.db", name.replace('/', "_")));
+        env.walsync_restore(name, &ours, None);
+        assert_same_file(name, &theirs, &ours);
+        let state = app_state(&rusqlite::Connection::open(&theirs).unwrap()).unwrap();
+        assert_eq!(state, Some((w.gen, w.last)), "{name}");
+    }
 }
 
 #[test]

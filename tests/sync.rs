@@ -16,14 +16,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::Env;
 use common::oracle::{self, app_state, Monotone, Oracle, Writer};
-use common::process::{wait_for, Cmd, Proc};
+use common::process::{wait_for, Cmd};
 use common::proxy::{s3_upstream, Proxy};
 use common::Rng;
-use walsync::storage::{S3Storage, Storage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const CATCH_UP: Duration = Duration::from_secs(20);
@@ -31,92 +30,6 @@ const CATCH_UP: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// One test's world: a directory for databases, the bucket and prefix, the
-/// storage client for the oracle, and the daemon's log file.
-struct Env {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    bucket: String,
-    prefix: String,
-    storage: Arc<dyn Storage>,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl Env {
-    fn new(name: &'static str) -> Option<Env> {
-        let config = common::s3_config_or_skip(name)?;
-        let bucket = config.bucket.clone();
-        let prefix = config.prefix.clone();
-        let storage: Arc<dyn Storage> =
-            Arc::new(S3Storage::new(config).expect("S3 client for the oracle"));
-        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sync-logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log = logs.join(format!("{name}-{}.log", std::process::id()));
-        let _ = std::fs::remove_file(&log);
-        eprintln!("{name}: prefix {prefix}, daemon log {}", log.display());
-        Some(Env {
-            name,
-            dir: tempfile::tempdir().unwrap(),
-            bucket,
-            prefix,
-            storage,
-            log,
-            started: Instant::now(),
-        })
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn glob(&self) -> String {
-        format!("{}/*.db", self.dir.path().display())
-    }
-
-    fn replica(&self, db: &str) -> Oracle {
-        Oracle::new(self.storage.clone(), db)
-    }
-
-    /// Start the daemon on `dbs` with extra flags (killed when dropped,
-    /// its log's tail printed if the test fails).
-    fn daemon(&self, dbs: &[String], extra: &[&str]) -> Proc {
-        Cmd::new(BIN)
-            .args(dbs)
-            .args([
-                "--bucket",
-                &self.bucket,
-                "--prefix",
-                &self.prefix,
-                "--shutdown-timeout",
-                "10s",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "walsync=debug")
-            .spawn(&self.log)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        eprintln!(
-            "{}: {} after {:.1?}",
-            self.name,
-            if std::thread::panicking() {
-                "FAILED"
-            } else {
-                "done"
-            },
-            self.started.elapsed()
-        );
-        // The daemon's log tail is printed by its `Proc` when it is dropped.
-    }
-}
 
 /// Restore at every txid (or `sample` random ones plus the newest when there
 /// are more than `max_all`), checking each state with the model and the

@@ -18,6 +18,11 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
         #[argh(positional)]
         pub database: String,
 
+        /// name in the bucket, e.g. acme/data.db for a database walsync-sync
+        /// found by a pattern (the path below its fixed part); else the file name
+        #[argh(option)]
+        pub name: Option<String>,
+
         ..location_flags,
 
         /// wait this long for the upload to be stored (default 10m)
@@ -34,13 +39,20 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
     let (raw, data) = a.storage().open(false)?;
     // A snapshot allocates a txid: it needs the database's lease like a daemon.
     let (storage, fencer) = fence(raw, data, defaults::LEASE_TTL, true)?;
-    let db_name = daemon::db_name(Path::new(&a.database))?;
+    let db_name = match &a.name {
+        Some(n) => {
+            crate::ltx::check_db_name(n)
+                .map_err(|why| Error::Config(format!("--name {n:?}: {why}")))?;
+            n.clone()
+        }
+        None => daemon::db_name(Path::new(&a.database))?,
+    };
     if let Err(e) = fencer.acquire(&db_name, None) {
         // A daemon on this host: its lock names the process more precisely.
         crate::sqlite::lock::try_lock(Path::new(&a.database))?;
         return Err(e);
     }
-    let result = ops::snapshot(Path::new(&a.database), storage.clone(), timeout);
+    let result = ops::snapshot(Path::new(&a.database), &db_name, storage.clone(), timeout);
     fencer.release(&db_name);
     let (name, txid) = result?;
     println!(

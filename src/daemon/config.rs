@@ -69,7 +69,8 @@ pub struct FileConfig {
 pub struct DatabaseEntry {
     /// A database path or a glob pattern.
     pub path: String,
-    /// Name in the bucket (default: the file name). Only for a plain path.
+    /// Name in the bucket (default: the file name; `/` allowed, e.g.
+    /// `acme/data.db`). Only for a plain path.
     pub name: Option<String>,
     /// Key prefix in the same bucket for this database's objects, instead of
     /// the global prefix.
@@ -151,10 +152,8 @@ impl FileConfig {
                 return Err(Error::Config(format!("{at}: path is empty")));
             }
             if let Some(name) = &d.name {
-                if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-                    return Err(Error::Config(format!(
-                        "{at}: name {name:?} must be a non-empty name without '/'"
-                    )));
+                if let Err(why) = crate::ltx::check_db_name(name) {
+                    return Err(Error::Config(format!("{at}: name {name:?}: {why}")));
                 }
                 if d.path.contains(['*', '?', '[']) {
                     return Err(Error::Config(format!(

@@ -16,6 +16,7 @@
 //! - `limits`: the open-file limit, raised and checked at start.
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`targets`]: paths and patterns to databases and their names.
+//! - [`tree`]: glob patterns over directory trees, and the walk.
 //! - `start`: one database's settings, wake-up route and thread.
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod notify;
 mod start;
 pub mod targets;
+pub mod tree;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ use crate::storage::{CountingStorage, RateLimited, RoutedStorage, Storage};
 use crate::upload::Uploader;
 pub use targets::{check_names, db_name, expand, Targets};
 use targets::{is_pattern, spec_name};
+use tree::TreePattern;
 use watch::{Discovery, Router};
 
 /// Daemon-wide settings (per-database ones are templated by `db`).
@@ -93,8 +96,17 @@ const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 
 struct Running {
     name: String,
+    /// The path as configured or found (the map's key is the real file).
+    path: PathBuf,
     handle: JoinHandle<Result<()>>,
+    /// Dropped to stop this database (its watcher drains and exits).
+    stop: Option<Sender<()>>,
 }
+
+/// How long a database file found by a pattern may be missing before its
+/// replication stops (an application replacing the file by delete and
+/// create, or by two renames, brings it back within this).
+const GONE_GRACE: Duration = Duration::from_secs(2);
 
 /// Run the daemon until a signal; returns the process status.
 ///
@@ -103,7 +115,7 @@ struct Running {
 /// reached through one uploader pool and counted per database.
 pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>>) -> Result<()> {
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
-    let mut patterns: Vec<(PathBuf, glob::Pattern)> = Vec::new();
+    let mut trees: Vec<Option<Arc<TreePattern>>> = Vec::new();
     for (i, spec) in opts.databases.iter().enumerate() {
         let t = expand(std::slice::from_ref(&spec.pattern))?;
         for f in t.files {
@@ -120,14 +132,17 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 None => files.push((f, i)),
             }
         }
-        patterns.extend(t.patterns);
+        trees.push(t.trees.into_iter().next().map(Arc::new));
     }
     let named = files
         .iter()
-        .map(|(f, i)| Ok((spec_name(&opts.databases[*i], f)?, f.as_path())))
+        .map(|(f, i)| {
+            let name = spec_name(&opts.databases[*i], trees[*i].as_deref(), f)?;
+            Ok((name, f.as_path()))
+        })
         .collect::<Result<Vec<_>>>()?;
     check_names(&named)?;
-    if files.is_empty() && patterns.is_empty() {
+    if files.is_empty() && trees.iter().all(Option::is_none) {
         return Err(Error::Config("no database to replicate".into()));
     }
     // Snapshots a killed walsync was encoding or uploading are still in the
@@ -193,14 +208,12 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     let compactor = Compactor::start(storage.clone(), policy)?;
     let (disc_tx, disc_rx) = crossbeam_channel::unbounded::<Discovery>();
     let router = Router::start(disc_tx)?;
-    for (dir, pattern) in &patterns {
-        router.add_pattern(dir, pattern.clone())?;
-    }
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let signals = signal_channel()?;
+    let (finished_tx, finished) = crossbeam_channel::unbounded::<PathBuf>();
 
     let mut daemon = Daemon {
         opts,
+        trees,
         storage,
         routed,
         own,
@@ -208,12 +221,19 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         uploader,
         compactor: compactor.sender(),
         router,
-        stop: stop_rx,
+        finished: finished_tx,
         running: HashMap::new(),
         names: HashMap::new(),
+        failed: 0,
     };
     for (f, i) in &files {
         daemon.start_db(f, *i, true);
+    }
+    // Watch every directory a pattern can match, then search them again:
+    // a database created between the first search and its watch is found.
+    for tree in daemon.trees.clone().into_iter().flatten() {
+        daemon.router.add_tree(tree.clone());
+        daemon.search(&tree, tree.root())?;
     }
     log::info!(
         "replicating {} database(s) to {}",
@@ -229,14 +249,35 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // After start-up, free memory inside the allocator's arenas goes back to
     // the kernel now and then (crate::util::release_free_memory).
     let mut trim = crossbeam_channel::never();
+    // Paths reported removed, checked once `GONE_GRACE` has passed.
+    let mut gone: Vec<PathBuf> = Vec::new();
+    let mut gone_timer = crossbeam_channel::never();
     loop {
         crossbeam_channel::select! {
-            recv(disc_rx) -> d => if let Ok(Discovery::NewDatabase(p)) = d {
-                match daemon.spec_for(&p) {
-                    Some(i) => daemon.start_db(&p, i, false),
-                    None => log::debug!("{}: matches no configured database", p.display()),
+            recv(disc_rx) -> d => match d {
+                Ok(Discovery::NewDatabase(p)) => daemon.discovered(&p),
+                Ok(Discovery::NewDirectory(dir)) => {
+                    for tree in daemon.trees.clone().into_iter().flatten() {
+                        if tree.could_contain(&dir) {
+                            if let Err(e) = daemon.search(&tree, &dir) {
+                                log::error!("{}: {e}", dir.display());
+                            }
+                        }
+                    }
                 }
+                Ok(Discovery::Gone(p)) => {
+                    if gone.is_empty() {
+                        gone_timer = crossbeam_channel::after(GONE_GRACE);
+                    }
+                    gone.push(p);
+                }
+                Err(_) => {}
             },
+            recv(gone_timer) -> _ => {
+                daemon.stop_removed(&std::mem::take(&mut gone));
+                gone_timer = crossbeam_channel::never();
+            },
+            recv(finished) -> key => if let Ok(key) = key { daemon.finished(&key) },
             recv(signals) -> _ => break,
             recv(trim) -> _ => crate::util::release_free_memory(),
             recv(ticker) -> _ => {
@@ -266,9 +307,11 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         }
     });
     let _ = second_signal;
-    drop(stop_tx); // broadcast: every watcher drains and stops
+    for r in daemon.running.values_mut() {
+        r.stop = None; // every watcher drains and stops
+    }
     compactor.stop(); // a merge in progress stops between objects
-    let mut failed = 0;
+    let mut failed = daemon.failed;
     for (_, r) in daemon.running.drain() {
         match r.handle.join() {
             Ok(Ok(())) => {}
@@ -293,6 +336,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
 
 struct Daemon {
     opts: Options,
+    /// Per entry of `opts.databases`: its pattern, if it is one.
+    trees: Vec<Option<Arc<TreePattern>>>,
     storage: Arc<dyn Storage>,
     routed: Arc<RoutedStorage>,
     own: Vec<Option<OwnStorage>>,
@@ -300,9 +345,12 @@ struct Daemon {
     uploader: Uploader,
     compactor: Sender<DbEntry>,
     router: Router,
-    stop: Receiver<()>,
+    /// Each watcher thread sends its key here when it ends.
+    finished: Sender<PathBuf>,
     running: HashMap<PathBuf, Running>,
     names: HashMap<String, PathBuf>,
+    /// Databases whose replication ended with an error before shutdown.
+    failed: usize,
 }
 
 /// A channel that receives one message per SIGTERM/SIGINT/SIGHUP... (only

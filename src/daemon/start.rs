@@ -5,14 +5,26 @@
 //! waits and retries without holding up the others, and where the lock on
 //! the file and the bucket lease are taken before the resume point is read.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::capture::{Capture, Event};
 use crate::compact::DbEntry;
 use crate::daemon::metrics::DbState;
 use crate::daemon::targets::{is_pattern, spec_name};
+use crate::daemon::tree::TreePattern;
 use crate::daemon::{Daemon, Running};
+use crate::error::Result;
+
+/// Sends a watcher thread's key to the daemon's loop when dropped: when the
+/// thread returns, and when it unwinds.
+struct Finished(crossbeam_channel::Sender<PathBuf>, PathBuf);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let _ = self.0.send(std::mem::take(&mut self.1));
+    }
+}
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
@@ -28,9 +40,9 @@ impl Daemon {
             .iter()
             .position(|s| !is_pattern(&s.pattern) && Path::new(&s.pattern) == path)
             .or_else(|| {
-                specs.iter().position(|s| {
-                    glob::Pattern::new(&s.pattern).is_ok_and(|p| p.matches_path(path))
-                })
+                self.trees
+                    .iter()
+                    .position(|t| t.as_ref().is_some_and(|t| t.matches(path)))
             })
     }
 
@@ -49,7 +61,7 @@ impl Daemon {
             return;
         }
         let spec = &self.opts.databases[spec_index];
-        let name = match spec_name(spec, path) {
+        let name = match spec_name(spec, self.trees[spec_index].as_deref(), path) {
             Ok(n) => n,
             Err(e) => {
                 log::error!("{e}");
@@ -94,7 +106,8 @@ impl Daemon {
         let storage = self.storage.clone();
         let segments = self.uploader.sender();
         let budget = self.uploader.budget();
-        let stop = self.stop.clone();
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let finished = self.finished.clone();
         let drain = self.opts.shutdown_timeout;
         let router = self.router.clone();
         let registry = self.registry.clone();
@@ -112,6 +125,10 @@ impl Daemon {
                 // SAFETY: this thread was spawned with `DB_THREAD_STACK`
                 // (`stack_size` above), and this is its first statement.
                 unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
+                // However the thread ends, the daemon's loop hears of it
+                // (and cleans up, or restarts a database whose file came
+                // back); at shutdown nobody listens.
+                let _finished = Finished(finished, watched.clone());
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other
@@ -230,12 +247,109 @@ impl Daemon {
         match spawned {
             Ok(handle) => {
                 self.names.insert(name.clone(), path.to_path_buf());
-                self.running.insert(key, Running { name, handle });
+                let path = path.to_path_buf();
+                let stop = Some(stop_tx);
+                self.running.insert(
+                    key,
+                    Running {
+                        name,
+                        path,
+                        handle,
+                        stop,
+                    },
+                );
             }
             Err(e) => {
                 self.registry.remove(&name);
                 log::error!("{}: cannot start a thread: {e}", path.display())
             }
+        }
+    }
+
+    /// A file a pattern matches appeared (created, moved in, or found by a
+    /// search).
+    pub(super) fn discovered(&mut self, path: &Path) {
+        match self.spec_for(path) {
+            Some(i) => {
+                log::info!("{}: new database", path.display());
+                self.start_db(path, i, false)
+            }
+            None => log::debug!("{}: matches no configured database", path.display()),
+        }
+    }
+
+    /// Watch every directory at or below `from` that can hold databases of
+    /// `tree`, and start the databases found there that are not running
+    /// yet. An error (a watch limit reached) is the caller's: fatal at
+    /// start-up, logged later while the other directories go on.
+    pub(super) fn search(&mut self, tree: &TreePattern, from: &Path) -> Result<()> {
+        let router = self.router.clone();
+        let files = tree.walk(from, &mut |dir| router.watch_dir(dir))?;
+        for f in files {
+            let key = f.canonicalize().unwrap_or_else(|_| f.clone());
+            if !self.running.contains_key(&key) {
+                self.discovered(&f);
+            }
+        }
+        Ok(())
+    }
+
+    /// `GONE_GRACE` after the router reported `paths` removed: stop the
+    /// databases found by a pattern at or below those paths whose file is
+    /// still missing. Their replicas stay; a database given as a plain path
+    /// waits for its file to come back instead.
+    pub(super) fn stop_removed(&mut self, paths: &[PathBuf]) {
+        let removed: Vec<PathBuf> = self
+            .running
+            .iter()
+            .filter(|(_, r)| {
+                r.stop.is_some()
+                    && paths.iter().any(|p| r.path.starts_with(p))
+                    && !r.path.exists()
+                    && self
+                        .spec_for(&r.path)
+                        .is_some_and(|i| self.trees[i].is_some())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in removed {
+            if let Some(r) = self.running.get_mut(&key) {
+                log::info!(
+                    "{}: removed; stopping the replication of {:?} (its replica stays)",
+                    r.path.display(),
+                    r.name
+                );
+                r.stop = None;
+            }
+        }
+    }
+
+    /// A watcher thread ended before shutdown: stopped because its file was
+    /// removed, or failed. Forget it; start it again if its file is back.
+    pub(super) fn finished(&mut self, key: &Path) {
+        let Some(r) = self.running.remove(key) else {
+            return;
+        };
+        let stopped = r.stop.is_none();
+        match r.handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.failed += 1;
+                log::error!("{}: {e}", r.name);
+            }
+            Err(_) => {
+                self.failed += 1;
+                log::error!("{}: watcher thread panicked", r.name);
+            }
+        }
+        if stopped {
+            log::info!("{}: replication stopped", r.name);
+        }
+        self.names.remove(&r.name);
+        self.registry.remove(&r.name);
+        self.router.remove_database(key);
+        if stopped && r.path.is_file() {
+            self.discovered(&r.path);
         }
     }
 }

@@ -4,29 +4,33 @@
 //! databases by paths and glob patterns, the bucket by names; this is the
 //! one place that turns the first into the second and refuses two databases
 //! that would be stored under one name.
+//!
+//! A database matched by a pattern is named by its path below the pattern's
+//! fixed leading directory (`/srv/tenants/*/data.db` → `acme/data.db`;
+//! `/data/*.db` → `app.db`), so per-tenant trees with one file name per
+//! tenant work and names do not change when the tree moves; a plain path is
+//! named by its file name; a config entry may set a name.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::daemon::config::DbSpec;
-use crate::daemon::watch;
+pub(crate) use crate::daemon::tree::is_pattern;
+use crate::daemon::tree::TreePattern;
 use crate::error::{Error, Result};
 
-/// The expanded database list and the directory patterns to keep watching.
+/// The expanded database list and the patterns to keep watching.
 #[derive(Debug, Default)]
 pub struct Targets {
     /// Database files found now.
     pub files: Vec<PathBuf>,
-    /// `(directory, pattern)` pairs for databases created later.
-    pub patterns: Vec<(PathBuf, glob::Pattern)>,
-}
-
-pub(crate) fn is_pattern(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    /// The patterns among the arguments, for databases created later.
+    pub trees: Vec<TreePattern>,
 }
 
 /// Expand the command line's paths and globs. A plain path must exist; a
-/// pattern may match nothing yet (its directory is watched for new files).
+/// pattern may match nothing yet (its directories are watched for new
+/// files), but its fixed leading directory must exist.
 pub fn expand(args: &[String]) -> Result<Targets> {
     let mut t = Targets::default();
     for arg in args {
@@ -38,53 +42,47 @@ pub fn expand(args: &[String]) -> Result<Targets> {
             t.files.push(p);
             continue;
         }
-        let pattern = glob::Pattern::new(arg)
-            .map_err(|e| Error::Config(format!("{arg}: invalid pattern: {e}")))?;
-        let paths =
-            glob::glob(arg).map_err(|e| Error::Config(format!("{arg}: invalid pattern: {e}")))?;
-        for p in paths {
-            let p = p.map_err(|e| {
-                let path = e.path().to_path_buf();
-                Error::io(path, e.into())
-            })?;
-            if p.is_file() && watch::is_database_name(&p) {
-                t.files.push(p);
-            }
+        let tree = TreePattern::new(arg)?;
+        if !tree.root().is_dir() {
+            return Err(Error::Config(format!(
+                "{arg}: directory {} does not exist",
+                tree.root().display()
+            )));
         }
-        // Keep watching the directory part when it has no wildcard.
-        let dir = Path::new(arg)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let dir = if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir
-        };
-        if !is_pattern(&dir.to_string_lossy()) {
-            if dir.is_dir() {
-                t.patterns.push((dir, pattern));
-            } else {
-                return Err(Error::Config(format!(
-                    "{arg}: directory {} does not exist",
-                    dir.display()
-                )));
-            }
-        } else {
-            log::warn!("{arg}: wildcards in directory names are expanded once at start; new directories are not watched");
-        }
+        t.files.extend(tree.walk(tree.root(), &mut |_| Ok(()))?);
+        t.trees.push(tree);
     }
     t.files.sort();
     t.files.dedup();
     Ok(t)
 }
 
-/// The name of a database in the bucket: its file name.
+/// The name of a database given as a plain path: its file name.
 pub fn db_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::Config(format!("{}: not a file path", path.display())))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{}: not a file path with a UTF-8 file name",
+                path.display()
+            ))
+        })?;
+    checked(name, path)
+}
+
+/// `name` if it can name a database in the bucket, else one line naming
+/// the database's path ([`crate::ltx::check_db_name`]).
+fn checked(name: &str, path: &Path) -> Result<String> {
+    crate::ltx::check_db_name(name)
+        .map(|()| name.to_string())
+        .map_err(|why| {
+            Error::Config(format!(
+                "{}: cannot be stored as {name:?}: {why}",
+                path.display()
+            ))
+        })
 }
 
 /// Refuse two databases with one name, naming both paths. `files` are the
@@ -103,11 +101,21 @@ pub fn check_names(files: &[(String, &Path)]) -> Result<()> {
     Ok(())
 }
 
-/// The name of the database at `path` under `spec`: its `name` override, else
-/// the file name.
-pub(crate) fn spec_name(spec: &DbSpec, path: &Path) -> Result<String> {
-    match &spec.name {
-        Some(n) => Ok(n.clone()),
-        None => db_name(path),
+/// The name of the database at `path` under `spec`: its `name` override,
+/// else its path below the fixed part of the spec's pattern (`tree`), else
+/// (a plain path) its file name.
+pub(crate) fn spec_name(spec: &DbSpec, tree: Option<&TreePattern>, path: &Path) -> Result<String> {
+    match (&spec.name, tree) {
+        (Some(n), _) => checked(n, path),
+        (None, Some(t)) => match t.name_of(path) {
+            Some(n) => checked(&n, path),
+            None => Err(Error::Config(format!(
+                "{}: not below {} (pattern {}), or not UTF-8",
+                path.display(),
+                t.root().display(),
+                t.text()
+            ))),
+        },
+        (None, None) => db_name(path),
     }
 }

@@ -6,7 +6,10 @@
 //! directories, not files), and one thread reads its events and routes them:
 //! a change to `<db>` or `<db>-wal` wakes that database's watcher thread; a
 //! new file matching a watched glob pattern is reported so the daemon can
-//! start replicating it. No polling: an idle database costs no wake-up.
+//! start replicating it, a new directory that can hold such files so the
+//! daemon can watch it too ([`super::tree`]), and a database file removed or
+//! moved away so the daemon can stop replicating it. No polling: an idle
+//! database costs no wake-up.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -16,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
+use super::tree::{child, is_database_name, TreePattern};
 use crate::capture::{Event, Snooze};
 use crate::error::{Error, Result};
 
@@ -24,6 +28,12 @@ use crate::error::{Error, Result};
 pub enum Discovery {
     /// A file matching a watched pattern appeared.
     NewDatabase(PathBuf),
+    /// A directory that can hold matching files appeared (created or moved
+    /// in): the daemon watches and searches it.
+    NewDirectory(PathBuf),
+    /// A database file, or a directory with databases below it, was removed
+    /// or moved away.
+    Gone(PathBuf),
 }
 
 #[derive(Default)]
@@ -34,7 +44,7 @@ struct Routes {
     /// Per watched name: the database's wake-up channel, and for its WAL
     /// the watcher's [`Snooze`].
     dbs: HashMap<(PathBuf, OsString), (Sender<Event>, Option<Snooze>)>,
-    patterns: Vec<(PathBuf, glob::Pattern)>,
+    trees: Vec<Arc<TreePattern>>,
 }
 
 /// Shared handle: register databases and patterns from any thread.
@@ -75,7 +85,8 @@ impl Router {
         Ok(router)
     }
 
-    fn watch_dir(&self, dir: &Path) -> Result<()> {
+    /// Watch `dir` (once per inode; a second path to it is an alias).
+    pub fn watch_dir(&self, dir: &Path) -> Result<()> {
         let wd = self
             .watches
             .lock()
@@ -128,15 +139,15 @@ impl Router {
         }
     }
 
-    /// Report new files in `dir` whose full path matches `pattern`.
-    pub fn add_pattern(&self, dir: &Path, pattern: glob::Pattern) -> Result<()> {
-        self.watch_dir(dir)?;
+    /// Report new files matching `tree`, and new directories that can hold
+    /// them, in every watched directory (the caller watches the directories
+    /// [`TreePattern::walk`] visits).
+    pub fn add_tree(&self, tree: Arc<TreePattern>) {
         self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .patterns
-            .push((dir.to_path_buf(), pattern));
-        Ok(())
+            .trees
+            .push(tree);
     }
 }
 
@@ -226,38 +237,41 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
             let created = ev
                 .mask
                 .intersects(EventMask::CREATE | EventMask::MOVED_TO | EventMask::CLOSE_WRITE);
+            let removed = ev
+                .mask
+                .intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+            let is_dir = ev.mask.contains(EventMask::ISDIR);
             for dir in dirs {
-                if let Some((tx, snooze)) = r.dbs.get(&(dir.clone(), name.to_os_string())) {
+                let key = (dir.clone(), name.to_os_string());
+                if let Some((tx, snooze)) = r.dbs.get(&key) {
                     // A full channel already holds a wake-up, and a snoozing
                     // watcher reads the WAL at its timer: nothing is lost.
                     if snooze.as_ref().is_none_or(Snooze::note_event) {
                         let _ = tx.try_send(Event::Wake);
                     }
-                }
-                if created {
-                    let path = dir.join(name);
-                    if r.patterns
-                        .iter()
-                        .any(|(d, p)| d == dir && p.matches_path(&path))
-                        && is_database_name(&path)
-                    {
-                        let _ = discoveries.send(Discovery::NewDatabase(path));
+                    // The database file itself (its WAL has a snooze).
+                    if removed && snooze.is_none() {
+                        let _ = discoveries.send(Discovery::Gone(child(dir, name)));
                     }
+                }
+                // Writes (the hot path) stop here: no path is built.
+                if r.trees.is_empty() || !(created || removed) {
+                    continue;
+                }
+                let path = child(dir, name);
+                if is_dir && removed {
+                    let _ = discoveries.send(Discovery::Gone(path));
+                } else if is_dir && created {
+                    if r.trees.iter().any(|t| t.could_contain(&path)) {
+                        let _ = discoveries.send(Discovery::NewDirectory(path));
+                    }
+                } else if created
+                    && is_database_name(&path)
+                    && r.trees.iter().any(|t| t.matches(&path))
+                {
+                    let _ = discoveries.send(Discovery::NewDatabase(path));
                 }
             }
         }
     }
-}
-
-/// False for SQLite's side files (and walsync's lock file), which a pattern like `/data/*` also matches.
-pub fn is_database_name(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    !(name.ends_with("-wal")
-        || name.ends_with("-shm")
-        || name.ends_with("-journal")
-        || name.ends_with(crate::sqlite::lock::LOCK_SUFFIX)
-        || name.starts_with('.'))
 }

@@ -110,6 +110,36 @@ pub fn parse_object_key(prefix: &str, key: &str) -> Option<ObjectKey> {
     })
 }
 
+/// A level directory walsync or Litestream writes (`0000`–`0009`). Higher
+/// four-digit hex segments (`tenants/0042/…`) are parts of database names.
+fn is_level_dir(seg: &str) -> bool {
+    parse_hex_fixed(seg, 4).is_some_and(|l| l <= u64::from(super::SNAPSHOT_LEVEL))
+}
+
+/// Whether `name` can name a database in the bucket: the key prefix of its
+/// objects (`<name>/<level>/…`), so no empty, `.` or `..` segment, no
+/// leading or trailing `/`, no control character; no segment after the
+/// first that reads as a level directory (`0000`–`0009`, see
+/// [`database_of`]); not ending in the lease suffix. `Err` says why.
+pub fn check_db_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        Err("the name is empty".into())
+    } else if name.chars().any(char::is_control) {
+        Err("it contains a control character".into())
+    } else if name
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        Err("it has an empty, '.' or '..' path segment".into())
+    } else if name.split('/').skip(1).any(is_level_dir) {
+        Err("a path segment 0000-0009 reads as a level directory of the bucket layout".into())
+    } else if name.ends_with(LEASE_SUFFIX) {
+        Err(format!("names ending in {LEASE_SUFFIX} are lease objects"))
+    } else {
+        Ok(())
+    }
+}
+
 /// The database a key or listing prefix belongs to, the one mapping every
 /// wrapper that routes or counts by database uses:
 ///
@@ -130,13 +160,12 @@ pub fn database_of(key: &str) -> Option<&str> {
     if let Some(k) = parse_object_key("", key) {
         return Some(&key[..k.db.len()]);
     }
-    let is_level = |seg: &str| parse_hex_fixed(seg, 4).is_some_and(|l| l <= u64::from(u8::MAX));
     let mut db = None;
     let mut offset = 0;
     let segments: Vec<&str> = key.split('/').collect();
     for (i, seg) in segments.iter().enumerate() {
         // A level directory: not the first segment, followed by a `/`.
-        if i > 0 && i + 1 < segments.len() && is_level(seg) {
+        if i > 0 && i + 1 < segments.len() && is_level_dir(seg) {
             db = Some(&key[..offset - 1]);
         }
         offset += seg.len() + 1;

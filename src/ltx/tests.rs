@@ -193,6 +193,9 @@ fn database_of_maps_every_kind_of_key() {
         ("acme/data.db/0000/", Some("acme/data.db")),
         ("app.db/", Some("app.db")),
         ("acme/data.db/", Some("acme/data.db")),
+        ("tenants/0042/", Some("tenants/0042")),
+        ("tenants/0042/data.db/0000/", Some("tenants/0042/data.db")),
+        ("app.db/0009/", Some("app.db")),
         ("app.db/README", Some("app.db")),
         ("app", None),
         ("", None),
@@ -201,5 +204,31 @@ fn database_of_maps_every_kind_of_key() {
     ];
     for (key, want) in cases {
         assert_eq!(database_of(key), want, "{key}");
+    }
+}
+
+#[test]
+fn database_names() {
+    for ok in [
+        "app.db",
+        "acme/data.db",
+        "0003/x.db",
+        "t/0042/data.db",
+        "a b/ü.db",
+    ] {
+        assert_eq!(check_db_name(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        "a/./b",
+        "../a",
+        "a\nb",
+        "t/0003/x.db",
+        "x.walsync-lease",
+    ] {
+        assert!(check_db_name(bad).is_err(), "{bad:?}");
     }
 }

@@ -5,13 +5,18 @@
 
 use super::*;
 
-/// Take a consistent snapshot of the database at `db` now and wait until
+/// Take a consistent snapshot of the database at `db`, stored as `name`, now and wait until
 /// storage acknowledged it (up to `timeout`). Returns `(name, txid)`.
 ///
 /// Refused while another process (a `walsync-sync` daemon) ships the
 /// database: both would allocate the same next txid. The daemon takes
 /// snapshots itself (`--snapshot-interval`).
-pub fn snapshot(db: &Path, storage: Arc<dyn Storage>, timeout: Duration) -> Result<(String, u64)> {
+pub fn snapshot(
+    db: &Path,
+    name: &str,
+    storage: Arc<dyn Storage>,
+    timeout: Duration,
+) -> Result<(String, u64)> {
     if !db.is_file() {
         return Err(Error::Config(format!(
             "{}: no such database file",
@@ -21,7 +26,7 @@ pub fn snapshot(db: &Path, storage: Arc<dyn Storage>, timeout: Duration) -> Resu
     let _lock = crate::sqlite::lock::try_lock(db)?;
     storage.check()?;
     let mut cfg = DbConfig::new(db);
-    cfg.name = crate::daemon::db_name(db)?;
+    cfg.name = name.to_string();
     cfg.snapshot_interval = None;
     let name = cfg.name.clone();
     let uploader = Uploader::start(storage.clone(), 2, 64 << 20);

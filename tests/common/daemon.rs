@@ -1,11 +1,16 @@
 //! Helpers of the tests that run `walsync-sync` / `walsync` as child
 //! processes (through [`super::process`]): a database with a writer table,
-//! Prometheus scraping, and `walsync restore` through an endpoint.
+//! Prometheus scraping, `walsync restore` through an endpoint, and the
+//! end-to-end tests' [`Env`].
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::process::{text, Cmd};
+use walsync::storage::{S3Storage, Storage};
+
+use super::oracle::Oracle;
+use super::process::{text, Cmd, Proc};
 
 /// A WAL-mode database at `path` with table `t(id INTEGER PRIMARY KEY, v BLOB)`.
 pub fn create_db(path: &Path) -> rusqlite::Connection {
@@ -89,5 +94,92 @@ impl RestoreFrom {
             text(&r)
         );
         rusqlite::Connection::open(out).unwrap_or_else(|e| panic!("open {}: {e}", out.display()))
+    }
+}
+
+/// The end-to-end tests' world (tests/sync.rs, tests/tenants.rs): a
+/// directory for databases, the bucket and prefix, the storage client for
+/// the oracle, and the daemon's log file.
+pub struct Env {
+    pub name: &'static str,
+    pub dir: tempfile::TempDir,
+    pub bucket: String,
+    pub prefix: String,
+    pub storage: Arc<dyn Storage>,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Env {
+    pub fn new(name: &'static str) -> Option<Env> {
+        let config = super::s3_config_or_skip(name)?;
+        let bucket = config.bucket.clone();
+        let prefix = config.prefix.clone();
+        let storage: Arc<dyn Storage> =
+            Arc::new(S3Storage::new(config).expect("S3 client for the oracle"));
+        let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sync-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!("{name}-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        eprintln!("{name}: prefix {prefix}, daemon log {}", log.display());
+        Some(Env {
+            name,
+            dir: tempfile::tempdir().unwrap(),
+            bucket,
+            prefix,
+            storage,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    pub fn glob(&self) -> String {
+        format!("{}/*.db", self.dir.path().display())
+    }
+
+    pub fn replica(&self, db: &str) -> Oracle {
+        Oracle::new(self.storage.clone(), db)
+    }
+
+    /// Start the daemon on `dbs` with extra flags (killed when dropped,
+    /// its log's tail printed if the test fails).
+    pub fn daemon(&self, dbs: &[String], extra: &[&str]) -> Proc {
+        Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"))
+            .args(dbs)
+            .args([
+                "--bucket",
+                &self.bucket,
+                "--prefix",
+                &self.prefix,
+                "--shutdown-timeout",
+                "10s",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "walsync=debug")
+            .spawn(&self.log)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        eprintln!(
+            "{}: {} after {:.1?}",
+            self.name,
+            if std::thread::panicking() {
+                "FAILED"
+            } else {
+                "done"
+            },
+            self.started.elapsed()
+        );
+        // The daemon's log tail is printed by its `Proc` when it is dropped.
     }
 }
