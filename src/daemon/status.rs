@@ -388,6 +388,12 @@ fn client(stream: UnixStream, registry: &Arc<Registry>, active: &Arc<AtomicUsize
         .stack_size(128 * 1024)
         .spawn(move || {
             if let Err(e) = answer(stream, &registry) {
+                let e = match e.kind() {
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        "no request in time: disconnected".to_string()
+                    }
+                    _ => e.to_string(),
+                };
                 log::debug!("status socket: client: {e}");
             }
             done.fetch_sub(1, Ordering::Relaxed);
