@@ -316,6 +316,17 @@ fn default_socket_stale_socket_and_silent_client() {
     let mut silent = UnixStream::connect(&sock).unwrap();
     let o = status(None, &["--json"], &env);
     assert!(answered(&o), "{}", text(&o));
+    // Served concurrently, not after the silent client's time ran out:
+    // the silent one is still connected.
+    silent.set_nonblocking(true).unwrap();
+    let waiting = silent.read(&mut [0u8; 8]);
+    assert!(
+        waiting
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the silent client was dropped before another was answered: {waiting:?}"
+    );
+    silent.set_nonblocking(false).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
