@@ -236,13 +236,6 @@ pub struct Served {
     id: (u64, u64),
 }
 
-impl Served {
-    /// Where the socket is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for Served {
     fn drop(&mut self) {
         let ours =
