@@ -101,6 +101,26 @@ impl Since {
     }
 }
 
+/// The newest error of something, with when it happened, shared between
+/// threads: the thread that meets the error notes it (the text it logs
+/// anyway), `walsync status` reads it. Kept after recovery: it is the
+/// *last* error, its time says whether it is current.
+#[derive(Debug, Default)]
+pub struct LastError(std::sync::Mutex<Option<(String, i64)>>);
+
+impl LastError {
+    /// `message` happened now.
+    pub fn note(&self, message: String) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some((message, now_ms()));
+    }
+
+    /// The newest error and its time (ms since the epoch), if any.
+    pub fn get(&self) -> Option<(String, i64)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Hand the allocator's free pages back to the kernel (glibc `malloc_trim`).
 ///
 /// Why: every database's thread allocates from one of glibc's per-thread

@@ -19,6 +19,10 @@ impl Capture {
         // The periodic snapshot timer runs from the newest stored snapshot,
         // not from process start: a daemon restarted more often than the
         // interval must still take them.
+        if let Some(t) = res.snapshot_time {
+            let ms = u64::try_from(crate::util::system_time_ms(t)).unwrap_or(0);
+            self.stats.stored_snapshot_ms.store(ms, Ordering::Relaxed);
+        }
         if let Some(age) = res.snapshot_time.and_then(|t| t.elapsed().ok()) {
             if let Some(t) = Instant::now().checked_sub(age) {
                 self.last_snapshot = t;

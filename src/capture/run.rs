@@ -36,6 +36,7 @@ impl Capture {
                 }
                 Err(e @ Error::Fenced(_)) => {
                     log::error!("{e}");
+                    self.stats.last_error.note(e.to_string());
                     let _ = self.end_read();
                     return Err(e);
                 }
@@ -56,6 +57,7 @@ impl Capture {
                         self.cfg.name,
                         wait.as_secs_f32()
                     );
+                    self.stats.last_error.note(e.to_string());
                     retry = retry.saturating_add(1);
                     pending_error = Some(Instant::now() + wait);
                     // The last pass's timer may be past already: without

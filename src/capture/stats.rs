@@ -1,12 +1,13 @@
-//! Per-database counters other threads read: durable txid, snapshots, lag.
+//! Per-database counters other threads read: durable txid, snapshots, lag,
+//! the last error.
 //!
-//! Why a file of its own: the metrics endpoint, the heartbeat and the
-//! compactor read these while the watcher thread writes them; lag is defined
-//! here, once.
+//! Why a file of its own: the metrics endpoint, the heartbeat, `walsync
+//! status` and the compactor read these while the watcher thread writes
+//! them; lag is defined here, once.
 
 use std::time::Duration;
 
-use crate::util::Since;
+use crate::util::{LastError, Since};
 
 /// Counters readable from other threads.
 #[derive(Debug, Default)]
@@ -25,6 +26,11 @@ pub struct DbStats {
     pub passes: std::sync::atomic::AtomicU64,
     /// Unix time (ms) the last snapshot was handed to the uploaders; 0 = none yet.
     pub last_snapshot_ms: std::sync::atomic::AtomicU64,
+    /// Unix time (ms) the newest snapshot in storage at start-up was stored
+    /// (from the listing); 0 = none or unknown.
+    pub stored_snapshot_ms: std::sync::atomic::AtomicU64,
+    /// The last failed pass of the watcher loop (what it logged).
+    pub last_error: LastError,
     /// Segments cut but not yet durable: `(max txid, when first seen)`,
     /// oldest first (replication lag, see [`DbStats::lag`]).
     unacked: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::SystemTime)>>,

@@ -74,6 +74,7 @@ pub enum Command {
     List(ListArgs),
     Verify(VerifyArgs),
     Compact(CompactArgs),
+    Status(StatusArgs),
 }
 
 /// `bucket` (a name, `s3://bucket/prefix` or `file:///dir`) with `prefix` appended.
@@ -115,6 +116,7 @@ pub fn run(args: Walsync) -> Result<()> {
         Some(Command::List(a)) => run_list(a),
         Some(Command::Verify(a)) => run_verify(a),
         Some(Command::Compact(a)) => run_compact(a),
+        Some(Command::Status(a)) => run_status(a),
     }
 }
 
@@ -192,6 +194,7 @@ mod compact_cmd;
 mod list_cmd;
 mod restore_cmd;
 mod snapshot_cmd;
+mod status_cmd;
 mod storage_flags;
 mod sync_cmd;
 #[cfg(test)]
@@ -202,6 +205,7 @@ pub use compact_cmd::*;
 pub use list_cmd::*;
 pub use restore_cmd::*;
 pub use snapshot_cmd::*;
+pub use status_cmd::*;
 pub(crate) use storage_flags::storage_command;
 pub use storage_flags::StorageFlags;
 pub use sync_cmd::*;

@@ -90,6 +90,10 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
         #[argh(option)]
         pub heartbeat_url: Option<String>,
 
+        /// for `walsync status`; none = off (default: see its --help)
+        #[argh(option)]
+        pub status_socket: Option<String>,
+
         /// at most one heartbeat per interval (default 5m)
         #[argh(option, hidden_help)]
         pub heartbeat_interval: Option<String>,
@@ -160,6 +164,7 @@ impl SyncArgs {
                 compaction,
                 max_requests_per_sec,
                 metrics_addr,
+                status_socket,
                 heartbeat_url,
                 heartbeat_interval,
                 heartbeat_max_lag
@@ -286,6 +291,7 @@ impl SyncArgs {
                 defaults::SHUTDOWN_TIMEOUT,
             )?,
             metrics_addr,
+            status_socket: crate::daemon::status::Setting::parse(self.status_socket.as_deref()),
             heartbeat,
             compaction,
             max_requests_per_sec: self

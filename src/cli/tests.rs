@@ -11,15 +11,17 @@ use std::time::Duration;
 
 /// Every subcommand's `--help` text, by name.
 fn help_texts() -> Vec<(&'static str, String)> {
-    ["sync", "restore", "snapshot", "list", "verify", "compact"]
-        .into_iter()
-        .map(
-            |cmd| match Walsync::from_args(&["walsync"], &[cmd, "--help"]) {
-                Err(early) => (cmd, early.output),
-                Ok(_) => panic!("{cmd} --help parsed as a command"),
-            },
-        )
-        .collect()
+    [
+        "sync", "restore", "snapshot", "list", "verify", "compact", "status",
+    ]
+    .into_iter()
+    .map(
+        |cmd| match Walsync::from_args(&["walsync"], &[cmd, "--help"]) {
+            Err(early) => (cmd, early.output),
+            Ok(_) => panic!("{cmd} --help parsed as a command"),
+        },
+    )
+    .collect()
 }
 
 /// `(flag, description)` of each option in a help text, the description's
@@ -77,6 +79,8 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
         ("sync", "--memory-mib", Count(d::MEMORY_MIB)),
         ("sync", "--shutdown-timeout", Time(d::SHUTDOWN_TIMEOUT)),
         ("sync", "--metrics-addr", Says("off")),
+        ("sync", "--status-socket", Says("see its --help")),
+        ("status", "--status-socket", Says("see below")),
         ("sync", "--heartbeat-url", Says("off")),
         ("sync", "--heartbeat-interval", Time(d::HEARTBEAT_INTERVAL)),
         ("sync", "--heartbeat-max-lag", Time(d::HEARTBEAT_MAX_LAG)),
@@ -162,6 +166,7 @@ fn sync_applies_the_defaults() {
     assert_eq!(o.db.max_wal_bytes, d::MAX_WAL_MIB << 20);
     assert_eq!(o.db.retention, Some(d::RETENTION));
     assert!(o.heartbeat.is_none() && o.metrics_addr.is_none());
+    assert_eq!(o.status_socket, crate::daemon::status::Setting::Default);
 
     let hb = SyncArgs {
         heartbeat_url: Some("https://hc.example/x".into()),
@@ -313,6 +318,13 @@ fn help_fits_one_screen_and_names_the_environment() {
         for line in &lines {
             assert!(line.chars().count() <= 80, "{cmd} --help: {line:?}");
         }
+        if cmd == "walsync status" {
+            // Talks to the daemon only: no storage, no logging.
+            for var in ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"] {
+                assert!(help.contains(var), "{cmd} --help does not name ${var}");
+            }
+            continue;
+        }
         for var in [
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
@@ -350,6 +362,7 @@ fn sync_help_names_every_flag() {
         "--memory-mib",
         "--shutdown-timeout",
         "--metrics-addr",
+        "--status-socket",
         "--heartbeat-url",
         "--heartbeat-interval",
         "--heartbeat-max-lag",

@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub compaction: Option<String>,
     pub max_requests_per_sec: Option<u32>,
     pub metrics_addr: Option<String>,
+    pub status_socket: Option<String>,
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub heartbeat_max_lag: Option<String>,

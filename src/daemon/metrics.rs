@@ -1,8 +1,8 @@
 //! What the daemon is doing, for operators: the database registry, the
 //! Prometheus endpoint (`--metrics-addr`) and the periodic request log.
 //!
-//! Why one registry: readiness (sd_notify), the heartbeat and the metrics
-//! endpoint all ask the same questions — which databases are there, has each
+//! Why one registry: readiness (sd_notify), the heartbeat, the metrics
+//! endpoint and `walsync status` ([`crate::daemon::status`]) all ask the same questions — which databases are there, has each
 //! made its first pass, how far behind is it — so the daemon records each
 //! database once here and every consumer reads the same state. The HTTP
 //! server is `tiny_http`, synchronous, on its own thread: scraping never
@@ -39,6 +39,23 @@ struct Entry {
     state: DbState,
     /// Found at start-up (readiness waits for these only).
     initial: bool,
+    /// The last failure to open it and its time (ms since the epoch), kept
+    /// once it opens.
+    open_error: Option<(String, i64)>,
+}
+
+/// One database as the registry knows it (`walsync status`).
+pub struct Known {
+    /// Name in the bucket.
+    pub name: String,
+    /// Path as configured.
+    pub path: PathBuf,
+    /// Where it stands.
+    pub state: DbState,
+    /// The last failure to open it, with its time (ms since the epoch).
+    pub open_error: Option<(String, i64)>,
+    /// The last failed storage request naming it, with its time.
+    pub storage_error: Option<(String, i64)>,
 }
 
 /// Databases and pipeline counters shared by metrics, heartbeat and readiness.
@@ -75,6 +92,7 @@ impl Registry {
                 path: path.to_path_buf(),
                 state: DbState::Opening,
                 initial,
+                open_error: None,
             },
         );
     }
@@ -82,6 +100,9 @@ impl Registry {
     /// Database `name` changed state.
     pub fn set_state(&self, name: &str, state: DbState) {
         if let Some(e) = self.write().get_mut(name) {
+            if let DbState::Failed(msg) = &state {
+                e.open_error = Some((msg.clone(), crate::util::now_ms()));
+            }
             e.state = state;
         }
     }
@@ -101,6 +122,20 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every database with its state and last errors, by name.
+    pub fn databases(&self) -> Vec<Known> {
+        self.entries()
+            .into_iter()
+            .map(|(name, e)| Known {
+                storage_error: self.requests.last_error(&name),
+                name,
+                path: e.path,
+                state: e.state,
+                open_error: e.open_error,
+            })
             .collect()
     }
 
@@ -218,14 +253,11 @@ impl Registry {
             "size of the database's -wal file",
         );
         for (name, e) in &entries {
-            let mut wal = e.path.as_os_str().to_owned();
-            wal.push("-wal");
-            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
             sample(
                 &mut out,
                 "walsync_database_wal_bytes",
                 &[("db", name)],
-                size,
+                wal_bytes(&e.path),
             );
         }
         family(
@@ -377,6 +409,13 @@ impl Registry {
         }
         out
     }
+}
+
+/// Size of the `-wal` file beside database `path` (0 when there is none).
+pub fn wal_bytes(path: &Path) -> u64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(&wal).map_or(0, |m| m.len())
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -13,6 +13,7 @@
 //! - [`watch`]: one inotify instance routing file changes to databases.
 //! - [`metrics`]: database registry, Prometheus endpoint, request log.
 //! - [`heartbeat`]: push heartbeats while replication is healthy.
+//! - [`status`]: the local socket `walsync status` asks.
 //! - `limits`: the open-file limit, raised and checked at start.
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`targets`]: paths and patterns to databases and their names.
@@ -25,6 +26,7 @@ mod limits;
 pub mod metrics;
 pub mod notify;
 mod start;
+pub mod status;
 pub mod targets;
 pub mod tree;
 pub mod watch;
@@ -64,6 +66,8 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve `walsync status` on a local socket.
+    pub status_socket: crate::daemon::status::Setting,
     /// Push heartbeats while healthy.
     pub heartbeat: Option<crate::daemon::heartbeat::Config>,
     /// Compaction levels and retention grace (see [`crate::compact`]).
@@ -193,6 +197,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     if let Some(addr) = opts.metrics_addr {
         crate::daemon::metrics::serve(addr, registry.clone())?;
     }
+    // Held until `run` returns: a clean exit removes the socket file.
+    let _status = crate::daemon::status::serve(&opts.status_socket, registry.clone())?;
     if let Some(hb) = &opts.heartbeat {
         crate::daemon::heartbeat::spawn(hb.clone(), registry.clone())?;
     }

@@ -148,8 +148,10 @@ fn time_text(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Left-aligned columns separated by two spaces; numbers right-aligned.
-fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+/// Left-aligned columns separated by two spaces; the columns marked in
+/// `right` (numbers) right-aligned. The tables of `walsync list` and
+/// `walsync status`.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in width.iter_mut().zip(r) {
@@ -174,6 +176,8 @@ fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
                 }
             }
         }
+        // An empty last cell leaves no trailing blanks.
+        s.truncate(s.trim_end().len());
         s.push('\n');
         s
     };

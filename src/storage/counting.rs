@@ -98,6 +98,9 @@ pub struct Counters {
     pub put_bytes: AtomicU64,
     /// Objects stored by successful PUTs.
     pub put_objects: AtomicU64,
+    /// The newest failed request (not-found answers are no failure: probes
+    /// expect them), for `walsync status`.
+    pub last_error: crate::util::LastError,
 }
 
 /// A plain copy of [`Counters`].
@@ -167,12 +170,22 @@ impl CountingStorage {
             .collect()
     }
 
+    /// The newest failed request of database `db` and its time (ms since
+    /// the epoch), if any.
+    pub fn last_error(&self, db: &str) -> Option<(String, i64)> {
+        let dbs = self.dbs.read().unwrap_or_else(|p| p.into_inner());
+        dbs.get(db)?.last_error.get()
+    }
+
     fn count<T>(&self, key: &str, kind: RequestKind, result: Result<T>) -> Result<T> {
         let c = self.counters(database_of(key));
         c.requests[kind as usize].fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             let k = e.storage_kind().unwrap_or(StorageErrorKind::Other);
             c.errors[error_index(k)].fetch_add(1, Ordering::Relaxed);
+            if k != StorageErrorKind::NotFound {
+                c.last_error.note(e.to_string());
+            }
         }
         result
     }
@@ -324,6 +337,14 @@ mod tests {
         assert_eq!(b.requests, [1, 0, 0, 1, 1]);
         assert_eq!((b.put_bytes, b.put_objects), (2, 1));
         assert_eq!(snap[NO_DATABASE].requests, [0, 0, 1, 0, 0]);
+        // A not-found answer is no error for `walsync status`; a failure is.
+        assert_eq!(s.last_error("a.db"), None);
+        assert_eq!(s.last_error("nobody.db"), None);
+        s.put("c.db/f", b"x", &Metadata::new()).unwrap();
+        let e = s.put("c.db/f/g", b"x", &Metadata::new()).unwrap_err();
+        let (text, ms) = s.last_error("c.db").unwrap();
+        assert_eq!(text, e.to_string());
+        assert!(ms > 0);
     }
 
     #[test]
