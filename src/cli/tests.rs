@@ -361,14 +361,26 @@ fn sync_help_names_every_flag() {
         "--decryption-key-file",
         "--lease-ttl",
         "--no-fencing",
+        "--exec",
+        "--restore-if-missing",
+        "--require-replica",
         "--version",
     ] {
-        let named = help
-            .lines()
-            .any(|l| l.trim_start().split([' ', ',']).any(|w| w == flag));
+        let named = help.lines().any(|l| {
+            l.trim_start()
+                .split([' ', ',', '(', ')', ':'])
+                .any(|w| w == flag)
+        });
         assert!(named, "walsync-sync --help does not name {flag}");
         // A hidden flag must still parse.
-        if !matches!(flag, "--path-style" | "--no-fencing" | "--version") {
+        let switch = [
+            "--path-style",
+            "--no-fencing",
+            "--restore-if-missing",
+            "--require-replica",
+            "--version",
+        ];
+        if !switch.contains(&flag) {
             let args = ["x.db", flag, "1"];
             let parsed = SyncArgs::from_args(&["walsync-sync"], &args);
             assert!(parsed.is_ok(), "{flag} is not accepted");

@@ -17,11 +17,15 @@
 //! - [`notify`]: systemd readiness, stopping and watchdog notifications.
 //! - [`targets`]: paths and patterns to databases and their names.
 //! - `start`: one database's settings, wake-up route and thread.
+//! - [`exec`]: `--exec`, the application as a child process.
+//! - [`missing`]: `--restore-if-missing`, databases absent at start.
 
 pub mod config;
+pub mod exec;
 pub mod heartbeat;
 mod limits;
 pub mod metrics;
+pub mod missing;
 pub mod notify;
 mod start;
 pub mod targets;
@@ -72,6 +76,10 @@ pub struct Options {
     /// Where the fencer's lease objects go, routed by database name like
     /// the data (a database with its own prefix keeps its lease there).
     pub lease_store: Option<Arc<RoutedStorage>>,
+    /// `--exec`: the command (as words) to run once replicating.
+    pub exec: Option<Vec<String>>,
+    /// `--restore-if-missing` / `--require-replica`.
+    pub if_missing: missing::IfMissing,
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
@@ -96,15 +104,26 @@ struct Running {
     handle: JoinHandle<Result<()>>,
 }
 
-/// Run the daemon until a signal; returns the process status.
+/// Run the daemon until a signal (or, with `--exec`, until the child
+/// exits); returns the exit status to use (the child's, or 0).
 ///
 /// `default` stores every database; `own[i]`, when set, stores the databases
 /// of `opts.databases[i]` instead (a per-database prefix). All of them are
 /// reached through one uploader pool and counted per database.
-pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>>) -> Result<()> {
+pub fn run(
+    mut opts: Options,
+    default: Arc<dyn Storage>,
+    own: Vec<Option<OwnStorage>>,
+) -> Result<i32> {
+    missing::restore_missing(&opts.databases, opts.if_missing, &default, &own)?;
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     let mut patterns: Vec<(PathBuf, glob::Pattern)> = Vec::new();
-    for (i, spec) in opts.databases.iter().enumerate() {
+    for i in 0..opts.databases.len() {
+        if let Some(w) = missing::watch_missing(&mut opts.databases[i], opts.if_missing)? {
+            patterns.push(w);
+            continue;
+        }
+        let spec = &opts.databases[i];
         let t = expand(std::slice::from_ref(&spec.pattern))?;
         for f in t.files {
             match files.iter_mut().find(|(g, _)| *g == f) {
@@ -198,6 +217,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
     let signals = signal_channel()?;
+    let mut app = exec::App::new(opts.exec.clone());
+    let never = crossbeam_channel::never();
 
     let mut daemon = Daemon {
         opts,
@@ -225,10 +246,18 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // loop, so a wedged main loop stops the pings.
     let watchdog = crate::daemon::notify::watchdog_interval();
     let mut ready = false;
+    // Ticking every 50 ms ends when start-up is complete and the `--exec`
+    // child (if any) has started.
+    let mut settled = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
     // After start-up, free memory inside the allocator's arenas goes back to
     // the kernel now and then (crate::util::release_free_memory).
     let mut trim = crossbeam_channel::never();
+    // What ends the loop besides a signal: the `--exec` child's exit, or
+    // its failure to start.
+    let mut signalled = false;
+    let mut exit_code = 0;
+    let mut app_error = None;
     loop {
         crossbeam_channel::select! {
             recv(disc_rx) -> d => if let Ok(Discovery::NewDatabase(p)) = d {
@@ -237,7 +266,20 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                     None => log::debug!("{}: matches no configured database", p.display()),
                 }
             },
-            recv(signals) -> _ => break,
+            recv(signals) -> sig => {
+                signalled = true;
+                // With a running `--exec` child, the child decides when to
+                // stop; replication goes on until it exits.
+                if !app.as_ref().is_some_and(|a| a.forward(sig.unwrap_or(0))) {
+                    break;
+                }
+            },
+            recv(app.as_ref().map_or(&never, |a| a.exited())) -> status => {
+                let status = status.map_or(1, exec::status_code);
+                log::info!("--exec: the child exited with status {status}");
+                exit_code = status;
+                break;
+            },
             recv(trim) -> _ => crate::util::release_free_memory(),
             recv(ticker) -> _ => {
                 if !ready && daemon.registry.ready() {
@@ -246,6 +288,15 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                     crate::util::release_free_memory();
                     trim = crossbeam_channel::tick(RELEASE_MEMORY_EVERY);
                     crate::daemon::notify::ready();
+                }
+                if let (true, Some(a)) = (ready, app.as_mut()) {
+                    if let Err(e) = a.start_when_replicating(&daemon.registry) {
+                        app_error = Some(e);
+                        break;
+                    }
+                }
+                if ready && !settled && !app.as_ref().is_some_and(exec::App::pending) {
+                    settled = true;
                     ticker = match watchdog {
                         Some(every) => crossbeam_channel::tick(every),
                         None => crossbeam_channel::never(),
@@ -259,10 +310,17 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     crate::daemon::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
+    // A child that exited on its own leaves walsync unsignalled: the
+    // first signal then only says so, the next one exits at once.
+    let mut grace = usize::from(!signalled);
     let second_signal = std::thread::spawn(move || {
-        if signals.recv().is_ok() {
-            eprintln!("walsync: second signal, exiting now");
-            std::process::exit(130);
+        while signals.recv().is_ok() {
+            if grace == 0 {
+                eprintln!("walsync: second signal, exiting now");
+                std::process::exit(130);
+            }
+            grace -= 1;
+            log::warn!("shipping what the --exec child committed; a second signal exits at once");
         }
     });
     let _ = second_signal;
@@ -284,11 +342,18 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     daemon.uploader.join();
     if failed > 0 {
+        let child = match app.as_ref().is_some_and(|a| !a.pending()) {
+            true => format!(" (the --exec child exited with status {exit_code})"),
+            false => String::new(),
+        };
         return Err(Error::Config(format!(
-            "{failed} database(s) did not finish shipping before exit"
+            "{failed} database(s) did not finish shipping before exit{child}"
         )));
     }
-    Ok(())
+    match app_error {
+        Some(e) => Err(e),
+        None => Ok(exit_code),
+    }
 }
 
 struct Daemon {
@@ -305,19 +370,18 @@ struct Daemon {
     names: HashMap<String, PathBuf>,
 }
 
-/// A channel that receives one message per SIGTERM/SIGINT/SIGHUP... (only
-/// TERM and INT are handled).
-fn signal_channel() -> Result<Receiver<()>> {
+/// A channel that receives the number of each SIGTERM/SIGINT received.
+fn signal_channel() -> Result<Receiver<i32>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
-    let (tx, rx): (Sender<()>, Receiver<()>) = crossbeam_channel::unbounded();
+    let (tx, rx): (Sender<i32>, Receiver<i32>) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            for _ in signals.forever() {
-                if tx.send(()).is_err() {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
                     return;
                 }
             }
