@@ -118,8 +118,11 @@ pub fn run(
     missing::restore_missing(&opts.databases, opts.if_missing, &default, &own)?;
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     let mut patterns: Vec<(PathBuf, glob::Pattern)> = Vec::new();
+    // Plain paths absent at start, replicated once created.
+    let mut absent: Vec<PathBuf> = Vec::new();
     for i in 0..opts.databases.len() {
         if let Some(w) = missing::watch_missing(&mut opts.databases[i], opts.if_missing)? {
+            absent.push(PathBuf::from(&opts.databases[i].pattern));
             patterns.push(w);
             continue;
         }
@@ -324,6 +327,15 @@ pub fn run(
         }
     });
     let _ = second_signal;
+    // A database the `--exec` child created just before it exited may not
+    // be replicated yet (its discovery still queued): start it now, so its
+    // commits ship in the drain like the others'.
+    let late = disc_rx.try_iter().map(|Discovery::NewDatabase(p)| p);
+    for p in late.chain(absent.into_iter().filter(|p| p.is_file())) {
+        if let Some(i) = daemon.spec_for(&p) {
+            daemon.start_db(&p, i, false);
+        }
+    }
     drop(stop_tx); // broadcast: every watcher drains and stops
     compactor.stop(); // a merge in progress stops between objects
     let mut failed = 0;

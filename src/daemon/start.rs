@@ -123,6 +123,10 @@ impl Daemon {
                 // process (another daemon, `walsync snapshot`) is refused
                 // instead of allocating the same txids (src/sqlite/lock.rs).
                 let mut lock: Option<crate::sqlite::lock::DbLock> = None;
+                // At shutdown one last attempt is made: a database created
+                // a moment ago (by an `--exec` child that then exited) may
+                // open now, and what it committed must ship.
+                let mut stopping = false;
                 let mut rep = loop {
                     let transient;
                     let locked = match lock {
@@ -153,6 +157,7 @@ impl Daemon {
                             }
                             break rep;
                         }
+                        Err(_) if stopping => return Ok(()),
                         Err(e) => {
                             transient = e.storage_kind().is_some_and(|k| k.is_retryable());
                             let msg = e.to_string();
@@ -176,7 +181,10 @@ impl Daemon {
                     // At most one attempt a second, then (unless the failure
                     // was transient) wait for a change.
                     crossbeam_channel::select! {
-                        recv(stop) -> _ => return Ok(()),
+                        recv(stop) -> _ => {
+                            stopping = true;
+                            continue;
+                        },
                         recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
                     }
                     if transient {
@@ -191,7 +199,10 @@ impl Daemon {
                             registry.remove(&reg_name);
                             return Ok(());
                         },
-                        recv(stop) -> _ => return Ok(()),
+                        recv(stop) -> _ => {
+                            stopping = true;
+                            continue;
+                        },
                         recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
