@@ -43,8 +43,13 @@ struct Env {
 }
 
 impl Env {
+    /// The test's world, or `None` (skipped) without the S3 server or the
+    /// `sqlite3` shell.
     fn new(name: &str) -> Option<Env> {
         let config = common::s3_config_or_skip(name)?;
+        if !have_sqlite3() {
+            return None;
+        }
         let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3");
         let log = log_in("exec-logs", name);
         eprintln!("{name}: prefix {}, log {}", config.prefix, log.display());
@@ -59,6 +64,13 @@ impl Env {
 
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// `rel` in a volume directory of its own (created, empty).
+    fn volume(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        p
     }
 
     /// `walsync-sync <db> --bucket … --prefix … <extra>`.
@@ -152,9 +164,6 @@ fn exit_status_passes_through_and_what_the_child_committed_ships() {
     let Some(env) = Env::new("exec_status") else {
         return;
     };
-    if !have_sqlite3() {
-        return;
-    }
     let cases: [(&str, &str, i32); 4] = [
         ("zero.db", "exit 0", 0),
         ("three.db", "exit 3", 3),
@@ -182,9 +191,6 @@ fn sigterm_is_passed_to_the_child() {
     let Some(env) = Env::new("exec_sigterm") else {
         return;
     };
-    if !have_sqlite3() {
-        return;
-    }
     let db = env.path("app.db");
     drop(create_db(&db));
     let started = env.path("app.db.started");
@@ -264,11 +270,7 @@ fn restore_if_missing_container_sequence() {
     let Some(env) = Env::new("exec_container") else {
         return;
     };
-    if !have_sqlite3() {
-        return;
-    }
-    let first = env.path("vol1/app.db");
-    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    let first = env.volume("vol1/app.db");
     let create = format!(
         "sqlite3 \"$0\" \"PRAGMA journal_mode=WAL; \
          CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); {FIVE_COMMITS} {FIVE_COMMITS}\""
@@ -279,8 +281,7 @@ fn restore_if_missing_container_sequence() {
     assert_eq!(env.restored("app.db"), content(&first));
 
     // A new volume: the app dumps what it finds, then adds five rows.
-    let second = env.path("vol2/app.db");
-    std::fs::create_dir_all(second.parent().unwrap()).unwrap();
+    let second = env.volume("vol2/app.db");
     let seen = env.path("vol2/seen.sql");
     let read = format!(
         "sqlite3 \"$0\" .dump > {} && sqlite3 \"$0\" \"{FIVE_COMMITS}\"",
@@ -310,12 +311,8 @@ fn existing_database_is_kept_and_require_replica_refuses() {
     let Some(env) = Env::new("exec_keep") else {
         return;
     };
-    if !have_sqlite3() {
-        return;
-    }
     // A replica of app.db with 8 rows.
-    let shipped = env.path("a/app.db");
-    std::fs::create_dir_all(shipped.parent().unwrap()).unwrap();
+    let shipped = env.volume("a/app.db");
     let c = create_db(&shipped);
     common::daemon::commit(&c, 8);
     drop(c);
@@ -324,8 +321,7 @@ fn existing_database_is_kept_and_require_replica_refuses() {
     assert_eq!(env.restored("app.db"), content(&shipped));
 
     // Another volume already holding app.db with 2 rows: kept as it is.
-    let local = env.path("b/app.db");
-    std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+    let local = env.volume("b/app.db");
     let c = create_db(&local);
     common::daemon::commit(&c, 2);
     drop(c);
@@ -341,8 +337,7 @@ fn existing_database_is_kept_and_require_replica_refuses() {
     assert_eq!(content(&local), before);
 
     // No replica of other.db: refused with --require-replica.
-    let absent = env.path("c/other.db");
-    std::fs::create_dir_all(absent.parent().unwrap()).unwrap();
+    let absent = env.volume("c/other.db");
     let marker = env.path("c/child-ran");
     let o = env
         .sync(
@@ -372,11 +367,7 @@ fn database_the_child_creates_just_before_exiting_ships() {
     let Some(env) = Env::new("exec_late") else {
         return;
     };
-    if !have_sqlite3() {
-        return;
-    }
-    let db = env.path("vol/app.db");
-    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let db = env.volume("vol/app.db");
     // Rollback journal first (walsync refuses it and waits a second before
     // trying again), then WAL and five commits 0.6 s later, and exit.
     let script = format!(

@@ -122,9 +122,10 @@ impl App {
             .spawn()
             .map_err(|e| Error::Config(format!("--exec: cannot start {:?}: {e}", self.argv[0])))?;
         let pid = Pid::from_child(&child);
+        let words = self.argv.iter().map(String::as_str);
         log::info!(
-            "--exec: started {:?} (pid {})",
-            self.argv.join(" "),
+            "--exec: started {} (pid {})",
+            shlex::try_join(words).unwrap_or_else(|_| self.argv.join(" ")),
             pid.as_raw_nonzero()
         );
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
