@@ -7,7 +7,8 @@
 //! expansion (a systemd `ExecStart=` line has no shell), name collisions,
 //! start-up checks that must fail loudly (credentials, bucket), one thread per
 //! database, picking up databases created later, and signals: the first
-//! SIGTERM/SIGINT ships everything committed and exits, a second exits at once.
+//! SIGTERM/SIGINT ships everything committed and exits, a second exits at once
+//! (with `--exec`, signals go to the child and its exit starts the shutdown).
 //!
 //! - [`config`]: the `--config` file (databases, overrides, settings).
 //! - [`watch`]: one inotify instance routing file changes to databases.
