@@ -65,12 +65,16 @@ fn assert_restores_equal(env: &Env, name: &str, source: &Path) {
     assert!(diff.is_none(), "{name}: restore differs: {}", diff.unwrap());
 }
 
-/// Until the daemon has searched its trees and made its first passes.
+/// Until the daemon (its latest start in the log) has searched its trees
+/// and made its first passes.
 fn wait_started(env: &Env) {
+    let started = || {
+        let log = env.log_text();
+        let latest = log.rfind("==== test: start").map_or("", |i| &log[i..]);
+        latest.contains("start-up complete")
+    };
     assert!(
-        wait_for(Duration::from_secs(20), || env
-            .log_text()
-            .contains("start-up complete")),
+        wait_for(Duration::from_secs(20), started),
         "the daemon did not complete its start-up"
     );
 }
@@ -266,4 +270,53 @@ fn one_name_for_two_paths_is_refused() {
     }
     assert!(lines[0].contains("acme/eu/data/main.db"), "{}", lines[0]);
     assert!(env.replica("acme/eu/data/main.db").list().is_empty());
+}
+
+/// `--restore-if-missing` with a pattern: a new, empty volume gets every
+/// tenant of the replica back under the pattern's root (directories
+/// created) before replication starts; a tenant that exists locally is
+/// left alone.
+#[test]
+fn restore_if_missing_brings_back_a_tree() {
+    let Some(env) = Env::new("treerestore") else {
+        return;
+    };
+    let first = env.path("vol1/tenants");
+    let acme = first.join("acme/data.db");
+    let beta = first.join("beta/data.db");
+    for p in [&acme, &beta] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    }
+    let mut w_acme = Writer::create(&acme, 1);
+    let mut w_beta = Writer::create(&beta, 2);
+    let mut daemon = env.daemon(&[format!("{}/*/data.db", first.display())], &[]);
+    write_some(&mut [&mut w_acme, &mut w_beta], 10, 500);
+    for (name, path) in [("acme/data.db", &acme), ("beta/data.db", &beta)] {
+        oracle::wait_caught_up(&mut env.replica(name), path, CATCH_UP);
+    }
+    assert!(daemon.sigterm(Duration::from_secs(30)).success());
+
+    // A new volume: the pattern's root does not exist yet, except for a
+    // beta the application already has.
+    let second = env.path("vol2/tenants");
+    let local_beta = second.join("beta/data.db");
+    std::fs::create_dir_all(local_beta.parent().unwrap()).unwrap();
+    let mut w_local = Writer::create(&local_beta, 3);
+    w_local.commit(1);
+    let local_before = oracle::source_dump(&local_beta);
+    let mut daemon = env.daemon(
+        &[format!("{}/*/data.db", second.display())],
+        &["--restore-if-missing"],
+    );
+    wait_started(&env);
+    let restored = second.join("acme/data.db");
+    let diff = oracle::dump_diff(&oracle::source_dump(&restored), &oracle::source_dump(&acme));
+    assert!(diff.is_none(), "acme restored differs: {}", diff.unwrap());
+    assert_eq!(
+        oracle::source_dump(&local_beta),
+        local_before,
+        "an existing database was replaced"
+    );
+    daemon.assert_running();
+    assert!(daemon.sigterm(Duration::from_secs(30)).success());
 }

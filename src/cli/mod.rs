@@ -101,22 +101,23 @@ pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
 }
 
 /// Run a parsed `walsync` command line.
-pub fn run(args: Walsync) -> Result<()> {
+/// Returns the exit status (`walsync sync --exec`: the child's; else 0).
+pub fn run(args: Walsync) -> Result<i32> {
     if args.version {
         println!("{}", version_line(&program_name()));
-        return Ok(());
+        return Ok(0);
     }
     match args.command {
         None => Err(Error::Config(
             "no command given (`walsync --help` lists them)".into(),
         )),
         Some(Command::Sync(a)) => run_sync(*a),
-        Some(Command::Restore(a)) => run_restore(a),
-        Some(Command::Snapshot(a)) => run_snapshot(a),
-        Some(Command::List(a)) => run_list(a),
-        Some(Command::Verify(a)) => run_verify(a),
-        Some(Command::Compact(a)) => run_compact(a),
-        Some(Command::Status(a)) => run_status(a),
+        Some(Command::Restore(a)) => run_restore(a).map(|()| 0),
+        Some(Command::Snapshot(a)) => run_snapshot(a).map(|()| 0),
+        Some(Command::List(a)) => run_list(a).map(|()| 0),
+        Some(Command::Verify(a)) => run_verify(a).map(|()| 0),
+        Some(Command::Compact(a)) => run_compact(a).map(|()| 0),
+        Some(Command::Status(a)) => run_status(a).map(|()| 0),
     }
 }
 
@@ -179,10 +180,11 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Print `result`'s error as one line and exit with a non-zero status.
-pub fn exit(result: Result<()>) -> ! {
+/// Exit with `result`'s status, or print its error as one line and exit
+/// with status 1.
+pub fn exit(result: Result<i32>) -> ! {
     match result {
-        Ok(()) => std::process::exit(0),
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("walsync: error: {e}");
             std::process::exit(1)

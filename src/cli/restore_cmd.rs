@@ -84,38 +84,18 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     let storage = a.storage().open_data()?;
     // The newest state or a txid: a few listing pages per level; else (or
     // when that finds no chain) the full listing, which explains failures.
-    // An object listed a moment ago can be gone when its header is read
-    // (retention, `walsync compact`): plan again, a bounded number of times.
-    let plan_once = || -> Result<Option<restore::Plan>> {
-        if let Some(plan) = restore::plan_by_level(&*storage, &a.name, target)? {
-            return Ok(Some(plan));
+    let plan = match restore::plan_if_replica(&*storage, &a.name, target)? {
+        Some(plan) => plan,
+        None if a.if_replica_exists => {
+            log::info!(
+                "{}: no replica in {}, nothing restored (--if-replica-exists)",
+                a.name,
+                storage.describe()
+            );
+            return Ok(());
         }
-        let replica = crate::replica::list(&*storage, &a.name)?;
-        if replica.is_empty() && a.if_replica_exists {
-            return Ok(None);
-        }
-        replica.plan(&*storage, target).map(Some)
-    };
-    let mut attempt = 0;
-    let plan = loop {
-        match plan_once() {
-            Ok(Some(plan)) => break plan,
-            Ok(None) => {
-                log::info!(
-                    "{}: no replica in {}, nothing restored (--if-replica-exists)",
-                    a.name,
-                    storage.describe()
-                );
-                return Ok(());
-            }
-            Err(e)
-                if e.storage_kind() == Some(crate::StorageErrorKind::NotFound) && attempt < 3 =>
-            {
-                attempt += 1;
-                log::warn!("{}: {e}; planning again", a.name);
-            }
-            Err(e) => return Err(e),
-        }
+        // No replica: the planner's own error says where it looked.
+        None => crate::replica::list(&*storage, &a.name)?.plan(&*storage, target)?,
     };
     let ropts = RestoreOptions {
         parallel: a.parallel,

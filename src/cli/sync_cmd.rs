@@ -5,6 +5,7 @@
 //! into settings (and refusing bad ones in one line) is its own job.
 
 use super::*;
+use crate::daemon::missing::IfMissing;
 
 storage_command! {
     /// Replicate SQLite databases continuously (same as `walsync-sync`).
@@ -20,8 +21,11 @@ storage_command! {
         note = "--heartbeat-interval D at most one heartbeat per D (default 5m)",
         note = "--heartbeat-max-lag D  no heartbeat while a database lags more (default 1m)",
         note = "--max-requests-per-sec N  S3 requests per second, all DBs (default 0: no cap)",
-        note = "--encryption-key-file F  key file (mode 0600); else $WALSYNC_ENCRYPTION_KEY",
-        note = "--decryption-key-file F  older key that only decrypts (rotation); repeatable",
+        note = "--encryption-key-file F (0600), --decryption-key-file F (old key; repeatable)",
+        note = "--lease-ttl D          writer lease lifetime (default 60s); --no-fencing: none",
+        note = "--exec CMD             run CMD once replicating, then exit with its status
+                       (128+N if signal N killed it; 1 if data did not ship)",
+        note = "--restore-if-missing   restore absent DBs first (--require-replica: or fail)",
         note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
 AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
@@ -121,12 +125,27 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
         ..key_flags[hidden_help],
 
         /// writer lease lifetime in the bucket (default 60s)
-        #[argh(option)]
+        #[argh(option, hidden_help)]
         pub lease_ttl: Option<String>,
 
         /// no writer lease (only if nothing else writes these names)
-        #[argh(switch)]
+        #[argh(switch, hidden_help)]
         pub no_fencing: bool,
+
+        /// run this command (split into words as a shell would, no shell)
+        /// once replication runs; walsync exits when it exits, with its status
+        #[argh(option, hidden_help)]
+        pub exec: Option<String>,
+
+        /// before replicating, restore each database given as a plain path
+        /// that does not exist from its replica (newest state)
+        #[argh(switch, hidden_help)]
+        pub restore_if_missing: bool,
+
+        /// with --restore-if-missing: a missing database without a replica
+        /// is an error (instead of starting empty)
+        #[argh(switch, hidden_help)]
+        pub require_replica: bool,
 
         /// print the version and the git commit, then exit
         #[argh(switch, short = 'V')]
@@ -167,9 +186,13 @@ impl SyncArgs {
                 status_socket,
                 heartbeat_url,
                 heartbeat_interval,
-                heartbeat_max_lag
+                heartbeat_max_lag,
+                exec
             );
             self.path_style = self.path_style || file.path_style == Some(true);
+            self.restore_if_missing =
+                self.restore_if_missing || file.restore_if_missing == Some(true);
+            self.require_replica = self.require_replica || file.require_replica == Some(true);
         }
         specs.extend(self.databases.iter().map(DbSpec::plain));
         Ok(specs)
@@ -280,6 +303,17 @@ impl SyncArgs {
                 .and_then(|v| v.parse().ok())
                 .map_or(crate::compact::PRESENCE_CHECK, Duration::from_secs),
         };
+        let if_missing = match (self.restore_if_missing, self.require_replica) {
+            (false, false) => IfMissing::Refuse,
+            (true, false) => IfMissing::Restore,
+            (true, true) => IfMissing::RestoreRequired,
+            (false, true) => {
+                return Err(Error::Config(
+                    "--require-replica needs --restore-if-missing".into(),
+                ))
+            }
+        };
+        let exec = self.exec.as_deref().map(daemon::exec::split).transpose()?;
         Ok(daemon::Options {
             databases,
             db,
@@ -299,6 +333,8 @@ impl SyncArgs {
                 .unwrap_or(defaults::MAX_REQUESTS_PER_SEC),
             fencer: None,
             lease_store: None,
+            exec,
+            if_missing,
         })
     }
 
@@ -346,11 +382,12 @@ pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
     Ok(out)
 }
 
-/// Run `walsync sync` / `walsync-sync`.
-pub fn run_sync(mut args: SyncArgs) -> Result<()> {
+/// Run `walsync sync` / `walsync-sync`; returns the exit status (with
+/// `--exec`, the child's).
+pub fn run_sync(mut args: SyncArgs) -> Result<i32> {
     if args.version {
         println!("{}", version_line(&program_name()));
-        return Ok(());
+        return Ok(0);
     }
     let specs = args.apply_config()?;
     let mut opts = args.options(specs)?;

@@ -212,6 +212,50 @@ fn example_config_shows_the_defaults() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The container settings come from flags or the file alike, `--exec` is
+/// split into words, and `--require-replica` alone is refused.
+#[test]
+fn container_settings_from_flags_or_file() {
+    use crate::daemon::missing::IfMissing;
+    let plain = || vec![DbSpec::plain("/x.db")];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "exec = \"myapp --name 'a b'\"\nrestore-if-missing = true\nrequire-replica = true\n",
+    )
+    .unwrap();
+    let mut from_file = SyncArgs {
+        config: Some(path.display().to_string()),
+        ..SyncArgs::default()
+    };
+    from_file.apply_config().unwrap();
+    let o = from_file.options(plain()).unwrap();
+    assert_eq!(
+        o.exec,
+        Some(vec!["myapp".into(), "--name".into(), "a b".into()])
+    );
+    assert_eq!(o.if_missing, IfMissing::RestoreRequired);
+
+    let flags = SyncArgs::from_args(&["walsync-sync"], &["x.db", "--restore-if-missing"]).unwrap();
+    assert_eq!(
+        flags.options(plain()).unwrap().if_missing,
+        IfMissing::Restore
+    );
+    assert_eq!(
+        SyncArgs::default().options(plain()).unwrap().if_missing,
+        IfMissing::Refuse
+    );
+    let alone = SyncArgs::from_args(&["walsync-sync"], &["x.db", "--require-replica"]).unwrap();
+    let e = alone.options(plain()).unwrap_err().to_string();
+    assert!(
+        e.contains("--require-replica needs --restore-if-missing"),
+        "{e}"
+    );
+    let bad = SyncArgs::from_args(&["walsync-sync"], &["x.db", "--exec", "a 'b"]).unwrap();
+    assert!(bad.options(plain()).is_err());
+}
+
 #[test]
 fn duration_or_falls_back_and_names_the_flag() {
     let d = Duration::from_secs(7);
@@ -374,14 +418,26 @@ fn sync_help_names_every_flag() {
         "--decryption-key-file",
         "--lease-ttl",
         "--no-fencing",
+        "--exec",
+        "--restore-if-missing",
+        "--require-replica",
         "--version",
     ] {
-        let named = help
-            .lines()
-            .any(|l| l.trim_start().split([' ', ',']).any(|w| w == flag));
+        let named = help.lines().any(|l| {
+            l.trim_start()
+                .split([' ', ',', '(', ')', ':'])
+                .any(|w| w == flag)
+        });
         assert!(named, "walsync-sync --help does not name {flag}");
         // A hidden flag must still parse.
-        if !matches!(flag, "--path-style" | "--no-fencing" | "--version") {
+        let switch = [
+            "--path-style",
+            "--no-fencing",
+            "--restore-if-missing",
+            "--require-replica",
+            "--version",
+        ];
+        if !switch.contains(&flag) {
             let args = ["x.db", flag, "1"];
             let parsed = SyncArgs::from_args(&["walsync-sync"], &args);
             assert!(parsed.is_ok(), "{flag} is not accepted");

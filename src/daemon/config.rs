@@ -59,6 +59,10 @@ pub struct FileConfig {
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Option<String>,
     pub heartbeat_max_lag: Option<String>,
+    /// `--exec`: the command to run once replicating.
+    pub exec: Option<String>,
+    pub restore_if_missing: Option<bool>,
+    pub require_replica: Option<bool>,
     /// `[[database]]` tables.
     #[serde(default)]
     pub database: Vec<DatabaseEntry>,

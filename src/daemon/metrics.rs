@@ -153,6 +153,17 @@ impl Registry {
             })
     }
 
+    /// A database found at start-up that is not replicating (its name and
+    /// why), if any: `--exec` starts its child only when there is none.
+    pub fn start_failure(&self) -> Option<(String, String)> {
+        self.entries()
+            .into_iter()
+            .find_map(|(name, e)| match e.state {
+                DbState::Failed(msg) if e.initial => Some((name, msg)),
+                _ => None,
+            })
+    }
+
     /// `Ok` when every database replicates and lags at most `max_lag`;
     /// otherwise the first reason why not (for the log).
     pub fn caught_up(&self, max_lag: Duration) -> std::result::Result<(), String> {

@@ -7,7 +7,8 @@
 //! expansion (a systemd `ExecStart=` line has no shell), name collisions,
 //! start-up checks that must fail loudly (credentials, bucket), one thread per
 //! database, picking up databases created later, and signals: the first
-//! SIGTERM/SIGINT ships everything committed and exits, a second exits at once.
+//! SIGTERM/SIGINT ships everything committed and exits, a second exits at once
+//! (with `--exec`, signals go to the child and its exit starts the shutdown).
 //!
 //! - [`config`]: the `--config` file (databases, overrides, settings).
 //! - [`watch`]: one inotify instance routing file changes to databases.
@@ -19,11 +20,15 @@
 //! - [`targets`]: paths and patterns to databases and their names.
 //! - [`tree`]: glob patterns over directory trees, and the walk.
 //! - `start`: one database's settings, wake-up route and thread.
+//! - [`exec`]: `--exec`, the application as a child process.
+//! - [`missing`]: `--restore-if-missing`, databases absent at start.
 
 pub mod config;
+pub mod exec;
 pub mod heartbeat;
 mod limits;
 pub mod metrics;
+pub mod missing;
 pub mod notify;
 mod start;
 pub mod status;
@@ -79,6 +84,10 @@ pub struct Options {
     /// Where the fencer's lease objects go, routed by database name like
     /// the data (a database with its own prefix keeps its lease there).
     pub lease_store: Option<Arc<RoutedStorage>>,
+    /// `--exec`: the command (as words) to run once replicating.
+    pub exec: Option<Vec<String>>,
+    /// `--restore-if-missing` / `--require-replica`.
+    pub if_missing: missing::IfMissing,
 }
 
 /// Bytes of just-stored objects kept for the compactor (see
@@ -112,15 +121,25 @@ struct Running {
 /// create, or by two renames, brings it back within this).
 const GONE_GRACE: Duration = Duration::from_secs(2);
 
-/// Run the daemon until a signal; returns the process status.
+/// Run the daemon until a signal (or, with `--exec`, until the child
+/// exits); returns the exit status to use (the child's, or 0).
 ///
 /// `default` stores every database; `own[i]`, when set, stores the databases
 /// of `opts.databases[i]` instead (a per-database prefix). All of them are
 /// reached through one uploader pool and counted per database.
-pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>>) -> Result<()> {
+pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>>) -> Result<i32> {
+    missing::restore_missing(&opts.databases, opts.if_missing, &default, &own)?;
     let mut files: Vec<(PathBuf, usize)> = Vec::new();
     let mut trees: Vec<Option<Arc<TreePattern>>> = Vec::new();
-    for (i, spec) in opts.databases.iter().enumerate() {
+    // Plain paths absent at start, replicated once created.
+    let mut absent: Vec<PathBuf> = Vec::new();
+    for i in 0..opts.databases.len() {
+        let spec = &opts.databases[i];
+        if let Some(exact) = missing::watch_missing(spec, opts.if_missing)? {
+            absent.push(PathBuf::from(&spec.pattern));
+            trees.push(Some(Arc::new(exact)));
+            continue;
+        }
         let t = expand(std::slice::from_ref(&spec.pattern))?;
         for f in t.files {
             match files.iter_mut().find(|(g, _)| *g == f) {
@@ -216,6 +235,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     let router = Router::start(disc_tx)?;
     let signals = signal_channel()?;
     let (finished_tx, finished) = crossbeam_channel::unbounded::<PathBuf>();
+    let mut app = exec::App::new(opts.exec.clone());
+    let never = crossbeam_channel::never();
 
     let mut daemon = Daemon {
         opts,
@@ -251,6 +272,9 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // loop, so a wedged main loop stops the pings.
     let watchdog = crate::daemon::notify::watchdog_interval();
     let mut ready = false;
+    // Ticking every 50 ms ends when start-up is complete and the `--exec`
+    // child (if any) has started.
+    let mut settled = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
     // After start-up, free memory inside the allocator's arenas goes back to
     // the kernel now and then (crate::util::release_free_memory).
@@ -258,6 +282,11 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // Paths reported removed, checked once `GONE_GRACE` has passed.
     let mut gone: Vec<PathBuf> = Vec::new();
     let mut gone_timer = crossbeam_channel::never();
+    // What ends the loop besides a signal: the `--exec` child's exit, or
+    // its failure to start.
+    let mut signalled = false;
+    let mut exit_code = 0;
+    let mut app_error = None;
     loop {
         crossbeam_channel::select! {
             recv(disc_rx) -> d => match d {
@@ -284,7 +313,20 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 gone_timer = crossbeam_channel::never();
             },
             recv(finished) -> key => if let Ok(key) = key { daemon.finished(&key) },
-            recv(signals) -> _ => break,
+            recv(signals) -> sig => {
+                signalled = true;
+                // With a running `--exec` child, the child decides when to
+                // stop; replication goes on until it exits.
+                if !app.as_ref().is_some_and(|a| a.forward(sig.unwrap_or(0))) {
+                    break;
+                }
+            },
+            recv(app.as_ref().map_or(&never, |a| a.exited())) -> status => {
+                let status = status.map_or(1, exec::status_code);
+                log::info!("--exec: the child exited with status {status}");
+                exit_code = status;
+                break;
+            },
             recv(trim) -> _ => crate::util::release_free_memory(),
             recv(ticker) -> _ => {
                 if !ready && daemon.registry.ready() {
@@ -293,6 +335,15 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                     crate::util::release_free_memory();
                     trim = crossbeam_channel::tick(RELEASE_MEMORY_EVERY);
                     crate::daemon::notify::ready();
+                }
+                if let (true, Some(a)) = (ready, app.as_mut()) {
+                    if let Err(e) = a.start_when_replicating(&daemon.registry) {
+                        app_error = Some(e);
+                        break;
+                    }
+                }
+                if ready && !settled && !app.as_ref().is_some_and(exec::App::pending) {
+                    settled = true;
                     ticker = match watchdog {
                         Some(every) => crossbeam_channel::tick(every),
                         None => crossbeam_channel::never(),
@@ -306,13 +357,32 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     crate::daemon::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
+    // A child that exited on its own leaves walsync unsignalled: the
+    // first signal then only says so, the next one exits at once.
+    let mut grace = usize::from(!signalled);
     let second_signal = std::thread::spawn(move || {
-        if signals.recv().is_ok() {
-            eprintln!("walsync: second signal, exiting now");
-            std::process::exit(130);
+        while signals.recv().is_ok() {
+            if grace == 0 {
+                eprintln!("walsync: second signal, exiting now");
+                std::process::exit(130);
+            }
+            grace -= 1;
+            log::warn!("shipping what the --exec child committed; a second signal exits at once");
         }
     });
     let _ = second_signal;
+    // A database the `--exec` child created just before it exited may not
+    // be replicated yet (its discovery still queued): start it now, so its
+    // commits ship in the drain like the others'.
+    let late = disc_rx.try_iter().filter_map(|d| match d {
+        Discovery::NewDatabase(p) => Some(p),
+        _ => None,
+    });
+    for p in late.chain(absent.into_iter().filter(|p| p.is_file())) {
+        if let Some(i) = daemon.spec_for(&p) {
+            daemon.start_db(&p, i, false);
+        }
+    }
     for r in daemon.running.values_mut() {
         r.stop = None; // every watcher drains and stops
     }
@@ -333,11 +403,18 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     }
     daemon.uploader.join();
     if failed > 0 {
+        let child = match app.as_ref().is_some_and(|a| !a.pending()) {
+            true => format!(" (the --exec child exited with status {exit_code})"),
+            false => String::new(),
+        };
         return Err(Error::Config(format!(
-            "{failed} database(s) did not finish shipping before exit"
+            "{failed} database(s) did not finish shipping before exit{child}"
         )));
     }
-    Ok(())
+    match app_error {
+        Some(e) => Err(e),
+        None => Ok(exit_code),
+    }
 }
 
 struct Daemon {
@@ -359,19 +436,18 @@ struct Daemon {
     failed: usize,
 }
 
-/// A channel that receives one message per SIGTERM/SIGINT/SIGHUP... (only
-/// TERM and INT are handled).
-fn signal_channel() -> Result<Receiver<()>> {
+/// A channel that receives the number of each SIGTERM/SIGINT received.
+fn signal_channel() -> Result<Receiver<i32>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;
-    let (tx, rx): (Sender<()>, Receiver<()>) = crossbeam_channel::unbounded();
+    let (tx, rx): (Sender<i32>, Receiver<i32>) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            for _ in signals.forever() {
-                if tx.send(()).is_err() {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
                     return;
                 }
             }

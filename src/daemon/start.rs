@@ -140,6 +140,10 @@ impl Daemon {
                 // process (another daemon, `walsync snapshot`) is refused
                 // instead of allocating the same txids (src/sqlite/lock.rs).
                 let mut lock: Option<crate::sqlite::lock::DbLock> = None;
+                // At shutdown one last attempt is made: a database created
+                // a moment ago (by an `--exec` child that then exited) may
+                // open now, and what it committed must ship.
+                let mut stopping = false;
                 let mut rep = loop {
                     let transient;
                     let locked = match lock {
@@ -170,6 +174,7 @@ impl Daemon {
                             }
                             break rep;
                         }
+                        Err(_) if stopping => return Ok(()),
                         Err(e) => {
                             transient = e.storage_kind().is_some_and(|k| k.is_retryable());
                             let msg = e.to_string();
@@ -193,7 +198,10 @@ impl Daemon {
                     // At most one attempt a second, then (unless the failure
                     // was transient) wait for a change.
                     crossbeam_channel::select! {
-                        recv(stop) -> _ => return Ok(()),
+                        recv(stop) -> _ => {
+                            stopping = true;
+                            continue;
+                        },
                         recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
                     }
                     if transient {
@@ -208,7 +216,10 @@ impl Daemon {
                             registry.remove(&reg_name);
                             return Ok(());
                         },
-                        recv(stop) -> _ => return Ok(()),
+                        recv(stop) -> _ => {
+                            stopping = true;
+                            continue;
+                        },
                         recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
@@ -308,7 +319,7 @@ impl Daemon {
                     && !r.path.exists()
                     && self
                         .spec_for(&r.path)
-                        .is_some_and(|i| self.trees[i].is_some())
+                        .is_some_and(|i| is_pattern(&self.opts.databases[i].pattern))
             })
             .map(|(k, _)| k.clone())
             .collect();

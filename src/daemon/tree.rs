@@ -110,6 +110,33 @@ impl TreePattern {
         })
     }
 
+    /// A pattern matching exactly the file at `path` (a database named on
+    /// the command line that does not exist yet): its directory is watched
+    /// like a pattern's root, and its name is its file name.
+    pub fn exact(path: &Path) -> Result<TreePattern> {
+        let text = path.to_string_lossy().into_owned();
+        let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+            (Some(d), Some(n)) => (d, n),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{text}: not a file path with a UTF-8 file name"
+                )))
+            }
+        };
+        let root = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        };
+        let glob = glob::Pattern::new(&glob::Pattern::escape(name))
+            .map_err(|e| Error::Config(format!("{text}: {e}")))?;
+        Ok(TreePattern {
+            text,
+            root,
+            parts: vec![Part::Glob(glob)],
+        })
+    }
+
     /// The pattern as given.
     pub fn text(&self) -> &str {
         &self.text

@@ -17,6 +17,36 @@ pub fn plan(storage: &dyn Storage, db: &str, target: Target) -> Result<Plan> {
     list(storage, db)?.plan(storage, target)
 }
 
+/// [`plan`] for a caller that treats "no replica" as an answer, not an
+/// error: `Ok(None)` when nothing is stored under `db`. An object listed a
+/// moment ago can be gone when its header is read (retention, `walsync
+/// compact`): then it plans again, a bounded number of times.
+pub fn plan_if_replica(storage: &dyn Storage, db: &str, target: Target) -> Result<Option<Plan>> {
+    let once = || -> Result<Option<Plan>> {
+        if let Some(plan) = plan_by_level(storage, db, target)? {
+            return Ok(Some(plan));
+        }
+        let replica = list(storage, db)?;
+        if replica.is_empty() {
+            return Ok(None);
+        }
+        replica.plan(storage, target).map(Some)
+    };
+    let mut attempt = 0;
+    loop {
+        match once() {
+            Err(e)
+                if e.storage_kind() == Some(StorageErrorKind::NotFound)
+                    && attempt < MAX_REPLANS =>
+            {
+                attempt += 1;
+                log::warn!("{db}: {e}; planning again");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Plan without listing the whole replica: list the snapshots, take the
 /// newest one at or before the target, extend the chain through levels 3, 2
 /// and 1 (listed whole: they are small), then list level 0 only after the
