@@ -157,13 +157,24 @@ fn run(
             .map(|t| t.saturating_duration_since(Instant::now()));
         let tick = next.map_or_else(crossbeam_channel::never, crossbeam_channel::after);
         crossbeam_channel::select! {
-            recv(rx) -> e => if let Ok(e) = e { dbs.push(DbState::new(e, policy)) },
+            recv(rx) -> e => if let Ok(e) = e { add(&mut dbs, e, policy) },
             recv(stop_rx) -> _ => return,
             recv(tick) -> _ => {}
         }
         while let Ok(e) = rx.try_recv() {
-            dbs.push(DbState::new(e, policy));
+            add(&mut dbs, e, policy);
         }
+    }
+}
+
+/// A database (re)started by the daemon: a database replicated again under
+/// the same name (its file removed and brought back) replaces its old
+/// state, so one name is never compacted by two states at once.
+fn add(dbs: &mut Vec<DbState>, entry: DbEntry, policy: &Policy) {
+    let state = DbState::new(entry, policy);
+    match dbs.iter_mut().find(|d| d.entry.name == state.entry.name) {
+        Some(old) => *old = state,
+        None => dbs.push(state),
     }
 }
 

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -250,6 +250,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         router,
         finished: finished_tx,
         running: HashMap::new(),
+        ended: Default::default(),
         names: HashMap::new(),
         failed: 0,
     };
@@ -279,15 +280,20 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // After start-up, free memory inside the allocator's arenas goes back to
     // the kernel now and then (crate::util::release_free_memory).
     let mut trim = crossbeam_channel::never();
-    // Paths reported removed, checked once `GONE_GRACE` has passed.
-    let mut gone: Vec<PathBuf> = Vec::new();
-    let mut gone_timer = crossbeam_channel::never();
+    // Paths reported removed, each checked once `GONE_GRACE` has passed
+    // since its report (deadlines in order).
+    let mut gone: std::collections::VecDeque<(PathBuf, Instant)> = Default::default();
     // What ends the loop besides a signal: the `--exec` child's exit, or
     // its failure to start.
     let mut signalled = false;
     let mut exit_code = 0;
     let mut app_error = None;
     loop {
+        let gone_timer = gone
+            .front()
+            .map_or_else(crossbeam_channel::never, |(_, at)| {
+                crossbeam_channel::at(*at)
+            });
         crossbeam_channel::select! {
             recv(disc_rx) -> d => match d {
                 Ok(Discovery::NewDatabase(p)) => daemon.discovered(&p),
@@ -295,22 +301,34 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                     for tree in daemon.trees.clone().into_iter().flatten() {
                         if tree.could_contain(&dir) {
                             if let Err(e) = daemon.search(&tree, &dir) {
-                                log::error!("{}: {e}", dir.display());
+                                log::error!("{e}; new databases there are not replicated");
                             }
                         }
                     }
                 }
-                Ok(Discovery::Gone(p)) => {
-                    if gone.is_empty() {
-                        gone_timer = crossbeam_channel::after(GONE_GRACE);
+                Ok(Discovery::Gone(p)) => gone.push_back((p, Instant::now() + GONE_GRACE)),
+                Ok(Discovery::Rescan) => {
+                    // File events were dropped: search every tree again and
+                    // check every database's file.
+                    log::warn!("file events were lost (inotify queue overflow): searching again");
+                    for tree in daemon.trees.clone().into_iter().flatten() {
+                        if let Err(e) = daemon.search(&tree, tree.root()) {
+                            log::error!("{e}; new databases there are not replicated");
+                        }
                     }
-                    gone.push(p);
+                    let at = Instant::now() + GONE_GRACE;
+                    gone.extend(daemon.running_paths().into_iter().map(|p| (p, at)));
                 }
                 Err(_) => {}
             },
             recv(gone_timer) -> _ => {
-                daemon.stop_removed(&std::mem::take(&mut gone));
-                gone_timer = crossbeam_channel::never();
+                let now = Instant::now();
+                let mut due = Vec::new();
+                while let Some((p, _)) = gone.front().filter(|(_, at)| *at <= now) {
+                    due.push(p.clone());
+                    gone.pop_front();
+                }
+                daemon.stop_removed(&due);
             },
             recv(finished) -> key => if let Ok(key) = key { daemon.finished(&key) },
             recv(signals) -> sig => {
@@ -431,6 +449,9 @@ struct Daemon {
     /// Each watcher thread sends its key here when it ends.
     finished: Sender<PathBuf>,
     running: HashMap<PathBuf, Running>,
+    /// Databases whose replication ended by itself (failed, fenced):
+    /// not restarted by file events.
+    ended: std::collections::HashSet<PathBuf>,
     names: HashMap<String, PathBuf>,
     /// Databases whose replication ended with an error before shutdown.
     failed: usize,

@@ -176,7 +176,13 @@ impl Daemon {
                         }
                         Err(_) if stopping => return Ok(()),
                         Err(e) => {
-                            transient = e.storage_kind().is_some_and(|k| k.is_retryable());
+                            // Retried every second too: a lock held by
+                            // another process (or by this one's previous
+                            // watcher of a file just moved within a tree,
+                            // still finishing) is released without any
+                            // event here.
+                            transient = e.storage_kind().is_some_and(|k| k.is_retryable())
+                                || lock.is_none();
                             let msg = e.to_string();
                             registry.set_state(&reg_name, DbState::Failed(msg.clone()));
                             if reported.as_deref() == Some(msg.as_str()) {
@@ -277,9 +283,16 @@ impl Daemon {
         }
     }
 
-    /// A file a pattern matches appeared (created, moved in, or found by a
-    /// search).
+    /// A file a pattern matches appeared (created, moved in, closed after a
+    /// write, or found by a search): start it unless it runs already (or
+    /// ended with an error: see [`Daemon::finished`]) or is gone again.
     pub(super) fn discovered(&mut self, path: &Path) {
+        let Ok(key) = path.canonicalize() else {
+            return; // gone again: nothing to replicate
+        };
+        if self.running.contains_key(&key) || self.ended.contains(&key) {
+            return;
+        }
         match self.spec_for(path) {
             Some(i) => {
                 log::info!("{}: new database", path.display());
@@ -291,31 +304,33 @@ impl Daemon {
 
     /// Watch every directory at or below `from` that can hold databases of
     /// `tree`, and start the databases found there that are not running
-    /// yet. An error (a watch limit reached) is the caller's: fatal at
-    /// start-up, logged later while the other directories go on.
+    /// yet. A directory that cannot be watched (no permission, gone) is
+    /// skipped with a warning; the watch limit is an error, returned after
+    /// the databases found so far were started: fatal at start-up, logged
+    /// later while the other directories go on.
     pub(super) fn search(&mut self, tree: &TreePattern, from: &Path) -> Result<()> {
         let router = self.router.clone();
-        let files = tree.walk(from, &mut |dir| router.watch_dir(dir))?;
+        let (files, error) = tree.walk(from, &mut |dir| router.watch_tree_dir(dir));
         for f in files {
-            let key = f.canonicalize().unwrap_or_else(|_| f.clone());
-            if !self.running.contains_key(&key) {
-                self.discovered(&f);
-            }
+            self.discovered(&f);
         }
-        Ok(())
+        error.map_or(Ok(()), Err)
     }
 
-    /// `GONE_GRACE` after the router reported `paths` removed: stop the
-    /// databases found by a pattern at or below those paths whose file is
-    /// still missing. Their replicas stay; a database given as a plain path
-    /// waits for its file to come back instead.
+    /// The databases found by a pattern whose file is missing now, at or
+    /// below one of `paths` (removed files or directories, as the router
+    /// named them, or as the database was found), are stopped. Their
+    /// replicas stay; a database given as a plain path waits for its file
+    /// to come back instead.
     pub(super) fn stop_removed(&mut self, paths: &[PathBuf]) {
         let removed: Vec<PathBuf> = self
             .running
             .iter()
-            .filter(|(_, r)| {
+            .filter(|(key, r)| {
                 r.stop.is_some()
-                    && paths.iter().any(|p| r.path.starts_with(p))
+                    && paths
+                        .iter()
+                        .any(|p| r.path.starts_with(p) || key.starts_with(p))
                     && !r.path.exists()
                     && self
                         .spec_for(&r.path)
@@ -335,31 +350,43 @@ impl Daemon {
         }
     }
 
-    /// A watcher thread ended before shutdown: stopped because its file was
-    /// removed, or failed. Forget it; start it again if its file is back.
+    /// The files of every running database, for a check after file events
+    /// were lost (an inotify queue overflow).
+    pub(super) fn running_paths(&self) -> Vec<PathBuf> {
+        self.running.values().map(|r| r.path.clone()).collect()
+    }
+
+    /// A watcher thread ended before shutdown. Stopped because its file was
+    /// removed: forget it, and start it again if its file is back. Ended by
+    /// itself (an error, fenced out by another writer): keep it as it was
+    /// before threads could end early — its name reserved, its state shown
+    /// as failed, not restarted by later file events — so an operator sees
+    /// it and a fenced host does not take the lease back.
     pub(super) fn finished(&mut self, key: &Path) {
         let Some(r) = self.running.remove(key) else {
             return;
         };
         let stopped = r.stop.is_none();
-        match r.handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.failed += 1;
-                log::error!("{}: {e}", r.name);
-            }
-            Err(_) => {
-                self.failed += 1;
-                log::error!("{}: watcher thread panicked", r.name);
-            }
+        let outcome = match r.handle.join() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("watcher thread panicked".to_string()),
+        };
+        if let Some(msg) = &outcome {
+            self.failed += 1;
+            log::error!("{}: {msg}", r.name);
         }
-        if stopped {
-            log::info!("{}: replication stopped", r.name);
+        if !stopped {
+            let msg = outcome.unwrap_or_else(|| "replication ended".into());
+            self.registry.set_state(&r.name, DbState::Failed(msg));
+            self.ended.insert(key.to_path_buf());
+            return;
         }
+        log::info!("{}: replication stopped", r.name);
         self.names.remove(&r.name);
         self.registry.remove(&r.name);
         self.router.remove_database(key);
-        if stopped && r.path.is_file() {
+        if r.path.is_file() {
             self.discovered(&r.path);
         }
     }

@@ -49,7 +49,8 @@ pub fn expand(args: &[String]) -> Result<Targets> {
                 tree.root().display()
             )));
         }
-        t.files.extend(tree.walk(tree.root(), &mut |_| Ok(()))?);
+        let (found, _) = tree.walk(tree.root(), &mut |_| Ok(true));
+        t.files.extend(found);
         t.trees.push(tree);
     }
     t.files.sort();

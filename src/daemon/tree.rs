@@ -189,13 +189,16 @@ impl TreePattern {
     /// Walk `from` (the root, or a directory that appeared below it): call
     /// `visit` on every directory that could contain a match, before listing
     /// it (so a watch added there misses nothing created during the walk),
-    /// and return the matching files. Symlinked directories are followed,
-    /// each directory once. Unreadable directories are logged and skipped.
+    /// and return the matching files. `visit` returns whether to search the
+    /// directory (`false`: skip it, e.g. a `lost+found` that cannot be
+    /// watched); its first error ends the walk, with the files found so far.
+    /// Symlinked directories are followed, each directory once. Unreadable
+    /// directories are logged and skipped.
     pub fn walk(
         &self,
         from: &Path,
-        visit: &mut dyn FnMut(&Path) -> Result<()>,
-    ) -> Result<Vec<PathBuf>> {
+        visit: &mut dyn FnMut(&Path) -> Result<bool>,
+    ) -> (Vec<PathBuf>, Option<Error>) {
         let mut files = Vec::new();
         let mut seen = HashSet::new();
         let mut stack = vec![from.to_path_buf()];
@@ -213,7 +216,14 @@ impl TreePattern {
             if !seen.insert((meta.dev(), meta.ino())) {
                 continue; // a symlink loop, or a second way to one directory
             }
-            visit(&dir)?;
+            match visit(&dir) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    files.sort();
+                    return (files, Some(e));
+                }
+            }
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) => {
@@ -232,7 +242,7 @@ impl TreePattern {
             }
         }
         files.sort();
-        Ok(files)
+        (files, None)
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Discovery {
     /// A database file, or a directory with databases below it, was removed
     /// or moved away.
     Gone(PathBuf),
+    /// Events were lost (the kernel's queue overflowed): search again.
+    Rescan,
 }
 
 #[derive(Default)]
@@ -85,27 +87,35 @@ impl Router {
         Ok(router)
     }
 
+    /// Watch a directory a pattern can match, before it is searched:
+    /// `Ok(false)` (logged) when it cannot be watched but others can — gone
+    /// meanwhile, no permission (a root-only `lost+found` in a tenant
+    /// volume) — so it is skipped; an error only for the watch limit,
+    /// which no other directory would escape.
+    pub fn watch_tree_dir(&self, dir: &Path) -> Result<bool> {
+        match self.try_watch(dir) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                Err(watch_error(dir, e))
+            }
+            Err(e) => {
+                log::warn!("{}; not searched for databases", watch_error(dir, e));
+                Ok(false)
+            }
+        }
+    }
+
     /// Watch `dir` (once per inode; a second path to it is an alias).
     pub fn watch_dir(&self, dir: &Path) -> Result<()> {
+        self.try_watch(dir).map_err(|e| watch_error(dir, e))
+    }
+
+    fn try_watch(&self, dir: &Path) -> std::io::Result<()> {
         let wd = self
             .watches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .add(dir, MASK)
-            .map_err(|e| {
-                // ENOSPC from inotify_add_watch: the per-user watch limit.
-                let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-                    format!(
-                        "cannot watch directory: fs.inotify.max_user_watches ({}) reached; raise it (sysctl fs.inotify.max_user_watches)",
-                        std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                            .map(|s| s.trim().to_string())
-                            .unwrap_or_else(|_| "?".into())
-                    )
-                } else {
-                    format!("cannot watch directory: {e}")
-                };
-                Error::io(dir, std::io::Error::new(e.kind(), why))
-            })?;
+            .add(dir, MASK)?;
         let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let aliases = r.dirs.entry(wd).or_default();
         if !aliases.iter().any(|d| d == dir) {
@@ -149,6 +159,23 @@ impl Router {
             .trees
             .push(tree);
     }
+}
+
+/// An `inotify_add_watch` failure as one line naming the directory, and
+/// for the watch limit the sysctl that raises it.
+fn watch_error(dir: &Path, e: std::io::Error) -> Error {
+    // ENOSPC from inotify_add_watch: the per-user watch limit.
+    let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        format!(
+            "cannot watch directory: fs.inotify.max_user_watches ({}) reached; raise it (sysctl fs.inotify.max_user_watches)",
+            std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into())
+        )
+    } else {
+        format!("cannot watch directory: {e}")
+    };
+    Error::io(dir, std::io::Error::new(e.kind(), why))
 }
 
 fn split(db: &Path) -> Result<(PathBuf, OsString)> {
@@ -205,10 +232,12 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
         let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                // Events were dropped: wake everyone, each checks for itself.
+                // Events were dropped: wake everyone, each checks for itself;
+                // the daemon searches the trees again.
                 for (tx, _) in r.dbs.values() {
                     let _ = tx.try_send(Event::Wake);
                 }
+                let _ = discoveries.send(Discovery::Rescan);
                 continue;
             }
             if ev

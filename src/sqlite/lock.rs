@@ -83,6 +83,10 @@ pub fn try_lock(db: &Path) -> Result<DbLock> {
             let holder = holder.trim();
             let who = if holder.is_empty() {
                 "another walsync process".to_string()
+            } else if holder == std::process::id().to_string() {
+                // A file moved while this process replicates it under its
+                // old path: that replication is still finishing.
+                format!("this walsync process (pid {holder}, under the file's previous path)")
             } else {
                 format!("another walsync process (pid {holder})")
             };
