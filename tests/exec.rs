@@ -1,18 +1,22 @@
 //! `walsync-sync --exec` and `--restore-if-missing` (issue #15 items 3, 4)
 //! against the local S3 server: the container pattern.
 //!
-//! The application is the `sqlite3` command-line shell (run through `sh -c`,
-//! which also tests that `--exec` honours quotes without running a shell
-//! itself). It commits several transactions right before it exits, with the
-//! default `--min-put-interval` of 1 s, so those commits are still waiting
-//! when it exits: each test judges by restoring the database with
-//! `walsync restore` and comparing its content with the source.
+//! The application is a `sqlite3` shell run through `sh -c` (which also
+//! tests that `--exec` honours quotes without running a shell itself): the
+//! stand-in `tests/fixtures/bin/sqlite3` (Python's standard `sqlite3`
+//! module; CI has python3 but not the SQLite shell), whose directory comes
+//! first on walsync's PATH, so no test runs a system `sqlite3`. It commits
+//! several transactions right before it exits, with the default
+//! `--min-put-interval` of 1 s, so those commits are still waiting when it
+//! exits: each test judges by restoring the database with `walsync restore`
+//! and comparing its content with the source.
 //!
 //! Run: `eval "$(scripts/s3-server.sh start)"`, then
 //! `cargo test --test exec -- --test-threads=2`.
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +27,8 @@ use common::process::{log_in, text, wait_for, Cmd, Proc};
 
 const SYNC: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC: &str = env!("CARGO_BIN_EXE_walsync");
+/// The `sqlite3` shell stand-in (see its top-of-file comment).
+const SQLITE3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/bin/sqlite3");
 /// How long a walsync whose child has exited may take to ship and exit.
 const EXIT: Duration = Duration::from_secs(60);
 
@@ -40,14 +46,17 @@ struct Env {
     prefix: String,
     endpoint: String,
     log: PathBuf,
+    /// The stand-in's directory, then the test's own PATH.
+    path: OsString,
 }
 
 impl Env {
-    /// The test's world, or `None` (skipped) without the S3 server or the
-    /// `sqlite3` shell.
+    /// The test's world, or `None` (skipped) without the S3 server or
+    /// python3 (which runs the `sqlite3` stand-in).
     fn new(name: &str) -> Option<Env> {
         let config = common::s3_config_or_skip(name)?;
-        if !have_sqlite3() {
+        let path = standin_path();
+        if !have_python3(&path) {
             return None;
         }
         let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").expect("AWS_ENDPOINT_URL_S3");
@@ -59,6 +68,7 @@ impl Env {
             prefix: config.prefix,
             endpoint,
             log,
+            path,
         })
     }
 
@@ -80,7 +90,8 @@ impl Env {
             .args(["--bucket", &self.bucket, "--prefix", &self.prefix])
             .args(["--shutdown-timeout", "20s"])
             .args(extra)
-            .env("RUST_LOG", "walsync=debug");
+            .env("RUST_LOG", "walsync=debug")
+            .env("PATH", &self.path);
         c
     }
 
@@ -148,13 +159,43 @@ fn one_line(o: &Output) -> String {
     err
 }
 
-fn have_sqlite3() -> bool {
-    let found = Cmd::new("sqlite3").arg("-version").try_output().is_ok();
+/// PATH with the stand-in's directory first: `sqlite3` in a child's
+/// script is the stand-in.
+fn standin_path() -> OsString {
+    let dir = Path::new(SQLITE3).parent().unwrap().to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&rest))).unwrap()
+}
+
+/// Whether the stand-in runs (it needs python3 with its `sqlite3` module);
+/// a failure under `WALSYNC_REQUIRE_EXTERNAL=1`. A script given `path`
+/// must find the stand-in, not a system `sqlite3`.
+fn have_python3(path: &OsString) -> bool {
+    let o = Cmd::new("sh")
+        .args(["-c", "sqlite3 -version"])
+        .env("PATH", path)
+        .try_output();
+    let why = match &o {
+        Ok(o) if o.status.success() => {
+            let version = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                version.contains("test stand-in"),
+                "not the stand-in: {version}"
+            );
+            return true;
+        }
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            format!("{}: {}", o.status, err.trim().replace('\n', "; "))
+        }
+        Err(e) => e.to_string(),
+    };
     assert!(
-        found || !common::require_external(),
-        "sqlite3 (the SQLite shell) is needed by tests/exec.rs"
+        !common::require_external(),
+        "tests/exec.rs needs python3 (with its sqlite3 module) to run {SQLITE3}: {why}"
     );
-    found
+    eprintln!("skipped: python3 cannot run {SQLITE3}: {why}");
+    false
 }
 
 /// The child's exit status becomes walsync's (128+N for a signal), and
@@ -290,7 +331,11 @@ fn restore_if_missing_container_sequence() {
     let status = env.run(&second, &sh(&read, &second), &["--restore-if-missing"]);
     assert_eq!(status.code(), Some(0), "second run: {status}");
     let dump = |db: &Path| {
-        let o = Cmd::new("sqlite3").arg(db).arg(".dump").output();
+        let o = Cmd::new(SQLITE3)
+            .arg(db)
+            .arg(".dump")
+            .env("PATH", &env.path)
+            .output();
         assert!(o.status.success(), "{}", text(&o));
         o.stdout
     };
