@@ -88,10 +88,12 @@ impl Env {
         let mut c = Cmd::new(SYNC);
         c.arg(db)
             .args(["--bucket", &self.bucket, "--prefix", &self.prefix])
-            .args(["--shutdown-timeout", "20s"])
             .args(extra)
             .env("RUST_LOG", "walsync=debug")
             .env("PATH", &self.path);
+        if !extra.contains(&"--shutdown-timeout") {
+            c.args(["--shutdown-timeout", "20s"]);
+        }
         c
     }
 
@@ -222,6 +224,28 @@ fn exit_status_passes_through_and_what_the_child_committed_ships() {
         assert_eq!(rows(&db), 8, "{file}: the child did not commit");
         assert_eq!(env.restored(file), content(&db), "{file}: not all shipped");
     }
+}
+
+/// Commits that could not be shipped before the shutdown timeout make the
+/// exit status non-zero even when the child exited 0: here the timeout is
+/// 0 s and the child's last commits wait for the 1 s put interval.
+#[test]
+fn unshipped_commits_at_exit_are_a_failure() {
+    let Some(env) = Env::new("exec_unshipped") else {
+        return;
+    };
+    let db = env.path("late.db");
+    let c = create_db(&db);
+    common::daemon::commit(&c, 3);
+    drop(c);
+    let script = format!("sqlite3 \"$0\" \"{FIVE_COMMITS}\" && exit 0");
+    let status = env.run(&db, &sh(&script, &db), &["--shutdown-timeout", "0s"]);
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = std::fs::read_to_string(&env.log).unwrap_or_default();
+    assert!(
+        log.contains("late.db: the shutdown timeout passed before everything committed"),
+        "no line naming the database"
+    );
 }
 
 /// SIGTERM to walsync goes to the child; replication goes on until the

@@ -121,13 +121,18 @@ impl Capture {
         let deadline = Instant::now() + timeout;
         let mut result = Ok(());
         self.drain = Some(Drain::default());
+        // The deadline came before a pass read everything committed (or
+        // before a snapshot continuity needs was stored).
+        let mut unread = false;
         loop {
-            if Instant::now() >= deadline {
-                break;
-            }
             let idle = self.inflight.is_empty() && self.pending.is_empty();
             let drain = self.drain.unwrap_or_default();
-            if idle && drain.covered && self.snapshot_reason.is_none() {
+            let done = idle && drain.covered && self.snapshot_reason.is_none();
+            if Instant::now() >= deadline {
+                unread = !done && self.conn.is_some();
+                break;
+            }
+            if done {
                 break; // everything committed before the shutdown is stored
             }
             if idle {
@@ -189,6 +194,12 @@ impl Capture {
         if result.is_ok() && unshipped > 0 {
             result = Err(Error::Config(format!(
                 "{}: {unshipped} segment(s) not uploaded at shutdown; they stay in the WAL and ship on the next start",
+                self.cfg.name
+            )));
+        }
+        if result.is_ok() && unread {
+            result = Err(Error::Config(format!(
+                "{}: the shutdown timeout passed before everything committed was read and stored; it stays in the WAL and ships on the next start",
                 self.cfg.name
             )));
         }

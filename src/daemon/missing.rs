@@ -83,8 +83,13 @@ fn missing_in_trees(
         let Some(tree) = tree else { continue };
         let mut names = std::collections::BTreeSet::new();
         for info in storage_of(i).list("", None)? {
-            if let Some(k) = crate::ltx::parse_object_key("", &info.key) {
-                names.insert(k.db);
+            // Names come from the bucket: only those walsync could have
+            // written (no `..`, no empty segment) map to a path.
+            match crate::ltx::parse_object_key("", &info.key) {
+                Some(k) if crate::ltx::check_db_name(&k.db).is_ok() => {
+                    names.insert(k.db);
+                }
+                _ => {}
             }
         }
         for name in names {
