@@ -379,3 +379,66 @@ fn relative_root_file_removed_and_tenant_renamed() {
     daemon.assert_running();
     assert!(daemon.sigterm(Duration::from_secs(30)).success());
 }
+
+/// Two patterns storing in one place share one namespace of names: a
+/// replica is restored only into the pattern that alone can produce its
+/// name and only when no local file holds that name — never into another
+/// pattern's tree (which would also make every later start refuse a name
+/// clash).
+#[test]
+fn restore_if_missing_never_crosses_patterns() {
+    let Some(env) = Env::new("treecross") else {
+        return;
+    };
+    let (a, b) = (env.path("vol/a"), env.path("vol/b"));
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut wx = Writer::create(&a.join("x.db"), 1);
+    let mut wy = Writer::create(&b.join("y.db"), 2);
+    let patterns = [
+        format!("{}/*.db", a.display()),
+        format!("{}/*.db", b.display()),
+    ];
+    let mut daemon = env.daemon(&patterns, &[]);
+    write_some(&mut [&mut wx, &mut wy], 5, 300);
+    oracle::wait_caught_up(&mut env.replica("x.db"), &a.join("x.db"), CATCH_UP);
+    oracle::wait_caught_up(&mut env.replica("y.db"), &b.join("y.db"), CATCH_UP);
+    assert!(daemon.sigterm(Duration::from_secs(30)).success());
+
+    // Both databases exist: nothing is restored anywhere.
+    let mut daemon = env.daemon(&patterns, &["--restore-if-missing"]);
+    wait_started(&env);
+    daemon.assert_running();
+    assert!(daemon.sigterm(Duration::from_secs(30)).success());
+    for stray in [a.join("y.db"), b.join("x.db")] {
+        assert!(
+            !stray.exists(),
+            "{} restored into the wrong tree",
+            stray.display()
+        );
+    }
+    // An empty volume: each name could belong to either pattern, so
+    // neither is restored (and the daemon still starts).
+    drop((wx, wy));
+    for d in [&a, &b] {
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut daemon = env.daemon(&patterns, &["--restore-if-missing"]);
+    wait_started(&env);
+    daemon.assert_running();
+    assert!(
+        env.log_text().contains("could belong to"),
+        "no warning about the ambiguous names"
+    );
+    for f in [
+        a.join("x.db"),
+        a.join("y.db"),
+        b.join("x.db"),
+        b.join("y.db"),
+    ] {
+        assert!(!f.exists(), "{} restored although ambiguous", f.display());
+    }
+    assert!(daemon.sigterm(Duration::from_secs(30)).success());
+}

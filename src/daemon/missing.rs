@@ -11,8 +11,13 @@
 //! replica is newer. A missing database without a replica starts empty:
 //! its directory is watched, and its replication begins when the
 //! application creates it (with `--require-replica` that is refused
-//! instead). Patterns are out of scope for now: which replica names belong
-//! to a pattern is only known once names carry their subdirectory.
+//! instead). For a glob pattern, each replica whose name maps back to a
+//! path the pattern matches (its root joined with the name) is restored
+//! there — unless that name is taken locally (a plain path's, or a file a
+//! pattern finds now) or another pattern storing in the same place could
+//! produce it too: names are one namespace per bucket, and restoring a
+//! database under the wrong pattern would put a tenant's data in another
+//! tree (and refuse every later start with a name clash).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,11 +83,34 @@ fn missing_in_trees(
                     .position(|t| t.as_ref().is_some_and(|t| t.matches(path)))
             })
     };
+    // The names every spec holds locally now: a plain path's, and those of
+    // the files each pattern finds. A replica of such a name is that file's.
+    let mut taken = std::collections::HashSet::new();
+    for (i, (spec, tree)) in specs.iter().zip(&trees).enumerate() {
+        match tree {
+            None => taken.extend(spec_name(spec, None, Path::new(&spec.pattern)).ok()),
+            Some(t) => {
+                for f in t.walk(t.root(), &mut |_| Ok(true)).0 {
+                    if owner(&f) == Some(i) {
+                        taken.extend(spec_name(spec, Some(t), &f).ok());
+                    }
+                }
+            }
+        }
+    }
+    // `tree` (spec `i`) would replicate a database named `name` at `path`.
+    let produces = |i: usize, tree: &TreePattern, name: &str| {
+        let path = tree.root().join(name);
+        (owner(&path) == Some(i) && tree.name_of(&path).as_deref() == Some(name)).then_some(path)
+    };
     let mut out: Vec<(usize, PathBuf)> = Vec::new();
     for (i, tree) in trees.iter().enumerate() {
         let Some(tree) = tree else { continue };
+        let storage = storage_of(i);
+        let listing =
+            crate::storage::retry_transient(5, &storage.describe(), || storage.list("", None))?;
         let mut names = std::collections::BTreeSet::new();
-        for info in storage_of(i).list("", None)? {
+        for info in listing {
             // Names come from the bucket: only those walsync could have
             // written (no `..`, no empty segment) map to a path.
             match crate::ltx::parse_object_key("", &info.key) {
@@ -93,13 +121,28 @@ fn missing_in_trees(
             }
         }
         for name in names {
-            let path = tree.root().join(&name);
-            if owner(&path) == Some(i)
-                && tree.name_of(&path).as_deref() == Some(name.as_str())
-                && std::fs::symlink_metadata(&path).is_err()
-            {
-                out.push((i, path));
+            let Some(path) = produces(i, tree, &name) else {
+                continue;
+            };
+            if taken.contains(&name) || std::fs::symlink_metadata(&path).is_ok() {
+                continue;
             }
+            let rivals: Vec<&str> = trees
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && storage_of(*j).describe() == storage.describe())
+                .filter_map(|(j, t)| t.as_ref().filter(|t| produces(j, t, &name).is_some()))
+                .map(TreePattern::text)
+                .collect();
+            if !rivals.is_empty() {
+                log::warn!(
+                    "--restore-if-missing: replica {name:?} could belong to {} or {}: not restored",
+                    tree.text(),
+                    rivals.join(" or ")
+                );
+                continue;
+            }
+            out.push((i, path));
         }
     }
     Ok(out)

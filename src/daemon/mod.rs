@@ -373,11 +373,17 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             },
         }
     }
+    // A signal may have ended the loop just after the child exited: its
+    // status is still the one to exit with.
+    if let Some(status) = app.as_ref().and_then(|a| a.exited().try_recv().ok()) {
+        exit_code = exec::status_code(status);
+        log::info!("--exec: the child exited with status {exit_code}");
+    }
     crate::daemon::notify::stopping();
     log::info!("shutting down: shipping what is committed (a second signal exits at once)");
     // A child that exited on its own leaves walsync unsignalled: the
     // first signal then only says so, the next one exits at once.
-    let mut grace = usize::from(!signalled);
+    let mut grace = usize::from(!signalled && app_error.is_none());
     let second_signal = std::thread::spawn(move || {
         while signals.recv().is_ok() {
             if grace == 0 {
@@ -389,17 +395,21 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         }
     });
     let _ = second_signal;
-    // A database the `--exec` child created just before it exited may not
-    // be replicated yet (its discovery still queued): start it now, so its
-    // commits ship in the drain like the others'.
+    // A database created just before the shutdown (by an `--exec` child
+    // that then exited) may not be replicated yet: its discovery still
+    // queued, or its directory not searched yet. Search every tree once
+    // more and start what is found, so its commits ship in the drain like
+    // the others'.
     let late = disc_rx.try_iter().filter_map(|d| match d {
         Discovery::NewDatabase(p) => Some(p),
         _ => None,
     });
-    for p in late.chain(absent.into_iter().filter(|p| p.is_file())) {
-        if let Some(i) = daemon.spec_for(&p) {
-            daemon.start_db(&p, i, false);
-        }
+    let mut late: Vec<PathBuf> = late.chain(absent).collect();
+    for tree in daemon.trees.iter().flatten() {
+        late.extend(tree.walk(tree.root(), &mut |_| Ok(true)).0);
+    }
+    for p in late {
+        daemon.discovered(&p);
     }
     for r in daemon.running.values_mut() {
         r.stop = None; // every watcher drains and stops

@@ -174,7 +174,16 @@ impl Daemon {
                             }
                             break rep;
                         }
-                        Err(_) if stopping => return Ok(()),
+                        // At shutdown, a database that is not SQLite in
+                        // WAL mode yet, or locked by another process, has
+                        // nothing for this process to ship; storage still
+                        // failing means its commits were not shipped.
+                        Err(e) if stopping => {
+                            return match e.storage_kind().is_some_and(|k| k.is_retryable()) {
+                                true => Err(e),
+                                false => Ok(()),
+                            }
+                        }
                         Err(e) => {
                             // Retried every second too: a lock held by
                             // another process (or by this one's previous
@@ -310,7 +319,13 @@ impl Daemon {
     /// later while the other directories go on.
     pub(super) fn search(&mut self, tree: &TreePattern, from: &Path) -> Result<()> {
         let router = self.router.clone();
-        let (files, error) = tree.walk(from, &mut |dir| router.watch_tree_dir(dir));
+        // The root itself must be watched (as it must exist); below it, a
+        // directory that cannot be is skipped.
+        let root = tree.root().to_path_buf();
+        let (files, error) = tree.walk(from, &mut |dir| match dir == root {
+            true => router.watch_dir(dir).map(|()| true),
+            false => router.watch_tree_dir(dir),
+        });
         for f in files {
             self.discovered(&f);
         }
