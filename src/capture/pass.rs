@@ -129,7 +129,7 @@ impl Capture {
     }
 
     /// During a drain: everything published has been read.
-    fn drain_covered(&mut self) {
+    pub(super) fn drain_covered(&mut self) {
         if let Some(d) = &mut self.drain {
             d.covered = true;
         }

@@ -124,11 +124,18 @@ impl Capture {
         // The deadline came before a pass read everything committed (or
         // before a snapshot continuity needs was stored).
         let mut unread = false;
+        // One pass reading the WAL runs even when the deadline has passed
+        // already (`--shutdown-timeout 0`): a database with nothing new is
+        // then known to be covered, not reported as unshipped. It reads and
+        // queues; it does not wait for uploads (a snapshot is not started).
+        let mut first = true;
         loop {
             let idle = self.inflight.is_empty() && self.pending.is_empty();
             let drain = self.drain.unwrap_or_default();
             let done = idle && drain.covered && self.snapshot_reason.is_none();
-            if Instant::now() >= deadline {
+            let one_pass = first && idle && self.snapshot_reason.is_none();
+            first = false;
+            if Instant::now() >= deadline && !one_pass {
                 unread = !done && self.conn.is_some();
                 break;
             }
@@ -137,7 +144,11 @@ impl Capture {
             }
             if idle {
                 let r = match self.snapshot_reason.clone() {
-                    Some(reason) if self.conn.is_some() => self.snapshot(&reason),
+                    // Taken under SQLite's write lock after the shutdown
+                    // began: it holds everything committed before it.
+                    Some(reason) if self.conn.is_some() => {
+                        self.snapshot(&reason).map(|()| self.drain_covered())
+                    }
                     Some(_) => break, // the database is gone; nothing to read
                     None if !self.pin.in_read() && self.read.is_some() && self.conn.is_some() => {
                         // An earlier step failed after ending the read

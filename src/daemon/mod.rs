@@ -405,6 +405,10 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         _ => None,
     });
     let mut late: Vec<PathBuf> = late.chain(absent).collect();
+    // Every watcher drains and stops (in parallel with the search below).
+    for r in daemon.running.values_mut() {
+        r.stop = None;
+    }
     for tree in daemon.trees.iter().flatten() {
         late.extend(tree.walk(tree.root(), &mut |_| Ok(true)).0);
     }
@@ -412,7 +416,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         daemon.discovered(&p);
     }
     for r in daemon.running.values_mut() {
-        r.stop = None; // every watcher drains and stops
+        r.stop = None; // the late ones: one attempt, then drain
     }
     compactor.stop(); // a merge in progress stops between objects
     let mut failed = daemon.failed;
@@ -421,7 +425,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 failed += 1;
-                log::error!("{}: {e}", r.name);
+                log::error!("{}", name_line(&r.name, &e.to_string()));
             }
             Err(_) => {
                 failed += 1;
@@ -442,6 +446,18 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     match app_error {
         Some(e) => Err(e),
         None => Ok(exit_code),
+    }
+}
+
+/// `msg` as one line naming database `name` (once: errors from a watcher
+/// often name it already).
+fn name_line(name: &str, msg: &str) -> String {
+    match msg
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with(':'))
+    {
+        true => msg.to_string(),
+        false => format!("{name}: {msg}"),
     }
 }
 

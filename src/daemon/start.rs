@@ -14,7 +14,7 @@ use crate::daemon::metrics::DbState;
 use crate::daemon::targets::{is_pattern, spec_name};
 use crate::daemon::tree::TreePattern;
 use crate::daemon::{Daemon, Running};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Sends a watcher thread's key to the daemon's loop when dropped: when the
 /// thread returns, and when it unwinds.
@@ -24,6 +24,18 @@ impl Drop for Finished {
     fn drop(&mut self) {
         let _ = self.0.send(std::mem::take(&mut self.1));
     }
+}
+
+/// Whether `path` is an SQLite database in WAL mode (header bytes 18 and 19,
+/// the file format write and read versions, are 2).
+fn is_wal_database(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok_and(|()| {
+            header.starts_with(b"SQLite format 3\0") && header[18] == 2 && header[19] == 2
+        })
 }
 
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
@@ -174,15 +186,18 @@ impl Daemon {
                             }
                             break rep;
                         }
-                        // At shutdown, a database that is not SQLite in
-                        // WAL mode yet, or locked by another process, has
-                        // nothing for this process to ship; storage still
-                        // failing means its commits were not shipped.
+                        // At shutdown, decided locally: a file that is
+                        // gone or not an SQLite database in WAL mode, one
+                        // another process ships (its lock), or another host
+                        // (its lease), has nothing for this process to
+                        // ship; anything else (storage failing, …) may
+                        // leave commits unshipped: an error.
                         Err(e) if stopping => {
-                            return match e.storage_kind().is_some_and(|k| k.is_retryable()) {
-                                true => Err(e),
-                                false => Ok(()),
-                            }
+                            let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
+                            return match elsewhere || !is_wal_database(&db_path) {
+                                true => Ok(()),
+                                false => Err(e),
+                            };
                         }
                         Err(e) => {
                             // Retried every second too: a lock held by
@@ -389,7 +404,7 @@ impl Daemon {
         };
         if let Some(msg) = &outcome {
             self.failed += 1;
-            log::error!("{}: {msg}", r.name);
+            log::error!("{}", super::name_line(&r.name, msg));
         }
         if !stopped {
             let msg = outcome.unwrap_or_else(|| "replication ended".into());
