@@ -186,17 +186,22 @@ impl Daemon {
                             }
                             break rep;
                         }
-                        // At shutdown, decided locally: a file that is
-                        // gone or not an SQLite database in WAL mode, one
-                        // another process ships (its lock), or another host
-                        // (its lease), has nothing for this process to
-                        // ship; anything else (storage failing, …) may
-                        // leave commits unshipped: an error.
+                        // At shutdown: storage failing for a WAL-mode
+                        // database this process would ship may leave
+                        // commits unshipped: an error. A file that is gone,
+                        // not an SQLite database in WAL mode, shipped by
+                        // another process (its lock) or host (its lease),
+                        // or that walsync cannot read (a damaged WAL,
+                        // reported when it was found, as any bad input)
+                        // has nothing this process could ship.
                         Err(e) if stopping => {
                             let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
-                            return match elsewhere || !is_wal_database(&db_path) {
-                                true => Ok(()),
-                                false => Err(e),
+                            let unshipped = e.storage_kind().is_some()
+                                && !elsewhere
+                                && is_wal_database(&db_path);
+                            return match unshipped {
+                                true => Err(e),
+                                false => Ok(()),
                             };
                         }
                         Err(e) => {
