@@ -53,6 +53,12 @@ pub(super) fn next(storage: &dyn Storage, db: &str, pos: u64, depth: Depth) -> R
     let mut newest = level0.iter().map(|o| o.max_txid).max().unwrap_or(0);
     let (chain, _) = greedy(&level0, pos, u64::MAX, usize::MAX);
     let gap = chain.is_empty() && !level0.is_empty();
+    if gap {
+        log::debug!(
+            "{db}: level 0 after txid {pos} does not continue it (compacted away, or a \
+             snapshot after a gap): looking at every level"
+        );
+    }
     let depth = if gap { Depth::Full } else { depth };
     if depth == Depth::Level0 {
         return Ok(Next {

@@ -1,0 +1,494 @@
+//! Follow mode (`walsync restore --follow`, src/follow/), end to end: a
+//! primary `walsync-sync` under a checkpoint-heavy write load with
+//! compaction and retention at short intervals, a follower, and readers of
+//! the follower; then the failover runbook (kill -9 the primary, promote the
+//! follower's database once the lease expired, keep writing).
+
+mod common;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use common::daemon::Env;
+use common::oracle::{self, app_state, Writer};
+use common::process::{log_path, text, Cmd, Proc, Signal};
+
+/// `walsync restore DB -o OUT --follow` against the test's bucket.
+fn follower(env: &Env, db: &str, out: &Path, name: &str, extra: &[&str]) -> Proc {
+    let log = log_path(name);
+    let _ = std::fs::remove_file(&log);
+    let stdout = log.with_extension("stdout");
+    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
+        .args(["restore", db, "-o"])
+        .arg(out)
+        .args([
+            "--bucket",
+            &format!("s3://{}/{}", env.bucket, env.prefix),
+            "--follow",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "walsync=debug")
+        .stdout_to(&stdout)
+        .spawn(&log)
+}
+
+/// `walsync-sync DB` with its own log (two daemons of one test must not
+/// share one: a line waited for must be the right one's).
+fn daemon(env: &Env, dbs: &[&Path], name: &str, extra: &[&str]) -> Proc {
+    let log = log_path(name);
+    let _ = std::fs::remove_file(&log);
+    Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"))
+        .args(dbs.iter().map(|p| p.as_os_str()))
+        .args([
+            "--bucket",
+            &env.bucket,
+            "--prefix",
+            &env.prefix,
+            "--shutdown-timeout",
+            "10s",
+            "--status-socket",
+            "none",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "walsync=debug")
+        .spawn(&log)
+}
+
+/// Hash of the content of table `t`, in one read transaction of `c`.
+fn content_hash(c: &Connection) -> rusqlite::Result<u64> {
+    let mut h = DefaultHasher::new();
+    let mut st = c.prepare_cached("SELECT id, v FROM t ORDER BY id")?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        r.get::<_, i64>(0)?.hash(&mut h);
+        r.get::<_, Vec<u8>>(1)?.hash(&mut h);
+    }
+    Ok(h.finish())
+}
+
+fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(
+        format!("file:{}?mode=ro", path.display()),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    Ok(c)
+}
+
+/// One reader visit: open, one read transaction (hash, quick_check; held
+/// `hold` long, then hashed again: the snapshot must not move), close.
+fn read_once(path: &Path, hold: Duration) -> Result<(u64, String), String> {
+    let c = open_ro(path).map_err(|e| format!("open: {e}"))?;
+    c.execute_batch("BEGIN")
+        .map_err(|e| format!("begin: {e}"))?;
+    let h = content_hash(&c).map_err(|e| format!("read: {e}"))?;
+    let check: String = c
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| format!("quick_check: {e}"))?;
+    if !hold.is_zero() {
+        std::thread::sleep(hold);
+        let again = content_hash(&c).map_err(|e| format!("read again: {e}"))?;
+        if again != h {
+            return Err(format!(
+                "a read transaction saw its state change after {hold:?}"
+            ));
+        }
+    }
+    c.execute_batch("COMMIT").map_err(|e| format!("end: {e}"))?;
+    Ok((h, check))
+}
+
+/// Masked byte comparison of two database files: everything but the page-1
+/// fields the follower's SQLite sets at each commit (change counter,
+/// version-valid-for, SQLite version: bytes 24..28 and 92..100).
+fn same_bytes(a: &Path, b: &Path) -> Result<(), String> {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    if x.len() != y.len() {
+        return Err(format!("sizes {} and {}", x.len(), y.len()));
+    }
+    let differ: Vec<usize> = (0..x.len())
+        .filter(|&i| x[i] != y[i] && !(24..28).contains(&i) && !(92..100).contains(&i))
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} bytes differ, first at offsets {:?}",
+            differ.len(),
+            &differ[..differ.len().min(8)]
+        ))
+    }
+}
+
+/// The txid of the follower's last line `stopped following DB at txid N`.
+fn stopped_at(f: &Proc) -> u64 {
+    let out = f.stdout_text();
+    out.lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("stopped following ")?
+                .split(" at txid ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no 'stopped following' line in {out:?}"))
+}
+
+#[test]
+fn readers_of_a_follower_see_only_committed_states() {
+    let Some(env) = Env::new("follow_readers") else {
+        return;
+    };
+    let src = env.path("app.db");
+    let out = env.path("follower.db");
+    let committed: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let w = Connection::open(&src).unwrap();
+    w.busy_timeout(Duration::from_secs(5)).unwrap();
+    w.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL);
+         INSERT INTO t(v) VALUES (randomblob(500));",
+    )
+    .unwrap();
+    committed.lock().unwrap().insert(content_hash(&w).unwrap());
+
+    let mut primary = daemon(
+        &env,
+        &[&src],
+        "follow_readers-primary",
+        &[
+            "--compaction",
+            "1s,2s,4s",
+            "--retention",
+            "3s",
+            "--retention-grace",
+            "1s",
+            "--min-put-interval",
+            "0s",
+            "--checkpoint-pages",
+            "64",
+        ],
+    );
+    let mut replica = env.replica("app.db").allow_compaction();
+    oracle::wait_caught_up(&mut replica, &src, Duration::from_secs(30));
+    let mut f = follower(
+        &env,
+        "app.db",
+        &out,
+        "follow_readers-follower",
+        &["--follow-interval-max", "2s"],
+    );
+    assert!(
+        common::process::wait_for(Duration::from_secs(30), || out.exists()),
+        "the follower did not restore {}",
+        out.display()
+    );
+
+    // Readers: every 300 ms a new connection, one read transaction; every
+    // fifth holds its snapshot for 2 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (stop, reads, committed, out) =
+                (stop.clone(), reads.clone(), committed.clone(), out.clone());
+            std::thread::spawn(move || -> Result<HashSet<u64>, String> {
+                let mut seen = HashSet::new();
+                let mut n = 0u32;
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
+                    n += 1;
+                    let hold = if n % 5 == r {
+                        Duration::from_secs(2)
+                    } else {
+                        Duration::ZERO
+                    };
+                    let (h, check) = read_once(&out, hold)?;
+                    if check != "ok" {
+                        return Err(format!("quick_check: {check}"));
+                    }
+                    if !committed.lock().unwrap().contains(&h) {
+                        return Err(format!("read {n}: a state the primary never committed"));
+                    }
+                    seen.insert(h);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Ok(seen)
+            })
+        })
+        .collect();
+
+    // The load: inserts of varied sizes, deletes, updates, rollbacks,
+    // checkpoints of every mode, VACUUMs (the database shrinks); the hash
+    // of each state is recorded before its COMMIT. The follower is stopped
+    // for 8 s halfway, so objects it has not fetched are compacted away.
+    let mut rng = common::Rng::new("follow_readers");
+    let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+    let t0 = Instant::now();
+    let (mut commits, mut rollbacks, mut paused) = (0u32, 0u32, false);
+    let mut i = 0u64;
+    while i < 700 && t0.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        if i == 250 {
+            f.signal(Signal::STOP);
+            paused = true;
+        }
+        if paused && i == 330 {
+            f.signal(Signal::CONT);
+            paused = false;
+        }
+        match rng.below(12) {
+            0..=5 => {
+                w.execute_batch("BEGIN IMMEDIATE").unwrap();
+                for _ in 0..rng.range(1, 6) {
+                    let len = if rng.below(20) == 0 {
+                        rng.range(5000, 30000)
+                    } else {
+                        rng.range(20, 3000)
+                    };
+                    w.execute("INSERT INTO t(v) VALUES (randomblob(?1))", [len as i64])
+                        .unwrap();
+                }
+                let rows: i64 = w
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap();
+                if rows > 300 {
+                    w.execute(
+                        "DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY id LIMIT 150)",
+                        [],
+                    )
+                    .unwrap();
+                }
+                committed.lock().unwrap().insert(content_hash(&w).unwrap());
+                w.execute_batch("COMMIT").unwrap();
+                commits += 1;
+            }
+            6 | 7 => {
+                w.execute_batch("BEGIN IMMEDIATE").unwrap();
+                w.execute(
+                    "UPDATE t SET v = randomblob(length(v) / 2 + 1) WHERE id % 7 = ?1",
+                    [rng.below(7) as i64],
+                )
+                .unwrap();
+                w.execute("DELETE FROM t WHERE id % 11 = ?1", [rng.below(11) as i64])
+                    .unwrap();
+                committed.lock().unwrap().insert(content_hash(&w).unwrap());
+                w.execute_batch("COMMIT").unwrap();
+                commits += 1;
+            }
+            8 => {
+                w.execute_batch("BEGIN IMMEDIATE").unwrap();
+                w.execute("DELETE FROM t", []).unwrap();
+                w.execute("INSERT INTO t(v) VALUES (randomblob(77))", [])
+                    .unwrap();
+                w.execute_batch("ROLLBACK").unwrap();
+                rollbacks += 1;
+            }
+            9 | 10 => {
+                let mode = modes[rng.below(4) as usize];
+                let _ = w.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+            }
+            _ => {
+                if rng.below(4) == 0 {
+                    w.execute_batch("VACUUM").unwrap();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(20, 80)));
+    }
+    if paused {
+        f.signal(Signal::CONT);
+    }
+    let want = content_hash(&w).unwrap();
+    eprintln!(
+        "follow_readers: {commits} commits, {rollbacks} rollbacks in {:.1?}",
+        t0.elapsed()
+    );
+
+    // After the writes stop, the follower equals the source within seconds.
+    let t1 = Instant::now();
+    let caught_up = common::process::wait_for(Duration::from_secs(30), || {
+        read_once(&out, Duration::ZERO).is_ok_and(|(h, _)| h == want)
+    });
+    assert!(
+        caught_up,
+        "the follower did not reach the source's state within 30 s"
+    );
+    eprintln!(
+        "follow_readers: follower equal to the source {:.1?} after the last write",
+        t1.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut states = HashSet::new();
+    for r in readers {
+        match r.join().unwrap() {
+            Ok(seen) => states.extend(seen),
+            Err(e) => panic!("reader: {e}\n{}", f.log_tail(40)),
+        }
+    }
+    let n = reads.load(Ordering::Relaxed);
+    eprintln!(
+        "follow_readers: {n} reads saw {} distinct committed states",
+        states.len()
+    );
+    assert!(
+        n >= 20 && states.len() >= 5,
+        "{n} reads, {} states",
+        states.len()
+    );
+
+    // Stop the primary, then the follower (exit 0); its file equals a plain
+    // restore of the same txid, byte for byte (page-1 counters aside).
+    assert!(primary.sigterm(Duration::from_secs(30)).success());
+    let newest = replica.newest().expect("objects");
+    assert!(
+        common::process::wait_for(Duration::from_secs(30), || f
+            .log_text()
+            .contains(&format!("..={newest} "))),
+        "the follower never applied txid {newest}"
+    );
+    let status = f.sigterm(Duration::from_secs(30));
+    assert!(status.success(), "follower: {status:?}\n{}", f.log_tail(30));
+    let txid = stopped_at(&f);
+    assert_eq!(txid, newest);
+    let log = f.log_text();
+    eprintln!(
+        "follow_readers: the follower planned from the compacted levels {} times",
+        log.matches("does not continue").count()
+            + log.matches("planning from the compacted levels").count()
+    );
+    let plain = env.path("plain.db");
+    let o = Cmd::new(env!("CARGO_BIN_EXE_walsync"))
+        .args(["restore", "app.db", "-o"])
+        .arg(&plain)
+        .args([
+            "--bucket",
+            &format!("s3://{}/{}", env.bucket, env.prefix),
+            "--txid",
+            &txid.to_string(),
+        ])
+        .output();
+    assert!(o.status.success(), "{}", text(&o));
+    for p in [&out, &plain] {
+        let c = Connection::open(p).unwrap();
+        let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+    same_bytes(&out, &plain).unwrap_or_else(|e| panic!("follower vs plain restore: {e}"));
+    let c = open_ro(&out).unwrap();
+    assert_eq!(content_hash(&c).unwrap(), want);
+}
+
+/// The failover runbook: the primary dies (kill -9); the follower catches
+/// up and is stopped; `walsync-sync` on the follower's database is refused
+/// while the old lease lives, then takes over and continues the replica;
+/// every state stored before the kill and every commit after the promotion
+/// restores.
+#[test]
+fn failover_promotes_the_follower() {
+    let Some(env) = Env::new("follow_failover") else {
+        return;
+    };
+    let src = env.path("app.db");
+    // The standby keeps the primary's file name: walsync-sync names a
+    // database's replica after its file (else `name` in --config).
+    std::fs::create_dir_all(env.path("standby")).unwrap();
+    let out: PathBuf = env.path("standby").join("app.db");
+    let lease = ["--lease-ttl", "3s", "--min-put-interval", "0s"];
+    let mut w = Writer::create(&src, 1);
+    w.commit(3);
+    let mut primary = daemon(&env, &[&src], "follow_failover-primary", &lease);
+    let mut replica = env.replica("app.db").allow_compaction();
+    oracle::wait_caught_up(&mut replica, &src, Duration::from_secs(30));
+    let mut f = follower(
+        &env,
+        "app.db",
+        &out,
+        "follow_failover-follower",
+        &["--follow-interval-max", "1s"],
+    );
+    for _ in 0..40 {
+        w.commit(2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oracle::wait_caught_up(&mut replica, &src, Duration::from_secs(30));
+    let stored = replica.newest().expect("objects");
+    let stored_state = app_state(&w.conn).unwrap().unwrap();
+
+    // 1. The primary dies with its application.
+    primary.kill9();
+    drop(w);
+
+    // 2. The follower has applied everything stored; stop it.
+    assert!(
+        common::process::wait_for(Duration::from_secs(30), || {
+            open_ro(&out)
+                .ok()
+                .and_then(|c| app_state(&c).ok().flatten())
+                == Some(stored_state)
+        }),
+        "the follower did not reach {stored_state:?}\n{}",
+        f.log_tail(20)
+    );
+    assert!(f.sigterm(Duration::from_secs(30)).success());
+    assert_eq!(stopped_at(&f), stored);
+
+    // 3. Promote: walsync-sync on the standby's database is refused while
+    //    the dead primary's lease lives, then takes the replica over.
+    let mut promoted = daemon(&env, &[&out], "follow_failover-promoted", &lease);
+    promoted.wait_line(Duration::from_secs(20), |l| {
+        l.contains("replicated by another walsync")
+    });
+    // The application writes to the standby's database at once; those
+    // commits wait in its WAL until the daemon may ship (a change of the
+    // file is also what makes a refused daemon try again).
+    let mut w2 = Writer::create(&out, 1);
+    assert_eq!(w2.last, stored_state.1);
+    let mut polls = 0;
+    promoted.wait_line_with(
+        Duration::from_secs(40),
+        |l| l.contains("taking over the expired lease"),
+        || {
+            polls += 1;
+            if polls % 5 == 0 {
+                w2.commit(1);
+            }
+        },
+    );
+    for _ in 0..20 {
+        w2.commit(3);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oracle::wait_caught_up(&mut replica, &out, Duration::from_secs(30));
+    let last = w2.last;
+    drop(w2);
+    assert!(promoted.sigterm(Duration::from_secs(30)).success());
+
+    // 4. The whole history restores: every txid gives a whole state that
+    //    never goes back, the kill's state is there, and the newest state
+    //    holds every commit made after the promotion.
+    let mut mono = oracle::Monotone::default();
+    replica.restore_each(None, |r| mono.push("app.db", r.txid, app_state(&r.conn)));
+    assert!(
+        mono.states
+            .iter()
+            .any(|(t, s)| *t == stored && *s == Some(stored_state)),
+        "txid {stored} does not restore {stored_state:?}: {:?}",
+        mono.states
+    );
+    assert_eq!(mono.last(), Some((1, last)));
+    eprintln!(
+        "follow_failover: {} states restored, kill at txid {stored}, newest k {last}",
+        mono.count
+    );
+}
