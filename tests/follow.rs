@@ -18,7 +18,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use common::daemon::Env;
 use common::oracle::{self, app_state, Writer};
-use common::process::{log_path, text, Cmd, Proc, Signal};
+use common::process::{log_path, text, wait_for, Cmd, Proc, Signal};
+use common::proxy::{s3_upstream, Proxy};
 
 /// `walsync restore DB -o OUT --follow` against the test's bucket.
 fn follower(env: &Env, db: &str, out: &Path, name: &str, extra: &[&str]) -> Proc {
@@ -189,7 +190,7 @@ fn readers_of_a_follower_see_only_committed_states() {
         &["--follow-interval-max", "2s"],
     );
     assert!(
-        common::process::wait_for(Duration::from_secs(30), || out.exists()),
+        wait_for(Duration::from_secs(30), || out.exists()),
         "the follower did not restore {}",
         out.display()
     );
@@ -236,17 +237,17 @@ fn readers_of_a_follower_see_only_committed_states() {
     let mut rng = common::Rng::new("follow_readers");
     let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
     let t0 = Instant::now();
-    let (mut commits, mut rollbacks, mut paused) = (0u32, 0u32, false);
+    let (mut commits, mut rollbacks, mut paused) = (0u32, 0u32, None);
     let mut i = 0u64;
-    while i < 700 && t0.elapsed() < Duration::from_secs(60) {
+    while i < 800 && t0.elapsed() < Duration::from_secs(70) {
         i += 1;
         if i == 250 {
             f.signal(Signal::STOP);
-            paused = true;
+            paused = Some(Instant::now());
         }
-        if paused && i == 330 {
+        if paused.is_some_and(|t| t.elapsed() > Duration::from_secs(12)) {
             f.signal(Signal::CONT);
-            paused = false;
+            paused = None;
         }
         match rng.below(12) {
             0..=5 => {
@@ -307,7 +308,7 @@ fn readers_of_a_follower_see_only_committed_states() {
         }
         std::thread::sleep(Duration::from_millis(rng.range(20, 80)));
     }
-    if paused {
+    if paused.is_some() {
         f.signal(Signal::CONT);
     }
     let want = content_hash(&w).unwrap();
@@ -318,7 +319,7 @@ fn readers_of_a_follower_see_only_committed_states() {
 
     // After the writes stop, the follower equals the source within seconds.
     let t1 = Instant::now();
-    let caught_up = common::process::wait_for(Duration::from_secs(30), || {
+    let caught_up = wait_for(Duration::from_secs(30), || {
         read_once(&out, Duration::ZERO).is_ok_and(|(h, _)| h == want)
     });
     assert!(
@@ -353,7 +354,7 @@ fn readers_of_a_follower_see_only_committed_states() {
     assert!(primary.sigterm(Duration::from_secs(30)).success());
     let newest = replica.newest().expect("objects");
     assert!(
-        common::process::wait_for(Duration::from_secs(30), || f
+        wait_for(Duration::from_secs(30), || f
             .log_text()
             .contains(&format!("..={newest} "))),
         "the follower never applied txid {newest}"
@@ -431,7 +432,7 @@ fn failover_promotes_the_follower() {
 
     // 2. The follower has applied everything stored; stop it.
     assert!(
-        common::process::wait_for(Duration::from_secs(30), || {
+        wait_for(Duration::from_secs(30), || {
             open_ro(&out)
                 .ok()
                 .and_then(|c| app_state(&c).ok().flatten())
@@ -491,4 +492,117 @@ fn failover_promotes_the_follower() {
         "follow_failover: {} states restored, kill at txid {stored}, newest k {last}",
         mono.count
     );
+}
+
+/// The follower's database state by the model (`None` until readable).
+fn follower_state(out: &Path) -> Option<(i64, i64)> {
+    open_ro(out).ok().and_then(|c| app_state(&c).ok().flatten())
+}
+
+/// Without a replica `--follow` fails at once with one line; with
+/// `--wait-for-replica` it waits for one. Then it survives a storage outage
+/// (one warning, resumes) and a primary restarted after a gap (the
+/// application checkpointed while walsync was down: a new snapshot, which
+/// the follower applies).
+#[test]
+fn follower_waits_survives_an_outage_and_a_restart_with_a_gap() {
+    let Some(env) = Env::new("follow_outage") else {
+        return;
+    };
+    let src = env.path("app.db");
+    let out = env.path("follower.db");
+    let bucket = format!("s3://{}/{}", env.bucket, env.prefix);
+
+    // 1. No replica: one line, non-zero, nothing written.
+    let o = Cmd::new(env!("CARGO_BIN_EXE_walsync"))
+        .args(["restore", "app.db", "-o"])
+        .arg(&out)
+        .args(["--bucket", &bucket, "--follow"])
+        .timeout(Duration::from_secs(60))
+        .output();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("app.db") && err.contains("--wait-for-replica"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    // 2. --wait-for-replica, through a proxy that can fail.
+    let proxy = Proxy::start(s3_upstream());
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let mut f = follower(
+        &env,
+        "app.db",
+        &out,
+        "follow_outage-follower",
+        &[
+            "--wait-for-replica",
+            "--follow-interval-max",
+            "1s",
+            "--endpoint",
+            &endpoint,
+            "--path-style",
+        ],
+    );
+    f.wait_line(Duration::from_secs(30), |l| l.contains("waiting for one"));
+    let mut w = Writer::create(&src, 1);
+    w.commit(5);
+    let extra = ["--min-put-interval", "0s"];
+    let mut primary = daemon(&env, &[&src], "follow_outage-primary", &extra);
+    for _ in 0..10 {
+        w.commit(2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want = app_state(&w.conn).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || follower_state(&out) == want),
+        "the follower did not reach {want:?}"
+    );
+
+    // 3. Storage unreachable for the follower for 4 s.
+    proxy.set_down(true);
+    proxy.cut();
+    for _ in 0..20 {
+        w.commit(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.assert_running();
+    proxy.set_down(false);
+    let want = app_state(&w.conn).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || follower_state(&out) == want),
+        "the follower did not resume after the outage\n{}",
+        f.log_tail(20)
+    );
+    let log = f.log_text();
+    assert_eq!(log.matches("following paused").count(), 1, "{log}");
+    assert!(log.contains("storage answers again"), "{log}");
+
+    // 4. The primary stops; the application checkpoints and writes on;
+    //    the restarted primary ships a snapshot after a gap in level 0.
+    assert!(primary.sigterm(Duration::from_secs(30)).success());
+    w.commit(3);
+    w.checkpoint("TRUNCATE");
+    w.commit(3);
+    primary.spawn();
+    primary.wait_line(Duration::from_secs(30), |l| l.contains("snapshot as txid"));
+    for _ in 0..5 {
+        w.commit(2);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want = app_state(&w.conn).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || follower_state(&out) == want),
+        "the follower did not apply the new snapshot\n{}",
+        f.log_tail(20)
+    );
+    assert!(
+        f.log_text().contains("applying it whole"),
+        "{}",
+        f.log_tail(30)
+    );
+    assert!(f.sigterm(Duration::from_secs(30)).success());
+    assert!(primary.sigterm(Duration::from_secs(30)).success());
 }

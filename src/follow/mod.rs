@@ -91,7 +91,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::error::{Error, Result, StorageErrorKind};
 use crate::replica::{fetch, SPOOL_THRESHOLD};
 use crate::restore::{self, Plan, Target};
-use crate::storage::{RetryReads, Storage};
+use crate::storage::Storage;
 
 use apply::Applier;
 use poll::{Depth, Next};
@@ -102,6 +102,8 @@ pub const FAST: Duration = Duration::from_millis(200);
 pub const DEFAULT_INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// Every n-th idle poll also lists snapshots newer than the position.
 pub const SNAPSHOT_CHECK_EVERY: u32 = 6;
+/// Polls in a row that may find a damaged object before following fails.
+const MAX_DAMAGED: u32 = 3;
 /// At most one info line per this long while following.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
@@ -193,7 +195,8 @@ pub fn follow(
     interval_max: Duration,
     stop: &Receiver<i32>,
 ) -> Result<Followed> {
-    let storage = &RetryReads(storage);
+    // No `RetryReads` here: this loop retries on its own schedule and logs
+    // an outage once, where bounded retries would warn at every attempt.
     let mut applier = Applier::open(out)?;
     let spool_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -210,6 +213,7 @@ pub fn follow(
     let mut idle_polls = 0u32;
     let mut full_next = false;
     let mut failing: Option<Instant> = None;
+    let mut damaged = 0u32;
     let mut summary = Summary::new();
     log::info!(
         "{db}: following {root}/{db} into {} from txid {txid} (idle polls up to every {}: {:.0} LIST requests/hour)",
@@ -280,10 +284,20 @@ pub fn follow(
                 full_next = true;
                 interval.idle();
             }
+            // A damaged body (SHA-256 mismatch, cut short): fetch again a
+            // few times, then it is the object, not the network.
+            Err(e @ Error::Ltx { .. }) if damaged + 1 < MAX_DAMAGED => {
+                damaged += 1;
+                log::warn!("{db}: {e}; fetching it again");
+                full_next = true;
+            }
             Err(e) => {
                 let _ = applier.close();
                 return Err(e);
             }
+        }
+        if st.objects > before {
+            damaged = 0;
         }
         summary.maybe_log(db, &st);
     }
@@ -311,6 +325,13 @@ fn apply_all(
             break;
         }
         let name = format!("{root}/{}", o.key);
+        if o.min_txid == 1 {
+            log::info!(
+                "{db}: the history continues at snapshot {name} (txid {} after {}): applying it whole",
+                o.max_txid,
+                st.txid
+            );
+        }
         let fetched = fetch(storage, o, &name, spool_dir, SPOOL_THRESHOLD)?;
         let h = applier.apply(o, &name, fetched)?;
         st.txid = h.max_txid;
