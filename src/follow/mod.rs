@@ -82,6 +82,8 @@
 
 mod apply;
 mod poll;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
