@@ -70,8 +70,10 @@
 //! Objects that continue the position exactly are applied in txid order
 //! ([`crate::replica::chain`]). When level 0 has objects past the position
 //! but none continues it (compaction and retention removed them before this
-//! follower fetched them), or an object vanished between LIST and GET, the
-//! next poll looks at the compacted levels and the snapshots too; a snapshot
+//! follower fetched them), or an object vanished between LIST and GET, or
+//! more than 64 objects wait (a follower far behind: compacted objects cover
+//! them in fewer GETs), the poll looks at the compacted levels and the
+//! snapshots too; a snapshot
 //! past where the history continues (a new snapshot after a gap) is applied
 //! whole, then what follows it. A failed poll (storage outage) is logged
 //! once and retried with the backoff; the follower resumes where it was.

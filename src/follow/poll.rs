@@ -13,6 +13,10 @@ use crate::replica::listing::{after_txid, list_level, Strictness};
 use crate::replica::{greedy, ReplicaObject};
 use crate::storage::Storage;
 
+/// Level-0 objects to apply above which a poll also looks at the compacted
+/// levels.
+const MANY: usize = 64;
+
 /// What a poll found.
 #[derive(Debug, Default)]
 pub(super) struct Next {
@@ -40,7 +44,7 @@ pub(super) enum Depth {
 /// Poll `db` for the objects continuing txid `pos`. A [`Depth::Level0`]
 /// poll that finds objects past `pos` none of which continues it (they were
 /// compacted away before this follower fetched them, or a snapshot filled a
-/// gap) looks again with [`Depth::Full`].
+/// gap), or more than [`MANY`] of them, looks again with [`Depth::Full`].
 pub(super) fn next(storage: &dyn Storage, db: &str, pos: u64, depth: Depth) -> Result<Next> {
     let level0 = list_level(
         storage,
@@ -59,7 +63,13 @@ pub(super) fn next(storage: &dyn Storage, db: &str, pos: u64, depth: Depth) -> R
              snapshot after a gap): looking at every level"
         );
     }
-    let depth = if gap { Depth::Full } else { depth };
+    // Far behind (a follower that was stopped, a long outage): compacted
+    // objects cover the same txids in far fewer GETs.
+    let depth = if gap || chain.len() > MANY {
+        Depth::Full
+    } else {
+        depth
+    };
     if depth == Depth::Level0 {
         return Ok(Next {
             objects: chain,
