@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,17 +60,46 @@ fn daemon(env: &Env, dbs: &[&Path], name: &str, extra: &[&str]) -> Proc {
         .spawn(&log)
 }
 
-/// Hash of the content of table `t`, in one read transaction of `c`.
-fn content_hash(c: &Connection) -> rusqlite::Result<u64> {
-    let mut h = DefaultHasher::new();
+/// SHA-256 (hex) of the content of table `t`, in one read transaction of
+/// `c`: per row its id (i64 BE), the length of `v` (u32 BE) and `v`. The
+/// Python reader ([`PY_READER`]) computes the same.
+fn content_hash(c: &Connection) -> rusqlite::Result<String> {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut st = c.prepare_cached("SELECT id, v FROM t ORDER BY id")?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        r.get::<_, i64>(0)?.hash(&mut h);
-        r.get::<_, Vec<u8>>(1)?.hash(&mut h);
+        let v: Vec<u8> = r.get(1)?;
+        h.update(&r.get::<_, i64>(0)?.to_be_bytes());
+        h.update(&(v.len() as u32).to_be_bytes());
+        h.update(&v);
     }
-    Ok(h.finish())
+    Ok(walsync::util::hex(h.finish().as_ref()))
 }
+
+/// A reader in another process and another SQLite (Python's): every
+/// 300 ms a new read-only connection, one read transaction, a line
+/// `<content hash> <quick_check>` (or `ERROR …`); ends when the file
+/// `argv[2]` exists, or after 150 s.
+const PY_READER: &str = r#"
+import hashlib, os, sqlite3, struct, sys, time
+path, stop = sys.argv[1], sys.argv[2]
+t0 = time.time()
+while not os.path.exists(stop) and time.time() - t0 < 150:
+    try:
+        c = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5, isolation_level=None)
+        c.execute("BEGIN")
+        h = hashlib.sha256()
+        for i, v in c.execute("SELECT id, v FROM t ORDER BY id"):
+            h.update(struct.pack(">qI", i, len(v)))
+            h.update(v)
+        qc = c.execute("PRAGMA quick_check").fetchone()[0]
+        c.execute("COMMIT")
+        c.close()
+        print(h.hexdigest(), qc, flush=True)
+    except sqlite3.Error as e:
+        print("ERROR", e, flush=True)
+    time.sleep(0.3)
+"#;
 
 fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
     let c = Connection::open_with_flags(
@@ -85,7 +112,7 @@ fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
 
 /// One reader visit: open, one read transaction (hash, quick_check; held
 /// `hold` long, then hashed again: the snapshot must not move), close.
-fn read_once(path: &Path, hold: Duration) -> Result<(u64, String), String> {
+fn read_once(path: &Path, hold: Duration) -> Result<(String, String), String> {
     let c = open_ro(path).map_err(|e| format!("open: {e}"))?;
     c.execute_batch("BEGIN")
         .map_err(|e| format!("begin: {e}"))?;
@@ -152,7 +179,7 @@ fn readers_of_a_follower_see_only_committed_states() {
     };
     let src = env.path("app.db");
     let out = env.path("follower.db");
-    let committed: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let committed: Arc<Mutex<HashSet<String>>> = Arc::default();
     let w = Connection::open(&src).unwrap();
     w.busy_timeout(Duration::from_secs(5)).unwrap();
     w.execute_batch(
@@ -203,7 +230,7 @@ fn readers_of_a_follower_see_only_committed_states() {
         .map(|r| {
             let (stop, reads, committed, out) =
                 (stop.clone(), reads.clone(), committed.clone(), out.clone());
-            std::thread::spawn(move || -> Result<HashSet<u64>, String> {
+            std::thread::spawn(move || -> Result<HashSet<String>, String> {
                 let mut seen = HashSet::new();
                 let mut n = 0u32;
                 let t0 = Instant::now();
@@ -229,6 +256,24 @@ fn readers_of_a_follower_see_only_committed_states() {
             })
         })
         .collect();
+
+    // And one in Python (another process, another SQLite library).
+    let py_stop = env.path("py-reader.stop");
+    let py_out = log_path("follow_readers-py").with_extension("stdout");
+    let _ = std::fs::remove_file(&py_out);
+    let have_python = Cmd::new("python3").arg("--version").try_output().is_ok();
+    assert!(
+        have_python || !common::require_external(),
+        "python3 is needed for the Python reader"
+    );
+    let mut py = have_python.then(|| {
+        Cmd::new("python3")
+            .args(["-c", PY_READER])
+            .arg(&out)
+            .arg(&py_stop)
+            .stdout_to(&py_out)
+            .spawn(&log_path("follow_readers-py"))
+    });
 
     // The load: inserts of varied sizes, deletes, updates, rollbacks,
     // checkpoints of every mode, VACUUMs (the database shrinks); the hash
@@ -337,6 +382,27 @@ fn readers_of_a_follower_see_only_committed_states() {
             Ok(seen) => states.extend(seen),
             Err(e) => panic!("reader: {e}\n{}", f.log_tail(40)),
         }
+    }
+    if let Some(py) = py.as_mut() {
+        std::fs::write(&py_stop, b"").unwrap();
+        assert!(py.wait(Duration::from_secs(30)).success());
+        let lines = std::fs::read_to_string(&py_out).unwrap();
+        let committed = committed.lock().unwrap();
+        let mut py_states = HashSet::new();
+        for l in lines.lines() {
+            let (h, check) = l.split_once(' ').unwrap_or((l, ""));
+            assert!(
+                check == "ok" && committed.contains(h),
+                "Python reader: {l:?} (not a committed state with quick_check ok)"
+            );
+            py_states.insert(h.to_string());
+        }
+        eprintln!(
+            "follow_readers: the Python reader made {} reads, {} distinct committed states",
+            lines.lines().count(),
+            py_states.len()
+        );
+        assert!(lines.lines().count() >= 20, "{lines}");
     }
     let n = reads.load(Ordering::Relaxed);
     eprintln!(
