@@ -1,64 +1,24 @@
 //! Follow mode (`walsync restore --follow`, src/follow/), end to end: a
 //! primary `walsync-sync` under a checkpoint-heavy write load with
 //! compaction and retention at short intervals, a follower, and readers of
-//! the follower; then the failover runbook (kill -9 the primary, promote the
-//! follower's database once the lease expired, keep writing).
+//! the follower; a follower without a replica, through an outage, and after
+//! a primary restarted with a gap. The failover runbook: tests/failover.rs.
 
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use common::daemon::Env;
+use common::follow::{daemon, follower, follower_state, open_ro, stopped_at};
 use common::oracle::{self, app_state, Writer};
-use common::process::{log_path, text, wait_for, Cmd, Proc, Signal};
+use common::process::{log_path, text, wait_for, Cmd, Signal};
 use common::proxy::{s3_upstream, Proxy};
-
-/// `walsync restore DB -o OUT --follow` against the test's bucket.
-fn follower(env: &Env, db: &str, out: &Path, name: &str, extra: &[&str]) -> Proc {
-    let log = log_path(name);
-    let _ = std::fs::remove_file(&log);
-    let stdout = log.with_extension("stdout");
-    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
-        .args(["restore", db, "-o"])
-        .arg(out)
-        .args([
-            "--bucket",
-            &format!("s3://{}/{}", env.bucket, env.prefix),
-            "--follow",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "walsync=debug")
-        .stdout_to(&stdout)
-        .spawn(&log)
-}
-
-/// `walsync-sync DB` with its own log (two daemons of one test must not
-/// share one: a line waited for must be the right one's).
-fn daemon(env: &Env, dbs: &[&Path], name: &str, extra: &[&str]) -> Proc {
-    let log = log_path(name);
-    let _ = std::fs::remove_file(&log);
-    Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"))
-        .args(dbs.iter().map(|p| p.as_os_str()))
-        .args([
-            "--bucket",
-            &env.bucket,
-            "--prefix",
-            &env.prefix,
-            "--shutdown-timeout",
-            "10s",
-            "--status-socket",
-            "none",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "walsync=debug")
-        .spawn(&log)
-}
 
 /// SHA-256 (hex) of the content of table `t`, in one read transaction of
 /// `c`: per row its id (i64 BE), the length of `v` (u32 BE) and `v`. The
@@ -100,15 +60,6 @@ while not os.path.exists(stop) and time.time() - t0 < 150:
         print("ERROR", e, flush=True)
     time.sleep(0.3)
 "#;
-
-fn open_ro(path: &Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open_with_flags(
-        format!("file:{}?mode=ro", path.display()),
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    c.busy_timeout(Duration::from_secs(5))?;
-    Ok(c)
-}
 
 /// One reader visit: open, one read transaction (hash, quick_check; held
 /// `hold` long, then hashed again: the snapshot must not move), close.
@@ -153,23 +104,6 @@ fn same_bytes(a: &Path, b: &Path) -> Result<(), String> {
             &differ[..differ.len().min(8)]
         ))
     }
-}
-
-/// The txid of the follower's last line `stopped following DB at txid N`.
-fn stopped_at(f: &Proc) -> u64 {
-    let out = f.stdout_text();
-    out.lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("stopped following ")?
-                .split(" at txid ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no 'stopped following' line in {out:?}"))
 }
 
 #[test]
@@ -454,115 +388,6 @@ fn readers_of_a_follower_see_only_committed_states() {
     same_bytes(&out, &plain).unwrap_or_else(|e| panic!("follower vs plain restore: {e}"));
     let c = open_ro(&out).unwrap();
     assert_eq!(content_hash(&c).unwrap(), want);
-}
-
-/// The failover runbook: the primary dies (kill -9); the follower catches
-/// up and is stopped; `walsync-sync` on the follower's database is refused
-/// while the old lease lives, then takes over and continues the replica;
-/// every state stored before the kill and every commit after the promotion
-/// restores.
-#[test]
-fn failover_promotes_the_follower() {
-    let Some(env) = Env::new("follow_failover") else {
-        return;
-    };
-    let src = env.path("app.db");
-    // The standby keeps the primary's file name: walsync-sync names a
-    // database's replica after its file (else `name` in --config).
-    std::fs::create_dir_all(env.path("standby")).unwrap();
-    let out: PathBuf = env.path("standby").join("app.db");
-    let lease = ["--lease-ttl", "3s", "--min-put-interval", "0s"];
-    let mut w = Writer::create(&src, 1);
-    w.commit(3);
-    let mut primary = daemon(&env, &[&src], "follow_failover-primary", &lease);
-    let mut replica = env.replica("app.db").allow_compaction();
-    oracle::wait_caught_up(&mut replica, &src, Duration::from_secs(30));
-    let mut f = follower(
-        &env,
-        "app.db",
-        &out,
-        "follow_failover-follower",
-        &["--follow-interval-max", "1s"],
-    );
-    for _ in 0..40 {
-        w.commit(2);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    oracle::wait_caught_up(&mut replica, &src, Duration::from_secs(30));
-    let stored = replica.newest().expect("objects");
-    let stored_state = app_state(&w.conn).unwrap().unwrap();
-
-    // 1. The primary dies with its application.
-    primary.kill9();
-    drop(w);
-
-    // 2. The follower has applied everything stored; stop it.
-    assert!(
-        wait_for(Duration::from_secs(30), || {
-            open_ro(&out)
-                .ok()
-                .and_then(|c| app_state(&c).ok().flatten())
-                == Some(stored_state)
-        }),
-        "the follower did not reach {stored_state:?}\n{}",
-        f.log_tail(20)
-    );
-    assert!(f.sigterm(Duration::from_secs(30)).success());
-    assert_eq!(stopped_at(&f), stored);
-
-    // 3. Promote: walsync-sync on the standby's database is refused while
-    //    the dead primary's lease lives, then takes the replica over.
-    let mut promoted = daemon(&env, &[&out], "follow_failover-promoted", &lease);
-    promoted.wait_line(Duration::from_secs(20), |l| {
-        l.contains("replicated by another walsync")
-    });
-    // The application writes to the standby's database at once; those
-    // commits wait in its WAL until the daemon may ship (a change of the
-    // file is also what makes a refused daemon try again).
-    let mut w2 = Writer::create(&out, 1);
-    assert_eq!(w2.last, stored_state.1);
-    let mut polls = 0;
-    promoted.wait_line_with(
-        Duration::from_secs(40),
-        |l| l.contains("taking over the expired lease"),
-        || {
-            polls += 1;
-            if polls % 5 == 0 {
-                w2.commit(1);
-            }
-        },
-    );
-    for _ in 0..20 {
-        w2.commit(3);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    oracle::wait_caught_up(&mut replica, &out, Duration::from_secs(30));
-    let last = w2.last;
-    drop(w2);
-    assert!(promoted.sigterm(Duration::from_secs(30)).success());
-
-    // 4. The whole history restores: every txid gives a whole state that
-    //    never goes back, the kill's state is there, and the newest state
-    //    holds every commit made after the promotion.
-    let mut mono = oracle::Monotone::default();
-    replica.restore_each(None, |r| mono.push("app.db", r.txid, app_state(&r.conn)));
-    assert!(
-        mono.states
-            .iter()
-            .any(|(t, s)| *t == stored && *s == Some(stored_state)),
-        "txid {stored} does not restore {stored_state:?}: {:?}",
-        mono.states
-    );
-    assert_eq!(mono.last(), Some((1, last)));
-    eprintln!(
-        "follow_failover: {} states restored, kill at txid {stored}, newest k {last}",
-        mono.count
-    );
-}
-
-/// The follower's database state by the model (`None` until readable).
-fn follower_state(out: &Path) -> Option<(i64, i64)> {
-    open_ro(out).ok().and_then(|c| app_state(&c).ok().flatten())
 }
 
 /// Without a replica `--follow` fails at once with one line; with
