@@ -4,8 +4,8 @@
 //! Why a module of its own: a plain restore writes a private temporary file
 //! and renames it into place once; a follower changes a database that
 //! applications are reading *while* it changes. That needs a different
-//! writer (through SQLite, [`apply`]), a poll loop with its own cost policy
-//! ([`poll`] and [`Interval`]), and its own answers to what the primary does
+//! writer (through SQLite, `apply.rs`), a poll loop with its own cost policy
+//! (`poll.rs` and [`Interval`]), and its own answers to what the primary does
 //! meanwhile (compaction, retention, restarts, outages).
 //!
 //! ## Readers see only whole committed states
