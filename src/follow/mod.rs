@@ -270,9 +270,14 @@ pub fn follow(
             Err(e) if e.storage_kind() == Some(StorageErrorKind::NotFound) => {
                 // Deleted between LIST and GET: compaction or retention
                 // replaced it. Look at every level next time.
+                // Again after a full poll: back off, do not spin.
                 log::info!("{db}: {e}; planning from the compacted levels");
+                if full_next {
+                    interval.idle();
+                } else {
+                    interval.changed();
+                }
                 full_next = true;
-                interval.changed();
             }
             Err(e) if retryable(&e) => {
                 if failing.is_none() {
