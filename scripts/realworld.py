@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """walsync vs Litestream 0.5.17 in real-world scenarios, on one machine.
 
-    scripts/realworld.py [--test sync|restore|multi-db|network] [--json] [options]
+    scripts/realworld.py [--test sync|restore|multi-db|network|follow] [--json] [options]
 
-Without --test all four run, each tool after the other (Litestream first),
+Without --test all five run, each tool after the other (Litestream first),
 against the S3 server in the environment (the local Garage from
 `eval "$(scripts/s3-server.sh start)"`, or a remote S3 with AWS_* and
 WALSYNC_TEST_BUCKET). `make bench-realworld` sets everything up.
@@ -37,6 +37,13 @@ network   3 databases at 10 commits/s; after 5 s the proxy refuses every
           Writes lost = source rows minus rows in the tool's own restore of
           each database, after every commit landed (or 120 s passed) and the
           tool was stopped with SIGTERM.
+follow    One database, --commits commits at --sync-rate commits/s, each
+          tool's default settings; a follower (`walsync restore --follow`,
+          `litestream restore -f`) of the replica; the script opens the
+          follower read-only every 20 ms (a new connection each time) and
+          notes when each commit's row first became visible. Lag = that
+          moment minus the time the writer's COMMIT returned. Targets (#14):
+          p50 <= 1 s, p99 <= 3 s.
 
 Thresholds printed next to the numbers: the seed's (p50 < 100 ms, restore
 >= 50 MB/s, memory about 10 MB flat, CPU < 20 % for 10 DBs @ 100 w/s, lag p95
@@ -208,6 +215,85 @@ def test_network(args, s3, base, run_id, tools):
     return out
 
 
+# --------------------------------------------------------------------------- follow
+
+
+def follow_command(tool, src, out, max_interval):
+    """The tool's follow-mode restore of `src` into `out`."""
+    if tool.name == "walsync":
+        return tool.restore_command(src, out) + ["--follow", "--follow-interval-max", max_interval]
+    return [b.LITESTREAM, "restore", "-config", tool.cfg, "-f", "-o", out, os.path.abspath(src)]
+
+
+def visible_seq(path):
+    """max(seq) a new read-only connection sees in `path`, None when unreadable."""
+    import sqlite3
+
+    try:
+        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            return c.execute("SELECT coalesce(max(seq), 0) FROM t").fetchone()[0]
+        finally:
+            c.close()
+    except sqlite3.Error:
+        return None
+
+
+def test_follow(args, s3, base, run_id, tools):
+    """Commit on the primary -> visible to a reader of the follower."""
+    out = {}
+    for t in tools:
+        b.log(f"follow: {t}, {args.commits} commits at {args.sync_rate:g}/s (load {b.loadavg()})")
+        work = os.path.join(base, f"follow-{t}")
+        src = b.create_dbs(os.path.join(work, "data"), 1)[0]
+        ep = b.Direct(s3["endpoint"])
+        tool = b.TOOLS[t](work, s3, ep, f"realworld-{run_id}/follow-{t}")
+        dst = os.path.join(work, "follower", "db0000.db")
+        os.makedirs(os.path.dirname(dst))
+        fol = None
+        r = {"rate": args.sync_rate}
+        try:
+            tool.start([src])
+            wait_bucket_quiet(s3, f"realworld-{run_id}/follow-{t}/", 1, timeout=60)
+            flog = open(os.path.join(work, "follower.log"), "w")
+            fol = b.subprocess.Popen(follow_command(tool, src, dst, "10s"), env=tool.env(), stdout=flog,
+                                     stderr=b.subprocess.STDOUT)
+            end = time.monotonic() + 60
+            while visible_seq(dst) is None and time.monotonic() < end:
+                time.sleep(0.1)
+            writer = b.Writer([src], args.sync_rate, args.commits / args.sync_rate + 30,
+                              os.path.join(work, "w.json"), count=args.commits)
+            # Poll the follower every 20 ms: the first time a seq is visible.
+            seen, last, t0 = {}, 0, time.monotonic()
+            while writer.procs[0].poll() is None or last < args.commits:
+                v = visible_seq(dst)
+                now = time.monotonic()
+                if v is not None and v > last:
+                    for q in range(last + 1, v + 1):
+                        seen[q] = now
+                    last = v
+                if now - t0 > args.commits / args.sync_rate + 60:
+                    break
+                time.sleep(0.02)
+            w = writer.wait(60)
+            lat = [seen[q] - tc for q, tc in w["commits"][0] if q in seen]
+            r.update(b.lat_summary(lat))
+            r["missing"] = len(w["commits"][0]) - len(lat)
+        finally:
+            if fol and fol.poll() is None:
+                fol.send_signal(b.signal.SIGTERM)
+                try:
+                    fol.wait(30)
+                except b.subprocess.TimeoutExpired:
+                    fol.kill()
+                    fol.wait()
+            tool.stop()
+            ep.stop()
+            b.cleanup(work)
+        out[t] = r
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -279,6 +365,15 @@ def report(res):
         row("", "RSS peak (MB)", f(g(m, "litestream", "rss_peak_mb")), f(ws), "flat", None, "", None)
         row("", "PUT requests", f(g(m, "litestream", "requests", "PUT")), f(g(m, "walsync", "requests", "PUT")), "", None, "", None)
         row("", "restored = source", f(g(m, "litestream", "shipped")), f(g(m, "walsync", "shipped")), "", None, "", None)
+    if "follow" in res:
+        fo = res["follow"]
+        for k, target, tv in (("p50_ms", "<= 1000 ms", 1000), ("p99_ms", "<= 3000 ms", 3000)):
+            ws = g(fo, "walsync", k)
+            row("follow lag (commit -> reader)", k.replace("_ms", " (ms)"), f(g(fo, "litestream", k)), f(ws), "", None,
+                target, None if ws is None else ws <= tv)
+        row("", "commits measured / never seen",
+            f"{f(g(fo, 'litestream', 'n'))} / {f(g(fo, 'litestream', 'missing'))}",
+            f"{f(g(fo, 'walsync', 'n'))} / {f(g(fo, 'walsync', 'missing'))}", "", None, "", None)
     if "network" in res:
         nw = res["network"]
         o = g(nw, "walsync", "outage_s") or g(nw, "litestream", "outage_s")
@@ -302,8 +397,8 @@ def _get(d, *keys):
 
 def main():
     ap = argparse.ArgumentParser(description="walsync vs Litestream real-world benchmarks")
-    ap.add_argument("--test", choices=["sync", "restore", "multi-db", "network"], action="append",
-                    help="run only this test (repeatable); default: all four")
+    ap.add_argument("--test", choices=["sync", "restore", "multi-db", "network", "follow"], action="append",
+                    help="run only this test (repeatable); default: all five")
     ap.add_argument("--json", action="store_true", help="also print the JSON result on stdout")
     ap.add_argument("--walsync-only", action="store_true", help="skip Litestream")
     ap.add_argument("--commits", type=int, default=200, help="sync: commits measured (default 200)")
@@ -315,7 +410,7 @@ def main():
     ap.add_argument("--outage", type=float, default=10, help="network: seconds S3 is unreachable (default 10)")
     ap.add_argument("--out", default=os.path.join(b.ROOT, "benches", "results"), help="where the JSON goes")
     args = ap.parse_args()
-    tests = args.test or ["sync", "restore", "multi-db", "network"]
+    tests = args.test or ["sync", "restore", "multi-db", "network", "follow"]
     tools = ["walsync"] if args.walsync_only else list(TOOLS)
     s3 = b.s3_settings()
     run_id = uuid.uuid4().hex[:8]
@@ -328,7 +423,8 @@ def main():
         "versions": b.versions(),
         "results": {},
     }
-    fns = {"sync": test_sync, "restore": test_restore, "multi-db": test_multi, "network": test_network}
+    fns = {"sync": test_sync, "restore": test_restore, "multi-db": test_multi, "network": test_network,
+           "follow": test_follow}
     try:
         for t in tests:
             doc["results"][t] = fns[t](args, s3, base, run_id, tools)

@@ -74,6 +74,8 @@
 //! - [`compact`]: merge level-0 objects into levels 1–3; retention that never
 //!   breaks a restore.
 //! - [`restore`]: plan, download, verify and apply a replica into a database file.
+//! - [`follow`]: `restore --follow`: keep a restored database current, each
+//!   replicated transaction applied as one SQLite transaction for its readers.
 //! - [`daemon`]: `walsync sync`: globs, threads, signals, the config file,
 //!   inotify routing, metrics, heartbeats, systemd notifications.
 //! - [`ops`]: `walsync list`, `verify` and `snapshot`.
@@ -119,6 +121,7 @@ pub mod upload;
 pub mod capture;
 
 pub mod compact;
+pub mod follow;
 pub mod restore;
 
 pub mod daemon;

@@ -1102,6 +1102,47 @@ fn bad_input_table() {
                 )
             }),
         ),
+        (
+            "restore --follow --txid 3",
+            Box::new(|| {
+                let work = tempfile::tempdir().unwrap();
+                let out = work.path().join("o.db");
+                flag_row(
+                    restore_cmd(&src.place, db, &out, &["--follow", "--txid", "3"]),
+                    WALSYNC,
+                    "--follow",
+                )
+            }),
+        ),
+        (
+            "restore --wait-for-replica without --follow",
+            Box::new(|| {
+                let work = tempfile::tempdir().unwrap();
+                let out = work.path().join("o.db");
+                flag_row(
+                    restore_cmd(&src.place, db, &out, &["--wait-for-replica"]),
+                    WALSYNC,
+                    "--follow",
+                )
+            }),
+        ),
+        (
+            "restore --follow --follow-interval-max soon",
+            Box::new(|| {
+                let work = tempfile::tempdir().unwrap();
+                let out = work.path().join("o.db");
+                flag_row(
+                    restore_cmd(
+                        &src.place,
+                        db,
+                        &out,
+                        &["--follow", "--follow-interval-max", "soon"],
+                    ),
+                    WALSYNC,
+                    "--follow-interval-max",
+                )
+            }),
+        ),
     ];
 
     let mut failed = Vec::new();

@@ -49,11 +49,26 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
         /// parallel downloads (default 8)
         #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
         pub parallel: usize,
+
+        /// then apply new transactions until SIGTERM (read replica)
+        #[argh(switch)]
+        pub follow: bool,
+
+        /// with --follow: longest idle wait between polls (10s)
+        #[argh(option)]
+        pub follow_interval_max: Option<String>,
+
+        /// with --follow: wait for a replica that does not exist yet
+        #[argh(switch)]
+        pub wait_for_replica: bool,
     }
 }
 
 /// Run `walsync restore`.
 pub fn run_restore(a: RestoreArgs) -> Result<()> {
+    if a.follow || a.wait_for_replica || a.follow_interval_max.is_some() {
+        return run_follow(a);
+    }
     let out = Path::new(&a.output);
     if a.if_db_not_exists && out.exists() {
         log::info!(
@@ -105,5 +120,82 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     };
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
     println!("{}", summary.line());
+    Ok(())
+}
+
+/// `walsync restore --follow`: restore the newest state, then keep it
+/// current until SIGTERM/SIGINT ([`crate::follow`]).
+fn run_follow(a: RestoreArgs) -> Result<()> {
+    let conflict = [
+        (
+            !a.follow,
+            "--follow-interval-max and --wait-for-replica need --follow",
+        ),
+        (a.txid.is_some(), "--txid cannot be used with --follow"),
+        (
+            a.timestamp.is_some(),
+            "--timestamp cannot be used with --follow",
+        ),
+        (
+            a.if_db_not_exists,
+            "--if-db-not-exists cannot be used with --follow",
+        ),
+        (
+            a.if_replica_exists,
+            "--if-replica-exists cannot be used with --follow",
+        ),
+        (a.parallel == 0, "--parallel must be at least 1"),
+    ];
+    if let Some((_, why)) = conflict.iter().find(|(bad, _)| *bad) {
+        return Err(Error::Config((*why).into()));
+    }
+    let max = duration_or(
+        "follow-interval-max",
+        &a.follow_interval_max,
+        crate::follow::DEFAULT_INTERVAL_MAX,
+    )?;
+    if max.is_zero() {
+        return Err(Error::Config(
+            "--follow-interval-max must be more than 0".into(),
+        ));
+    }
+    let out = Path::new(&a.output);
+    if !a.force && out.exists() {
+        return Err(Error::Restore(format!(
+            "{}: already exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    let storage = a.storage().open_data()?;
+    let stop = crate::daemon::signal_channel()?;
+    let plan = match restore::plan_if_replica(&*storage, &a.name, Target::Latest)? {
+        Some(plan) => plan,
+        None if a.wait_for_replica => {
+            match crate::follow::wait_for_replica(&*storage, &a.name, max, &stop)? {
+                Some(plan) => plan,
+                None => return Ok(()),
+            }
+        }
+        None => {
+            return Err(Error::Restore(format!(
+                "{}: no replica in {} (use --wait-for-replica to wait for one)",
+                a.name,
+                storage.describe()
+            )))
+        }
+    };
+    let ropts = RestoreOptions {
+        parallel: a.parallel,
+        force: a.force,
+        progress: std::io::stderr().is_terminal(),
+        ..RestoreOptions::default()
+    };
+    let summary = restore::restore(&*storage, &plan, out, &ropts)?;
+    println!("{}", summary.line());
+    let done = crate::follow::follow(&*storage, &plan.db, out, summary.txid, max, &stop)?;
+    println!(
+        "stopped following {} at txid {} ({} objects applied, {} polls)",
+        done.db, done.txid, done.objects, done.polls
+    );
     Ok(())
 }

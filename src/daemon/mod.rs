@@ -484,7 +484,7 @@ struct Daemon {
 }
 
 /// A channel that receives the number of each SIGTERM/SIGINT received.
-fn signal_channel() -> Result<Receiver<i32>> {
+pub(crate) fn signal_channel() -> Result<Receiver<i32>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::Config(format!("cannot install signal handlers: {e}")))?;

@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod faultproxy;
+pub mod follow;
 pub mod oracle;
 pub mod process;
 pub mod proxy;
