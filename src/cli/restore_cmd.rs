@@ -49,6 +49,15 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
         /// parallel downloads (default 8)
         #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
         pub parallel: usize,
+
+        /// print the plan (objects, bytes, requests, the txid and time it
+        /// reaches) and exit without writing anything
+        #[argh(switch)]
+        pub dry_run: bool,
+
+        /// with --dry-run: print the plan as JSON
+        #[argh(switch)]
+        pub json: bool,
     }
 }
 
@@ -75,7 +84,10 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     if a.parallel == 0 {
         return Err(Error::Config("--parallel must be at least 1".into()));
     }
-    if !a.force && out.exists() {
+    if a.json && !a.dry_run {
+        return Err(Error::Config("--json needs --dry-run".into()));
+    }
+    if !a.force && !a.dry_run && out.exists() {
         return Err(Error::Restore(format!(
             "{}: already exists (use --force to replace it)",
             out.display()
@@ -103,6 +115,14 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
         ..RestoreOptions::default()
     };
+    if a.dry_run {
+        let time = plan.target_time_ms(&*storage)?;
+        print!("{}", plan.describe(time, &ropts, a.json));
+        if !a.force && out.exists() && !a.json {
+            println!("note: {} exists; the restore needs --force", out.display());
+        }
+        return Ok(());
+    }
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
     println!("{}", summary.line());
     Ok(())

@@ -174,10 +174,12 @@ impl Summary {
 
 mod apply;
 mod execute;
+mod inspect;
 mod plan;
 #[cfg(test)]
 mod tests;
 
 use apply::*;
 pub use execute::*;
+pub use inspect::*;
 pub use plan::*;
