@@ -27,7 +27,7 @@ pub(super) fn download_and_apply(
     let cancel = AtomicBool::new(false);
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<(usize, Result<Fetched>)>();
-    let mut progress = Progress::new(opts.progress, plan);
+    let mut progress = Progress::new(opts.progress, &plan.db, plan.total_bytes());
 
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -93,7 +93,7 @@ pub(super) fn download_and_apply(
                 };
                 applier.apply(object, name, fetched)?;
                 ahead_bytes = ahead_bytes.saturating_sub(object.size);
-                progress.update(i + 1, object.size);
+                progress.add(object.size);
             }
             Ok((applier.page_size, applier.commit))
         })();
@@ -156,69 +156,5 @@ impl Applier<'_> {
             .map_err(|e| Error::io(self.tmp_path, e))?;
         self.commit = h.commit;
         Ok(())
-    }
-}
-
-/// A progress line on stderr, only for terminals and slow restores.
-struct Progress {
-    enabled: bool,
-    start: Instant,
-    last: Option<Instant>,
-    total_objects: usize,
-    total_bytes: u64,
-    bytes: u64,
-    db: String,
-    shown: bool,
-}
-
-impl Progress {
-    fn new(requested: bool, plan: &Plan) -> Progress {
-        Progress {
-            enabled: requested && io::stderr().is_terminal(),
-            start: Instant::now(),
-            last: None,
-            total_objects: plan.objects.len(),
-            total_bytes: plan.total_bytes(),
-            bytes: 0,
-            db: plan.db.clone(),
-            shown: false,
-        }
-    }
-
-    fn update(&mut self, done: usize, bytes: u64) {
-        self.bytes += bytes;
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        if now.duration_since(self.start) < Duration::from_secs(1)
-            || self
-                .last
-                .is_some_and(|l| now.duration_since(l) < Duration::from_millis(250))
-        {
-            return;
-        }
-        self.last = Some(now);
-        let secs = now.duration_since(self.start).as_secs_f64();
-        let mut err = io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K{}: {done}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s",
-            self.db,
-            self.total_objects,
-            self.bytes as f64 / 1e6,
-            self.total_bytes as f64 / 1e6,
-            self.bytes as f64 / 1e6 / secs
-        );
-        let _ = err.flush();
-        self.shown = true;
-    }
-
-    fn finish(&mut self) {
-        if self.shown {
-            let mut err = io::stderr().lock();
-            let _ = write!(err, "\r\x1b[K");
-            let _ = err.flush();
-        }
     }
 }

@@ -51,7 +51,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +111,7 @@ pub struct RestoreOptions {
     /// Replace an existing output file (and remove its stale `-wal`/`-shm`).
     pub force: bool,
     /// Show a progress line on stderr (only when it is a terminal and the
-    /// restore takes more than a moment).
+    /// restore takes more than two seconds; `src/restore/progress.rs`).
     pub progress: bool,
     /// Byte budget for objects fetched ahead of the one being applied.
     pub window_bytes: u64,
@@ -176,6 +176,7 @@ mod apply;
 mod execute;
 mod inspect;
 mod plan;
+mod progress;
 #[cfg(test)]
 mod tests;
 
@@ -183,3 +184,4 @@ use apply::*;
 pub use execute::*;
 pub use inspect::*;
 pub use plan::*;
+use progress::Progress;
