@@ -17,7 +17,11 @@ use common::process::Cmd;
 use common::Rng;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, RestoreOptions, Target};
-use walsync::storage::{CountingStorage, Metadata, S3Config, S3Storage, Storage};
+use walsync::storage::crypt::Key;
+use walsync::storage::{
+    CountingStorage, CryptStorage, Keyring, Metadata, ObjectInfo, Precondition, S3Config,
+    S3Storage, Source, Storage,
+};
 use walsync::storage::{META_SHA256, META_TIMESTAMP};
 use walsync::util::hex;
 
@@ -201,11 +205,20 @@ fn dry_run_predicts_requests() {
     write_replica(&*s, "req.db", ps, &states, true);
     let counting = CountingStorage::new(s.clone());
     let dir = tempfile::tempdir().unwrap();
-    for (i, threshold) in [u64::MAX, 1 << 20].into_iter().enumerate() {
+    // Whole objects; spooled through ranges; parallel ranges (a range of
+    // 128 KiB, the smallest, so a snapshot is many of them).
+    let cases = [
+        (u64::MAX, u64::MAX),
+        (1 << 20, u64::MAX),
+        (u64::MAX, 256 << 10),
+    ];
+    for (i, (spool, ranged)) in cases.into_iter().enumerate() {
         let txid = rng.range(1, states.len() as u64);
         let plan = restore::plan(&*s, "req.db", Target::Txid(txid)).unwrap();
         let opts = RestoreOptions {
-            spool_threshold: threshold,
+            spool_threshold: spool,
+            ranged_threshold: ranged,
+            range_size: 128 << 10,
             ..RestoreOptions::default()
         };
         let want = plan.requests(&opts);
@@ -216,7 +229,7 @@ fn dry_run_predicts_requests() {
         assert_eq!(
             (after.0 - before.0, after.1 - before.1),
             (want.gets, want.heads),
-            "txid {txid}, threshold {threshold}: {plan:?}"
+            "txid {txid}, case {i}: {plan:?}"
         );
         assert!(
             fs::read(&out).unwrap() == states[txid as usize - 1],
@@ -321,4 +334,227 @@ fn cli_range_and_dry_run() {
     ]);
     assert!(o.status.success(), "{o:?}");
     assert!(fs::read(&out_path).unwrap() == states[txid as usize - 1]);
+}
+
+/// Options that send every object of 256 KiB or more through parallel
+/// ranged GETs of 128 KiB (the smallest range), 4 threads.
+fn ranged_opts() -> RestoreOptions {
+    RestoreOptions {
+        parallel: 4,
+        ranged_threshold: 256 << 10,
+        range_size: 128 << 10,
+        ..RestoreOptions::default()
+    }
+}
+
+/// Restore `db` at `txid` with `opts` and compare with the source state.
+fn restores_identically(
+    s: &dyn Storage,
+    db: &str,
+    states: &[Vec<u8>],
+    txid: u64,
+    opts: &RestoreOptions,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.db");
+    let plan = restore::plan(s, db, Target::Txid(txid)).unwrap();
+    restore::restore(s, &plan, &out, opts).unwrap_or_else(|e| panic!("{db} txid {txid}: {e}"));
+    assert!(
+        fs::read(&out).unwrap() == states[txid as usize - 1],
+        "{db}: restore at txid {txid} differs from the source"
+    );
+}
+
+/// Page sizes 512, 4096 and 65536, from compacted and uncompacted replicas,
+/// at random txids and the newest: parallel ranged restores are
+/// byte-identical to the source (and so are whole-object ones).
+#[test]
+fn ranged_restores_are_identical() {
+    let Some((_, s)) = s3("restore_scale_identical") else {
+        return;
+    };
+    let mut rng = Rng::new("ranged_restores_are_identical");
+    for (ps, rows) in [(512u32, 2500u64), (4096, 2500), (65536, 2000)] {
+        let states = record_states(ps, rows, 10, &mut rng);
+        let n = states.len() as u64;
+        for compacted in [false, true] {
+            let db = format!("p{ps}-{compacted}.db");
+            write_replica(&*s, &db, ps, &states, compacted);
+            let mut txids = vec![1, n];
+            txids.extend((0..2).map(|_| rng.range(2, n - 1)));
+            for &t in &txids {
+                restores_identically(&*s, &db, &states, t, &ranged_opts());
+            }
+            restores_identically(&*s, &db, &states, txids[2], &RestoreOptions::default());
+        }
+    }
+}
+
+/// The same through client-side encryption (ranges of the plaintext).
+#[test]
+fn ranged_restores_encrypted() {
+    let Some((_, raw)) = s3("restore_scale_encrypted") else {
+        return;
+    };
+    let keys = Keyring::new(Key::from_bytes([7u8; 32]), Vec::new());
+    let s: Arc<dyn Storage> = Arc::new(CryptStorage::new(raw, keys));
+    let mut rng = Rng::new("ranged_restores_encrypted");
+    let ps = 4096;
+    let states = record_states(ps, 2500, 10, &mut rng);
+    write_replica(&*s, "enc.db", ps, &states, true);
+    for t in [states.len() as u64, rng.range(2, 9)] {
+        restores_identically(&*s, "enc.db", &states, t, &ranged_opts());
+    }
+}
+
+/// Flips one byte at `offset` of object `key` in every response covering
+/// it (a corrupt range from the server); everything else passes through.
+struct Corrupt {
+    inner: Arc<dyn Storage>,
+    key: String,
+    offset: u64,
+}
+
+impl Corrupt {
+    fn flip(&self, key: &str, start: u64, mut body: Vec<u8>) -> Vec<u8> {
+        if key == self.key && self.offset >= start && self.offset - start < body.len() as u64 {
+            body[(self.offset - start) as usize] ^= 0x20;
+        }
+        body
+    }
+}
+
+impl Storage for Corrupt {
+    fn put(&self, key: &str, body: &[u8], meta: &Metadata) -> walsync::Result<()> {
+        self.inner.put(key, body, meta)
+    }
+    fn put_stream(&self, key: &str, body: &mut dyn Source, meta: &Metadata) -> walsync::Result<()> {
+        self.inner.put_stream(key, body, meta)
+    }
+    fn put_conditional(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: &Metadata,
+        cond: &Precondition,
+    ) -> walsync::Result<bool> {
+        self.inner.put_conditional(key, body, meta, cond)
+    }
+    fn get_with_etag(&self, key: &str) -> walsync::Result<Option<(Vec<u8>, String)>> {
+        self.inner.get_with_etag(key)
+    }
+    fn get_with_info(&self, key: &str) -> walsync::Result<(Vec<u8>, ObjectInfo)> {
+        let (body, info) = self.inner.get_with_info(key)?;
+        Ok((self.flip(key, 0, body), info))
+    }
+    fn get(&self, key: &str) -> walsync::Result<Vec<u8>> {
+        Ok(self.flip(key, 0, self.inner.get(key)?))
+    }
+    fn get_range(&self, key: &str, start: u64, len: Option<u64>) -> walsync::Result<Vec<u8>> {
+        Ok(self.flip(key, start, self.inner.get_range(key, start, len)?))
+    }
+    fn head(&self, key: &str) -> walsync::Result<Option<ObjectInfo>> {
+        self.inner.head(key)
+    }
+    fn list(&self, prefix: &str, start_after: Option<&str>) -> walsync::Result<Vec<ObjectInfo>> {
+        self.inner.list(prefix, start_after)
+    }
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> walsync::Result<Vec<ObjectInfo>> {
+        self.inner.list_page(prefix, start_after, max_keys)
+    }
+    fn delete_many(&self, keys: &[String]) -> walsync::Result<()> {
+        self.inner.delete_many(keys)
+    }
+    fn check(&self) -> walsync::Result<()> {
+        self.inner.check()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A corrupt byte anywhere in a ranged object (its header, a page record
+/// in any range, the page index, the trailer) fails the restore with one
+/// line naming the object, and leaves no output file.
+#[test]
+fn corrupt_range_fails_cleanly() {
+    let Some((_, s)) = s3("restore_scale_corrupt") else {
+        return;
+    };
+    let mut rng = Rng::new("corrupt_range_fails_cleanly");
+    let ps = 4096;
+    let states = record_states(ps, 2500, 4, &mut rng);
+    write_replica(&*s, "bad.db", ps, &states, false);
+    let plan = restore::plan(&*s, "bad.db", Target::Latest).unwrap();
+    let snap = plan.objects[0].clone();
+    assert!(snap.size >= 1 << 20, "snapshot of {} bytes", snap.size);
+    let size = snap.size;
+    // Header fields, early/middle/late pages, the index and the checksum.
+    let mut offsets = vec![20, 101, 300 << 10, size / 2, size - 30, size - 2];
+    offsets.extend((0..6).map(|_| rng.range(100, size - 1)));
+    let dir = tempfile::tempdir().unwrap();
+    for off in offsets {
+        let bad = Corrupt {
+            inner: s.clone(),
+            key: snap.key.clone(),
+            offset: off,
+        };
+        let out = dir.path().join("out.db");
+        let err = restore::restore(&bad, &plan, &out, &ranged_opts()).expect_err(&format!(
+            "a flipped byte at offset {off} of {size} went unnoticed"
+        ));
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains(&snap.key), "offset {off}: {msg}");
+        assert!(
+            entries(dir.path()).is_empty(),
+            "offset {off}: {:?}",
+            entries(dir.path())
+        );
+    }
+    // The same replica restores when nothing is corrupted.
+    restores_identically(&*s, "bad.db", &states, 4, &ranged_opts());
+}
+
+/// A database past 1 GiB holds SQLite's lock page (never stored, never
+/// written): restored byte-identical through parallel ranges, page size
+/// 65536 (zero-filled blobs keep the objects small). Slow (1.1 GB written
+/// and compared twice):
+/// `cargo test --test restore_scale lock_page -- --ignored`.
+#[test]
+#[ignore]
+fn lock_page_crossed() {
+    let Some((_, s)) = s3("restore_scale_lock") else {
+        return;
+    };
+    let ps = 65536u32;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA page_size={ps}; PRAGMA journal_mode=DELETE; CREATE TABLE t(x BLOB);
+         INSERT INTO t VALUES (zeroblob(1100 * 1024 * 1024));"
+    ))
+    .unwrap();
+    let first = fs::read(&path).unwrap();
+    conn.execute(
+        "INSERT INTO t VALUES (?1)",
+        [common::pseudo_random(300_000, 5)],
+    )
+    .unwrap();
+    drop(conn);
+    let states = vec![first, fs::read(&path).unwrap()];
+    let lock = ltx::lock_pgno(ps);
+    assert!(
+        commit_of(&states[0], ps) > lock,
+        "the database does not reach the lock page"
+    );
+    write_replica(&*s, "lock.db", ps, &states, false);
+    restores_identically(&*s, "lock.db", &states, 1, &ranged_opts());
+    restores_identically(&*s, "lock.db", &states, 2, &ranged_opts());
 }

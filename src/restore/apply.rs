@@ -6,6 +6,11 @@
 
 use super::*;
 
+/// True when `o` is fetched by parallel ranged GETs.
+pub(super) fn is_ranged(o: &ReplicaObject, opts: &RestoreOptions) -> bool {
+    o.size >= opts.ranged_threshold
+}
+
 /// Download the plan's objects in parallel and apply them in order into
 /// `file`; returns (page size, pages) of the result.
 pub(super) fn download_and_apply(
@@ -72,15 +77,23 @@ pub(super) fn download_and_apply(
                 // Keep the window full: the next object always, more while
                 // the count and byte budgets allow.
                 while sent < n
-                    && (sent == i
+                    && (sent <= i
                         || (sent < i + window
                             && ahead_bytes + plan.objects[sent].size <= opts.window_bytes))
                 {
-                    ahead_bytes += plan.objects[sent].size;
-                    job_tx
-                        .send(sent)
-                        .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    // Large objects are fetched by ranges when their turn
+                    // comes (src/restore/ranged.rs), not by this pool.
+                    if !is_ranged(&plan.objects[sent], opts) {
+                        ahead_bytes += plan.objects[sent].size;
+                        job_tx
+                            .send(sent)
+                            .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    }
                     sent += 1;
+                }
+                if is_ranged(object, opts) {
+                    applier.apply_ranged(storage, object, name, opts, &mut progress)?;
+                    continue;
                 }
                 let fetched = loop {
                     if let Some(f) = pending.remove(&i) {
@@ -104,9 +117,9 @@ pub(super) fn download_and_apply(
     })
 }
 
-struct Applier<'a> {
-    file: &'a File,
-    tmp_path: &'a Path,
+pub(super) struct Applier<'a> {
+    pub(super) file: &'a File,
+    pub(super) tmp_path: &'a Path,
     page_size: u32,
     first: String,
     commit: u32,
@@ -121,10 +134,9 @@ impl Applier<'_> {
         }
     }
 
-    fn apply_from<R: Read>(&mut self, o: &ReplicaObject, name: &str, r: R) -> Result<()> {
-        let mut dec = Decoder::new(r, name)?;
-        let h = *dec.header();
-        check_header_matches(&h, o, name)?;
+    /// Check an object's header before its pages are applied: the first
+    /// object must be a snapshot, every page size the same.
+    pub(super) fn start_object(&mut self, h: &ltx::Header, name: &str) -> Result<()> {
         if self.page_size == 0 {
             if !h.is_snapshot() {
                 return Err(Error::ltx(
@@ -144,17 +156,36 @@ impl Applier<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Write one page at its place in the database.
+    pub(super) fn write_page(&self, pgno: u32, page: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(page, u64::from(pgno - 1) * u64::from(self.page_size))
+            .map_err(|e| Error::io(self.tmp_path, e))
+    }
+
+    /// After an object's pages: the database has exactly `commit` pages.
+    pub(super) fn finish_object(&mut self, h: &ltx::Header) -> Result<()> {
+        self.file
+            .set_len(u64::from(h.commit) * u64::from(self.page_size))
+            .map_err(|e| Error::io(self.tmp_path, e))?;
+        self.commit = h.commit;
+        Ok(())
+    }
+
+    fn apply_from<R: Read>(&mut self, o: &ReplicaObject, name: &str, r: R) -> Result<()> {
+        let mut dec = Decoder::new(r, name)?;
+        let h = *dec.header();
+        check_header_matches(&h, o, name)?;
+        self.start_object(&h, name)?;
         let ps = u64::from(self.page_size);
         while let Some(pgno) = dec.next_page(&mut self.buf)? {
             self.file
                 .write_all_at(&self.buf, u64::from(pgno - 1) * ps)
                 .map_err(|e| Error::io(self.tmp_path, e))?;
         }
-        // The database has exactly `commit` pages after this object.
-        self.file
-            .set_len(u64::from(h.commit) * ps)
-            .map_err(|e| Error::io(self.tmp_path, e))?;
-        self.commit = h.commit;
-        Ok(())
+        self.finish_object(&h)
     }
 }

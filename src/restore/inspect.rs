@@ -18,12 +18,18 @@ pub struct Requests {
     pub heads: u64,
 }
 
-/// Requests [`restore`] sends to download object `o` with `opts`, as
-/// [`crate::replica::fetch`] issues them: one GET for an object below the
+/// Requests [`restore`] sends to download object `o` with `opts`: for an
+/// object fetched by parallel ranges one HEAD and [`ranged_gets`]; else as
+/// [`crate::replica::fetch`] issues them, one GET for an object below the
 /// spool threshold, else one HEAD and one ranged GET per
 /// [`crate::replica::fetch::RANGE_CHUNK`].
 pub fn object_requests(o: &ReplicaObject, opts: &RestoreOptions) -> Requests {
-    if o.size >= opts.spool_threshold {
+    if is_ranged(o, opts) {
+        Requests {
+            gets: ranged_gets(o.size, opts.range_size),
+            heads: 1,
+        }
+    } else if o.size >= opts.spool_threshold {
         Requests {
             gets: o.size.div_ceil(crate::replica::fetch::RANGE_CHUNK).max(1),
             heads: 1,
