@@ -538,7 +538,8 @@ fn lock_page_crossed() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(&format!(
         "PRAGMA page_size={ps}; PRAGMA journal_mode=DELETE; CREATE TABLE t(x BLOB);
-         INSERT INTO t VALUES (zeroblob(1100 * 1024 * 1024));"
+         INSERT INTO t VALUES (zeroblob(600 * 1024 * 1024));
+         INSERT INTO t VALUES (zeroblob(500 * 1024 * 1024));"
     ))
     .unwrap();
     let first = fs::read(&path).unwrap();

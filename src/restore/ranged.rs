@@ -182,6 +182,12 @@ impl Applier<'_> {
         let mut pending: Option<(usize, Vec<u8>)> = None;
         let mut buf = vec![0u8; h.page_size as usize];
         for out in outs {
+            if pending.is_none() && !out.head.is_empty() {
+                return Err(Error::ltx(
+                    name,
+                    "page block bytes outside every page record",
+                ));
+            }
             if let Some((i, mut bytes)) = pending.take() {
                 bytes.extend_from_slice(&out.head);
                 let e = &entries[i];
@@ -218,13 +224,17 @@ impl Applier<'_> {
                 ),
             ));
         }
-        if h.no_checksum() && trailer.post_apply_checksum != 0 {
+        let post = trailer.post_apply_checksum;
+        if h.no_checksum() && post != 0 {
             return Err(Error::ltx(
                 name,
-                format!(
-                    "post-apply checksum 0x{:016x} in a NoChecksum file (must be 0)",
-                    trailer.post_apply_checksum
-                ),
+                format!("post-apply checksum 0x{post:016x} in a NoChecksum file (must be 0)"),
+            ));
+        }
+        if !h.no_checksum() && post & ltx::CHECKSUM_FLAG == 0 {
+            return Err(Error::ltx(
+                name,
+                format!("post-apply checksum 0x{post:016x} lacks the 1<<63 flag"),
             ));
         }
         self.finish_object(&h)
