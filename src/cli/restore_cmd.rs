@@ -48,7 +48,7 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
 
         /// parallel downloads, also of ranges of one large object (default
         /// 8); memory stays bounded whatever the database size: about
-        /// N x 9 MiB plus 16 bytes per page of the largest object
+        /// N x 18 MiB plus 16 bytes per page of the largest object
         #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
         pub parallel: usize,
 
