@@ -19,12 +19,17 @@ sync      One database, --commits commits at --sync-rate commits/s. Every
           acknowledged-by-S3 time minus the time SQLite's COMMIT returned in
           the writer (both on the system-wide monotonic clock).
           p50/p95/p99/mean/max over all commits.
-restore   A database of 10 MiB and 100 MiB (--restore-1gb adds 1 GiB) of
+restore   A database of 10 MiB and 300 MiB (--restore-1gb adds 1 GiB) of
           incompressible rows; each tool replicates it (its own backup), is
           stopped, then its restore command is timed (download + restore +
           its checks), talking to the S3 server directly (no proxy). MB/s =
           database size / restore time. The restored database is compared
           row by row (hash of every row) with the source and integrity-checked.
+          Two reference rows, same numerator: the raw parallel-GET ceiling
+          (curl fetching every object of walsync's replica in 8 MiB ranges,
+          8 transfers at a time, as walsync's --parallel 8 does, bytes
+          discarded) and the local disk's write speed (the database size
+          written in 1 MiB blocks to the work directory, then fsync).
 multi-db  --n databases (default 10) at --rate commits/s each (default 100)
           for --duration s: writes/s the writer sustained, replication lag
           (the commit → stored latency above) p95, CPU % of one core
@@ -58,6 +63,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +95,7 @@ def test_sync(args, s3, base, run_id, tools):
 
 
 def test_restore(args, s3, base, run_id, tools):
-    sizes = [10, 100] + ([1024] if args.restore_1gb else [])
+    sizes = [10, 300] + ([1024] if args.restore_1gb else [])
     out = {}
     direct = endpoint_for_direct(s3)
     for mib in sizes:
@@ -120,12 +126,62 @@ def test_restore(args, s3, base, run_id, tools):
                     "upload_complete": up_ok,
                     "loadavg": la,
                 }
+                if t == "walsync":
+                    obj_bytes, secs = raw_get_ceiling(s3, f"realworld-{run_id}/restore{mib}-{t}/", 8)
+                    out[f"{mib}MiB"]["ceiling"] = {"restore_s": secs, "mb_per_s": size / 1e6 / secs,
+                                                   "object_bytes": obj_bytes, "parallel": 8}
             finally:
                 tool.stop()
                 ep.stop()
                 b.cleanup(twork)
+        secs = disk_write_seconds(os.path.join(work, "disk-write.tmp"), size)
+        out[f"{mib}MiB"]["disk"] = {"restore_s": secs, "mb_per_s": size / 1e6 / secs}
         b.cleanup(work)
     return out
+
+
+def raw_get_ceiling(s3, prefix, parallel, range_size=8 << 20):
+    """Seconds for curl to GET every object under `prefix` in ranges of
+    `range_size`, `parallel` transfers at a time (one process, bodies
+    discarded): the server's and the network's ceiling for a restore."""
+    import subprocess
+
+    import boto3
+
+    c = boto3.client("s3", endpoint_url=s3["endpoint"], region_name=s3["region"])
+    objs = []
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"], Prefix=prefix):
+        objs += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    creds = f"{os.environ['AWS_ACCESS_KEY_ID']}:{os.environ['AWS_SECRET_ACCESS_KEY']}"
+    cmd = ["curl", "--silent", "--no-progress-meter", "--show-error", "--fail", "--parallel", "--parallel-max", str(parallel)]
+    first = True
+    for key, size in objs:
+        for start in range(0, size, range_size):
+            end = min(size, start + range_size) - 1
+            if not first:
+                cmd.append("--next")
+            first = False
+            cmd += ["--aws-sigv4", f"aws:amz:{s3['region']}:s3", "--user", creds, "--range", f"{start}-{end}",
+                    "--header", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+                    "--output", "/dev/null", f"{s3['endpoint'].rstrip('/')}/{s3['bucket']}/{urllib.parse.quote(key)}"]
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, timeout=3600)
+    return sum(sz for _, sz in objs), time.monotonic() - t
+
+
+def disk_write_seconds(path, size):
+    """Seconds to write `size` bytes in 1 MiB blocks and fsync them."""
+    block = os.urandom(1 << 20)
+    t = time.monotonic()
+    with open(path, "wb") as fh:
+        left = size
+        while left > 0:
+            left -= fh.write(block[: min(left, len(block))])
+        fh.flush()
+        os.fsync(fh.fileno())
+    secs = time.monotonic() - t
+    os.remove(path)
+    return secs
 
 
 def wait_bucket_quiet(s3, prefix, min_bytes, timeout, quiet=3.0):
@@ -345,6 +401,13 @@ def report(res):
                 ">= 3x Litestream", None if ws is None or lt is None else ws >= 3 * lt)
             row("", "seconds", f(g(r, "litestream", "restore_s"), 2), f(g(r, "walsync", "restore_s"), 2), "", None, "", None)
             row("", "restored = source", f(g(r, "litestream", "identical")), f(g(r, "walsync", "identical")), "", None, "", None)
+            ceil = g(r, "ceiling", "mb_per_s")
+            if ceil is not None:
+                row("", "raw GET ceiling MB/s", "", f(ceil), "", None, ">= 70 % of ceiling",
+                    None if ws is None else ws >= 0.7 * ceil)
+            disk = g(r, "disk", "mb_per_s")
+            if disk is not None:
+                row("", "disk write MB/s", "", f(disk), "", None, "", None)
     if "multi-db" in res:
         m = res["multi-db"]
         n = g(m, "walsync", "n") or g(m, "litestream", "n")

@@ -257,7 +257,9 @@ fn list_and_verify_commands() {
     let objs = replicas[0].list();
     let o = walsync(&["list", "a.db", "--bucket", &bucket]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(stdout(&o).lines().count(), objs.len() + 1, "{}", text(&o));
+    // A header, a row per object, a blank line and the restorable range.
+    assert_eq!(stdout(&o).lines().count(), objs.len() + 3, "{}", text(&o));
+    assert!(stdout(&o).contains("restorable: txid "), "{}", text(&o));
     let o = walsync(&["list", "a.db", "--bucket", &bucket, "--json"]);
     assert_eq!(stdout(&o).matches("\"level\":").count(), objs.len());
     let o = walsync(&["list", "nothere.db", "--bucket", &bucket]);

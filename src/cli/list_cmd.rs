@@ -14,7 +14,7 @@ AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
 AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
     )]
     pub struct ListArgs {
-        /// database name: list its files per level
+        /// database name: list its files per level and its restorable range
         #[argh(positional)]
         pub name: Option<String>,
 
@@ -40,7 +40,8 @@ pub fn run_list(a: ListArgs) -> Result<()> {
                     storage.describe()
                 )));
             }
-            ops::format_files(name.trim_matches('/'), &files, a.json)
+            let range = ops::restorable_range(&*storage, name, &files)?;
+            ops::format_files(name.trim_matches('/'), &files, range.as_ref(), a.json)
         }
         None => ops::format_databases(&ops::list_databases(&*storage, 8)?, a.json),
     };

@@ -14,7 +14,7 @@ AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
 AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
     )]
     pub struct RestoreArgs {
-        /// database name in the bucket (its file name: app.db)
+        /// database name in the bucket (app.db; acme/data.db for a tree)
         #[argh(positional)]
         pub name: String,
 
@@ -46,7 +46,8 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
 
         ..key_flags,
 
-        /// parallel downloads (default 8)
+        /// parallel GETs, also of ranges (default 8); bounded memory:
+        /// ~N x 18 MiB + 16 bytes per page of the largest object
         #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
         pub parallel: usize,
 
@@ -61,12 +62,24 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
         /// with --follow: wait for a replica that does not exist yet
         #[argh(switch)]
         pub wait_for_replica: bool,
+        /// print the plan (objects, bytes, requests, target); no writes
+        #[argh(switch)]
+        pub dry_run: bool,
+
+        /// with --dry-run: print the plan as JSON
+        #[argh(switch)]
+        pub json: bool,
     }
 }
 
 /// Run `walsync restore`.
 pub fn run_restore(a: RestoreArgs) -> Result<()> {
     if a.follow || a.wait_for_replica || a.follow_interval_max.is_some() {
+        if a.dry_run {
+            return Err(Error::Config(
+                "--dry-run cannot be used with --follow".into(),
+            ));
+        }
         return run_follow(a);
     }
     let out = Path::new(&a.output);
@@ -90,7 +103,10 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     if a.parallel == 0 {
         return Err(Error::Config("--parallel must be at least 1".into()));
     }
-    if !a.force && out.exists() {
+    if a.json && !a.dry_run {
+        return Err(Error::Config("--json needs --dry-run".into()));
+    }
+    if !a.force && !a.dry_run && out.exists() {
         return Err(Error::Restore(format!(
             "{}: already exists (use --force to replace it)",
             out.display()
@@ -118,6 +134,14 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
         ..RestoreOptions::default()
     };
+    if a.dry_run {
+        let time = plan.target_time_ms(&*storage)?;
+        print!("{}", plan.describe(time, &ropts, a.json));
+        if !a.force && out.exists() && !a.json {
+            println!("note: {} exists; the restore needs --force", out.display());
+        }
+        return Ok(());
+    }
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
     println!("{}", summary.line());
     Ok(())

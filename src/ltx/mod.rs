@@ -115,6 +115,7 @@ mod decode;
 mod encode;
 mod header;
 mod keys;
+mod ranged;
 #[cfg(test)]
 mod tests;
 mod timestamp;
@@ -123,4 +124,5 @@ pub use decode::*;
 pub use encode::*;
 pub use header::*;
 pub use keys::*;
+pub use ranged::*;
 pub use timestamp::*;

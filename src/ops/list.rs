@@ -143,7 +143,7 @@ pub fn list_files(storage: &dyn Storage, db: &str) -> Result<Vec<FileListing>> {
     Ok(out)
 }
 
-fn time_text(ms: Option<i64>) -> String {
+pub(super) fn time_text(ms: Option<i64>) -> String {
     ms.and_then(|ms| ltx::display_timestamp_ms(ms).ok())
         .unwrap_or_else(|| "-".into())
 }
@@ -207,7 +207,7 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
-fn json_time(ms: Option<i64>) -> String {
+pub(super) fn json_time(ms: Option<i64>) -> String {
     match ms.and_then(|ms| ltx::format_timestamp_ms(ms).ok()) {
         Some(t) => json_str(&t),
         None => "null".into(),
@@ -253,8 +253,14 @@ pub fn format_databases(dbs: &[DbListing], json: bool) -> String {
     )
 }
 
-/// `walsync list NAME` output: a table, or a JSON object with `json`.
-pub fn format_files(db: &str, files: &[FileListing], json: bool) -> String {
+/// `walsync list NAME` output: a table and the restorable range, or a JSON
+/// object with `json`.
+pub fn format_files(
+    db: &str,
+    files: &[FileListing],
+    range: Option<&RestorableRange>,
+    json: bool,
+) -> String {
     if json {
         let items: Vec<String> = files
             .iter()
@@ -271,8 +277,9 @@ pub fn format_files(db: &str, files: &[FileListing], json: bool) -> String {
             })
             .collect();
         return format!(
-            "{{\"name\":{},\"files\":[{}]}}\n",
+            "{{\"name\":{},\"restorable\":{},\"files\":[{}]}}\n",
             json_str(db),
+            json_range(range),
             items.join(",")
         );
     }
@@ -288,9 +295,12 @@ pub fn format_files(db: &str, files: &[FileListing], json: bool) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &["LEVEL", "MIN TXID", "MAX TXID", "SIZE", "TIME"],
         &rows,
         &[true, true, true, true, false],
-    )
+    );
+    out.push('\n');
+    out.push_str(&format_range(range));
+    out
 }

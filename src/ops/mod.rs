@@ -9,6 +9,7 @@
 //! the same lock the daemon holds ([`crate::sqlite::lock`]) so two processes never
 //! allocate the same txid.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::Path;
@@ -26,9 +27,11 @@ use crate::storage::{Metadata, Storage};
 use crate::upload::Uploader;
 
 mod list;
+mod range;
 mod snapshot;
 mod verify;
 
 pub use list::*;
+pub use range::*;
 pub use snapshot::*;
 pub use verify::*;

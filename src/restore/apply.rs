@@ -6,6 +6,11 @@
 
 use super::*;
 
+/// True when `o` is fetched by parallel ranged GETs.
+pub(super) fn is_ranged(o: &ReplicaObject, opts: &RestoreOptions) -> bool {
+    o.size >= opts.ranged_threshold
+}
+
 /// Download the plan's objects in parallel and apply them in order into
 /// `file`; returns (page size, pages) of the result.
 pub(super) fn download_and_apply(
@@ -27,7 +32,7 @@ pub(super) fn download_and_apply(
     let cancel = AtomicBool::new(false);
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<usize>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<(usize, Result<Fetched>)>();
-    let mut progress = Progress::new(opts.progress, plan);
+    let mut progress = Progress::new(opts.progress, &plan.db, plan.total_bytes());
 
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -72,15 +77,23 @@ pub(super) fn download_and_apply(
                 // Keep the window full: the next object always, more while
                 // the count and byte budgets allow.
                 while sent < n
-                    && (sent == i
+                    && (sent <= i
                         || (sent < i + window
                             && ahead_bytes + plan.objects[sent].size <= opts.window_bytes))
                 {
-                    ahead_bytes += plan.objects[sent].size;
-                    job_tx
-                        .send(sent)
-                        .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    // Large objects are fetched by ranges when their turn
+                    // comes (src/restore/ranged.rs), not by this pool.
+                    if !is_ranged(&plan.objects[sent], opts) {
+                        ahead_bytes += plan.objects[sent].size;
+                        job_tx
+                            .send(sent)
+                            .map_err(|_| Error::Restore("download threads stopped".into()))?;
+                    }
                     sent += 1;
+                }
+                if is_ranged(object, opts) {
+                    applier.apply_ranged(storage, object, name, opts, &mut progress)?;
+                    continue;
                 }
                 let fetched = loop {
                     if let Some(f) = pending.remove(&i) {
@@ -93,7 +106,7 @@ pub(super) fn download_and_apply(
                 };
                 applier.apply(object, name, fetched)?;
                 ahead_bytes = ahead_bytes.saturating_sub(object.size);
-                progress.update(i + 1, object.size);
+                progress.add(object.size);
             }
             Ok((applier.page_size, applier.commit))
         })();
@@ -104,9 +117,9 @@ pub(super) fn download_and_apply(
     })
 }
 
-struct Applier<'a> {
-    file: &'a File,
-    tmp_path: &'a Path,
+pub(super) struct Applier<'a> {
+    pub(super) file: &'a File,
+    pub(super) tmp_path: &'a Path,
     page_size: u32,
     first: String,
     commit: u32,
@@ -121,10 +134,9 @@ impl Applier<'_> {
         }
     }
 
-    fn apply_from<R: Read>(&mut self, o: &ReplicaObject, name: &str, r: R) -> Result<()> {
-        let mut dec = Decoder::new(r, name)?;
-        let h = *dec.header();
-        check_header_matches(&h, o, name)?;
+    /// Check an object's header before its pages are applied: the first
+    /// object must be a snapshot, every page size the same.
+    pub(super) fn start_object(&mut self, h: &ltx::Header, name: &str) -> Result<()> {
         if self.page_size == 0 {
             if !h.is_snapshot() {
                 return Err(Error::ltx(
@@ -144,81 +156,36 @@ impl Applier<'_> {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Write one page at its place in the database.
+    pub(super) fn write_page(&self, pgno: u32, page: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(page, u64::from(pgno - 1) * u64::from(self.page_size))
+            .map_err(|e| Error::io(self.tmp_path, e))
+    }
+
+    /// After an object's pages: the database has exactly `commit` pages.
+    pub(super) fn finish_object(&mut self, h: &ltx::Header) -> Result<()> {
+        self.file
+            .set_len(u64::from(h.commit) * u64::from(self.page_size))
+            .map_err(|e| Error::io(self.tmp_path, e))?;
+        self.commit = h.commit;
+        Ok(())
+    }
+
+    fn apply_from<R: Read>(&mut self, o: &ReplicaObject, name: &str, r: R) -> Result<()> {
+        let mut dec = Decoder::new(r, name)?;
+        let h = *dec.header();
+        check_header_matches(&h, o, name)?;
+        self.start_object(&h, name)?;
         let ps = u64::from(self.page_size);
         while let Some(pgno) = dec.next_page(&mut self.buf)? {
             self.file
                 .write_all_at(&self.buf, u64::from(pgno - 1) * ps)
                 .map_err(|e| Error::io(self.tmp_path, e))?;
         }
-        // The database has exactly `commit` pages after this object.
-        self.file
-            .set_len(u64::from(h.commit) * ps)
-            .map_err(|e| Error::io(self.tmp_path, e))?;
-        self.commit = h.commit;
-        Ok(())
-    }
-}
-
-/// A progress line on stderr, only for terminals and slow restores.
-struct Progress {
-    enabled: bool,
-    start: Instant,
-    last: Option<Instant>,
-    total_objects: usize,
-    total_bytes: u64,
-    bytes: u64,
-    db: String,
-    shown: bool,
-}
-
-impl Progress {
-    fn new(requested: bool, plan: &Plan) -> Progress {
-        Progress {
-            enabled: requested && io::stderr().is_terminal(),
-            start: Instant::now(),
-            last: None,
-            total_objects: plan.objects.len(),
-            total_bytes: plan.total_bytes(),
-            bytes: 0,
-            db: plan.db.clone(),
-            shown: false,
-        }
-    }
-
-    fn update(&mut self, done: usize, bytes: u64) {
-        self.bytes += bytes;
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        if now.duration_since(self.start) < Duration::from_secs(1)
-            || self
-                .last
-                .is_some_and(|l| now.duration_since(l) < Duration::from_millis(250))
-        {
-            return;
-        }
-        self.last = Some(now);
-        let secs = now.duration_since(self.start).as_secs_f64();
-        let mut err = io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K{}: {done}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s",
-            self.db,
-            self.total_objects,
-            self.bytes as f64 / 1e6,
-            self.total_bytes as f64 / 1e6,
-            self.bytes as f64 / 1e6 / secs
-        );
-        let _ = err.flush();
-        self.shown = true;
-    }
-
-    fn finish(&mut self) {
-        if self.shown {
-            let mut err = io::stderr().lock();
-            let _ = write!(err, "\r\x1b[K");
-            let _ = err.flush();
-        }
+        self.finish_object(&h)
     }
 }

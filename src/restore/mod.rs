@@ -21,12 +21,15 @@
 //! 2. **Execute** ([`restore`]): a pool of threads GETs the planned objects
 //!    in parallel while the calling thread applies them strictly in plan
 //!    order. Memory is bounded: at most `2 × parallel` objects and
-//!    `window_bytes` bytes are fetched ahead of the one being applied, and
-//!    objects of [`SPOOL_THRESHOLD`] bytes or more are streamed through
-//!    ranged GETs into an anonymous temporary file instead of memory.
+//!    `window_bytes` bytes are fetched ahead of the one being applied.
+//!    Objects of [`RANGED_THRESHOLD`] bytes or more (a large snapshot, a big
+//!    compaction) are fetched when their turn comes by `parallel` ranged
+//!    GETs of [`RANGE_SIZE`], their pages decoded in parallel with the page
+//!    index and written in place (`ranged.rs`).
 //!    Every object is verified: its `walsync-sha256` metadata when present
-//!    (Litestream's objects have none), its header against its name, and
-//!    the LTX decoder's structural rules and file checksum. Pages are written
+//!    (Litestream's objects have none; ranged objects are checked by the
+//!    LTX checksum alone), its header against its name, and the LTX
+//!    decoder's structural rules and file checksum. Pages are written
 //!    with `pwrite` at `(pgno - 1) × page_size` into a temporary file next to
 //!    the output, so the newest version of every page wins; after each object
 //!    the file is cut to that object's commit size (a database that shrank
@@ -51,7 +54,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,13 +114,18 @@ pub struct RestoreOptions {
     /// Replace an existing output file (and remove its stale `-wal`/`-shm`).
     pub force: bool,
     /// Show a progress line on stderr (only when it is a terminal and the
-    /// restore takes more than a moment).
+    /// restore takes more than two seconds; `src/restore/progress.rs`).
     pub progress: bool,
     /// Byte budget for objects fetched ahead of the one being applied.
     pub window_bytes: u64,
     /// Objects at least this large are spooled to a temporary file through
     /// ranged GETs instead of memory ([`SPOOL_THRESHOLD`] by default).
     pub spool_threshold: u64,
+    /// Objects at least this large are fetched by `parallel` ranged GETs
+    /// and decoded in parallel ([`RANGED_THRESHOLD`] by default).
+    pub ranged_threshold: u64,
+    /// Bytes per ranged GET of such an object ([`RANGE_SIZE`] by default).
+    pub range_size: u64,
 }
 
 impl Default for RestoreOptions {
@@ -128,6 +136,8 @@ impl Default for RestoreOptions {
             progress: false,
             window_bytes: DEFAULT_WINDOW_BYTES,
             spool_threshold: SPOOL_THRESHOLD,
+            ranged_threshold: RANGED_THRESHOLD,
+            range_size: RANGE_SIZE,
         }
     }
 }
@@ -174,10 +184,16 @@ impl Summary {
 
 mod apply;
 mod execute;
+mod inspect;
 mod plan;
+mod progress;
+mod ranged;
 #[cfg(test)]
 mod tests;
 
 use apply::*;
 pub use execute::*;
+pub use inspect::*;
 pub use plan::*;
+use progress::Progress;
+pub use ranged::{ranged_gets, RANGED_THRESHOLD, RANGE_SIZE};
