@@ -147,8 +147,10 @@ fn put_ltx(
     let meta = Metadata::new()
         .with(META_TIMESTAMP, ltx::format_timestamp_ms(ts).unwrap())
         .with(META_SHA256, hex(sha.as_ref()));
-    s.put(&ltx::object_key("", db, level, min, max), &bytes, &meta)
-        .unwrap();
+    // The fixture's writes ride out a busy server's 503 (Garage answers
+    // "database is locked" under load): the tests are about restores.
+    let key = ltx::object_key("", db, level, min, max);
+    walsync::storage::retry_transient(5, &key, || s.put(&key, &bytes, &meta)).unwrap();
 }
 
 /// The replica used everywhere: snapshots 1-1 and 1-15 at level 9, one
