@@ -12,10 +12,13 @@
 //!
 //! `PATH` stays a WAL-mode SQLite database, and each LTX object is applied
 //! as **one SQLite write transaction**: `BEGIN IMMEDIATE`, every page of the
-//! object written with `INSERT INTO sqlite_dbpage(pgno, data)`, a
+//! object written with `INSERT INTO sqlite_dbpage(schema, pgno, data)`, a
 //! truncation (`data = NULL` for the first page past the object's commit
 //! size) when the database shrank, `COMMIT`. This is the mechanism of
-//! SQLite's own `sqlite3_rsync`. The pages go through SQLite's pager into
+//! SQLite's own `sqlite3_rsync`, including its connection: `PATH` is
+//! ATTACHed as `replica` to an in-memory main database, so a page write
+//! after one that changed the schema cookie (a migration on the primary)
+//! does not make SQLite re-read a half-written schema. The pages go through SQLite's pager into
 //! `PATH-wal` and become visible at the commit frame, published in the
 //! wal-index by SQLite itself, so:
 //!
