@@ -66,9 +66,26 @@
 //! up to `--follow-interval-max` (default 10 s); every
 //! [`SNAPSHOT_CHECK_EVERY`]-th idle poll also lists snapshots newer than the
 //! position (one more LIST), for a primary that restarted after a gap and
-//! shipped a snapshot with nothing after it yet. An idle follower therefore
-//! costs `3600 / max × (1 + 1/6)` LIST requests per hour: **420 per hour**
-//! at the default 10 s (GETs only when something changed).
+//! shipped a snapshot with nothing after it yet, and checks that the
+//! replica did not go back (below). An idle follower therefore costs
+//! `3600 / max × (1 + 2/6)` LIST requests per hour: **480 per hour** at the
+//! default 10 s (GETs only when something changed).
+//!
+//! ## A replica deleted and recreated
+//!
+//! A new primary may start a new history (txid 1 up) where the followed
+//! replica was. Applying it over the followed database would mix two
+//! histories, so a poll that applied nothing, on the polls that list
+//! snapshots and at least every [`SNAPSHOT_CHECK_EVERY`] polls, checks that
+//! some stored object still ends at or past the applied txid
+//! ([`poll::went_back`]: one short LIST of level 0 from the object applied
+//! last, one of the snapshots; only if both find nothing, the newest object
+//! of every level). If none does, following stops with one line and a
+//! non-zero exit: `NAME: the replica went back from txid N to M (deleted and
+//! recreated?): restore again with --force`. Limit: a recreated replica
+//! whose new history already reached the follower's txid before a check is
+//! not detected; its objects that continue the position would be applied.
+//! Restore again with `--force` after recreating a replica.
 //!
 //! Objects that continue the position exactly are applied in txid order
 //! ([`crate::replica::chain`]). When level 0 has objects past the position
@@ -145,7 +162,7 @@ impl Interval {
     /// LIST requests per hour of a follower that has been idle for long.
     pub fn idle_requests_per_hour(max: Duration) -> f64 {
         let polls = 3600.0 / max.as_secs_f64().max(0.001);
-        polls * (1.0 + 1.0 / f64::from(SNAPSHOT_CHECK_EVERY))
+        polls * (1.0 + 2.0 / f64::from(SNAPSHOT_CHECK_EVERY))
     }
 }
 
@@ -160,6 +177,8 @@ pub struct Followed {
     pub objects: u64,
     /// Polls (LIST rounds) made.
     pub polls: u64,
+    /// The min txid of the object applied last (for [`poll::went_back`]).
+    last_min: u64,
 }
 
 /// Wait until `db` has a replica (`--wait-for-replica`), polling every
@@ -215,12 +234,14 @@ pub fn follow(
         txid,
         objects: 0,
         polls: 0,
+        last_min: txid,
     };
     let mut interval = Interval::new(interval_max);
     let mut idle_polls = 0u32;
     let mut full_next = false;
     let mut failing: Option<Instant> = None;
     let mut damaged = 0u32;
+    let mut since_check = 0u32;
     let mut summary = Summary::new();
     log::info!(
         "{db}: following {root}/{db} into {} from txid {txid} (idle polls up to every {}: {:.0} LIST requests/hour)",
@@ -238,6 +259,7 @@ pub fn follow(
             Depth::Level0
         };
         st.polls += 1;
+        since_check = since_check.saturating_add(1);
         let before = st.objects;
         let result = poll::next(storage, db, st.txid, depth).and_then(|next| {
             apply_all(
@@ -251,6 +273,25 @@ pub fn follow(
                 &mut summary,
                 stop,
             )
+        });
+        // A replica deleted and recreated: its new history must not be
+        // applied over this one. Checked when a poll applied nothing, on
+        // the polls that list snapshots and at least every
+        // SNAPSHOT_CHECK_EVERY polls.
+        let result = result.and_then(|()| {
+            if st.objects > before || (depth == Depth::Level0 && since_check < SNAPSHOT_CHECK_EVERY)
+            {
+                return Ok(());
+            }
+            since_check = 0;
+            match poll::went_back(storage, db, st.txid, st.last_min)? {
+                None => Ok(()),
+                Some(newest) => Err(Error::Restore(format!(
+                    "{db}: the replica went back from txid {} to {newest} \
+                     (deleted and recreated?): restore again with --force",
+                    st.txid
+                ))),
+            }
         });
         match result {
             Ok(()) => {
@@ -347,6 +388,7 @@ fn apply_all(
         let fetched = fetch(storage, o, &name, spool_dir, SPOOL_THRESHOLD)?;
         let h = applier.apply(o, &name, fetched)?;
         st.txid = h.max_txid;
+        st.last_min = h.min_txid;
         st.objects += 1;
         summary.applied(h.timestamp_ms);
     }
