@@ -95,8 +95,11 @@
 //! them in fewer GETs), the poll looks at the compacted levels and the
 //! snapshots too; a snapshot
 //! past where the history continues (a new snapshot after a gap) is applied
-//! whole, then what follows it. A failed poll (storage outage) is logged
-//! once and retried with the backoff; the follower resumes where it was.
+//! whole, then what follows it. A failed poll (storage outage, a ranged
+//! read cut short) is logged once and retried with the backoff; the
+//! follower resumes where it was. A damaged object (checksum mismatch) is
+//! fetched again with the same backoff, [`MAX_DAMAGED`] times in all, then
+//! following stops with the object's name.
 //!
 //! Logged: each batch applied (debug), a summary at most once a minute
 //! (info): the applied txid, the newest stored txid seen, and the lag
@@ -338,10 +341,15 @@ pub fn follow(
                 interval.idle();
             }
             // A damaged body (SHA-256 mismatch, cut short): fetch again a
-            // few times, then it is the object, not the network.
+            // few times, backing off, then it is the object, not the
+            // network.
             Err(e @ Error::Ltx { .. }) if damaged + 1 < MAX_DAMAGED => {
                 damaged += 1;
-                log::warn!("{db}: {e}; fetching it again");
+                interval.idle();
+                log::warn!(
+                    "{db}: {e}; fetching it again in {}",
+                    humantime::format_duration(interval.get())
+                );
                 full_next = true;
             }
             Err(e) => {
