@@ -17,10 +17,11 @@ use crate::error::{Error, Result};
 use crate::ltx::{self, Decoder, Header};
 use crate::replica::{check_header_matches, Fetched, ReplicaObject};
 
-/// Writes one page (`INSERT` with a page number past the end grows the
-/// database; `data = NULL` for page N drops page N and every page after it
-/// at commit).
-const WRITE_PAGE: &str = "INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)";
+/// Writes one page of the attached database (`INSERT` with a page number
+/// past the end grows it; `data = NULL` for page N drops page N and every
+/// page after it at commit). `schema` is the table's hidden column naming
+/// the database written.
+const WRITE_PAGE: &str = "INSERT INTO sqlite_dbpage(schema, pgno, data) VALUES ('replica', ?1, ?2)";
 
 /// The follower's connection to the database it keeps current.
 pub(super) struct Applier {
@@ -36,18 +37,35 @@ impl Applier {
     /// Open the restored database `path` for following: it must be in WAL
     /// mode (readers keep their snapshot only then) and this SQLite must
     /// have the `sqlite_dbpage` table.
+    ///
+    /// `path` is ATTACHed as `replica` to an in-memory main database, as
+    /// SQLite's `sqlite3_rsync` does: every statement checks the schema
+    /// cookie of *main* only, so a page write after one that changed the
+    /// replica's schema cookie (CREATE, DROP, VACUUM on the primary) does
+    /// not make SQLite re-read a half-written `sqlite_master` ("malformed
+    /// database schema" once the schema spans more than one page).
     pub(super) fn open(path: &Path) -> Result<Applier> {
         let sq = |e| Error::sqlite(path, e);
+        let file = path.to_str().ok_or_else(|| {
+            Error::Restore(format!(
+                "{}: --follow needs a path that is valid UTF-8",
+                path.display()
+            ))
+        })?;
+        // No SQLITE_OPEN_CREATE: ATTACH inherits the flags and must not
+        // create the file (it was restored before).
         let conn = Connection::open_with_flags(
-            path,
+            ":memory:",
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sq)?;
         // A reader never blocks a WAL writer; a busy wait only covers
         // another process opening the file (WAL recovery) or a checkpoint.
         conn.busy_timeout(Duration::from_secs(5)).map_err(sq)?;
+        conn.execute("ATTACH DATABASE ?1 AS replica", [file])
+            .map_err(sq)?;
         let mode: String = conn
-            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .query_row("PRAGMA replica.journal_mode", [], |r| r.get(0))
             .map_err(sq)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Error::Restore(format!(
@@ -66,13 +84,13 @@ impl Applier {
         }
         // The follower is derived data: a power loss may lose its last
         // transactions, never its consistency (WAL, synchronous=NORMAL).
-        conn.execute_batch("PRAGMA synchronous=NORMAL")
+        conn.execute_batch("PRAGMA replica.synchronous=NORMAL")
             .map_err(sq)?;
         let page_size: u32 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .query_row("PRAGMA replica.page_size", [], |r| r.get(0))
             .map_err(sq)?;
         let pages: u32 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .query_row("PRAGMA replica.page_count", [], |r| r.get(0))
             .map_err(sq)?;
         Ok(Applier {
             conn,
@@ -174,7 +192,7 @@ impl Applier {
         let path = self.path.clone();
         if let Err(e) = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .query_row("PRAGMA replica.wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         {
             log::debug!("{}: final checkpoint: {e}", path.display());
         }

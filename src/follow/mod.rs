@@ -12,10 +12,13 @@
 //!
 //! `PATH` stays a WAL-mode SQLite database, and each LTX object is applied
 //! as **one SQLite write transaction**: `BEGIN IMMEDIATE`, every page of the
-//! object written with `INSERT INTO sqlite_dbpage(pgno, data)`, a
+//! object written with `INSERT INTO sqlite_dbpage(schema, pgno, data)`, a
 //! truncation (`data = NULL` for the first page past the object's commit
 //! size) when the database shrank, `COMMIT`. This is the mechanism of
-//! SQLite's own `sqlite3_rsync`. The pages go through SQLite's pager into
+//! SQLite's own `sqlite3_rsync`, including its connection: `PATH` is
+//! ATTACHed as `replica` to an in-memory main database, so a page write
+//! after one that changed the schema cookie (a migration on the primary)
+//! does not make SQLite re-read a half-written schema. The pages go through SQLite's pager into
 //! `PATH-wal` and become visible at the commit frame, published in the
 //! wal-index by SQLite itself, so:
 //!
@@ -63,9 +66,26 @@
 //! up to `--follow-interval-max` (default 10 s); every
 //! [`SNAPSHOT_CHECK_EVERY`]-th idle poll also lists snapshots newer than the
 //! position (one more LIST), for a primary that restarted after a gap and
-//! shipped a snapshot with nothing after it yet. An idle follower therefore
-//! costs `3600 / max × (1 + 1/6)` LIST requests per hour: **420 per hour**
-//! at the default 10 s (GETs only when something changed).
+//! shipped a snapshot with nothing after it yet, and checks that the
+//! replica did not go back (below). An idle follower therefore costs
+//! `3600 / max × (1 + 2/6)` LIST requests per hour: **480 per hour** at the
+//! default 10 s (GETs only when something changed).
+//!
+//! ## A replica deleted and recreated
+//!
+//! A new primary may start a new history (txid 1 up) where the followed
+//! replica was. Applying it over the followed database would mix two
+//! histories, so a poll that applied nothing, on the polls that list
+//! snapshots and at least every [`SNAPSHOT_CHECK_EVERY`] polls, checks that
+//! some stored object still ends at or past the applied txid
+//! ([`poll::went_back`]: one short LIST of level 0 from the object applied
+//! last, one of the snapshots; only if both find nothing, the newest object
+//! of every level). If none does, following stops with one line and a
+//! non-zero exit: `NAME: the replica went back from txid N to M (deleted and
+//! recreated?): restore again with --force`. Limit: a recreated replica
+//! whose new history already reached the follower's txid before a check is
+//! not detected; its objects that continue the position would be applied.
+//! Restore again with `--force` after recreating a replica.
 //!
 //! Objects that continue the position exactly are applied in txid order
 //! ([`crate::replica::chain`]). When level 0 has objects past the position
@@ -75,8 +95,11 @@
 //! them in fewer GETs), the poll looks at the compacted levels and the
 //! snapshots too; a snapshot
 //! past where the history continues (a new snapshot after a gap) is applied
-//! whole, then what follows it. A failed poll (storage outage) is logged
-//! once and retried with the backoff; the follower resumes where it was.
+//! whole, then what follows it. A failed poll (storage outage, a ranged
+//! read cut short) is logged once and retried with the backoff; the
+//! follower resumes where it was. A damaged object (checksum mismatch) is
+//! fetched again with the same backoff, [`MAX_DAMAGED`] times in all, then
+//! following stops with the object's name.
 //!
 //! Logged: each batch applied (debug), a summary at most once a minute
 //! (info): the applied txid, the newest stored txid seen, and the lag
@@ -142,7 +165,7 @@ impl Interval {
     /// LIST requests per hour of a follower that has been idle for long.
     pub fn idle_requests_per_hour(max: Duration) -> f64 {
         let polls = 3600.0 / max.as_secs_f64().max(0.001);
-        polls * (1.0 + 1.0 / f64::from(SNAPSHOT_CHECK_EVERY))
+        polls * (1.0 + 2.0 / f64::from(SNAPSHOT_CHECK_EVERY))
     }
 }
 
@@ -157,6 +180,8 @@ pub struct Followed {
     pub objects: u64,
     /// Polls (LIST rounds) made.
     pub polls: u64,
+    /// The min txid of the object applied last (for [`poll::went_back`]).
+    last_min: u64,
 }
 
 /// Wait until `db` has a replica (`--wait-for-replica`), polling every
@@ -212,12 +237,14 @@ pub fn follow(
         txid,
         objects: 0,
         polls: 0,
+        last_min: txid,
     };
     let mut interval = Interval::new(interval_max);
     let mut idle_polls = 0u32;
     let mut full_next = false;
     let mut failing: Option<Instant> = None;
     let mut damaged = 0u32;
+    let mut since_check = 0u32;
     let mut summary = Summary::new();
     log::info!(
         "{db}: following {root}/{db} into {} from txid {txid} (idle polls up to every {}: {:.0} LIST requests/hour)",
@@ -235,6 +262,7 @@ pub fn follow(
             Depth::Level0
         };
         st.polls += 1;
+        since_check = since_check.saturating_add(1);
         let before = st.objects;
         let result = poll::next(storage, db, st.txid, depth).and_then(|next| {
             apply_all(
@@ -248,6 +276,25 @@ pub fn follow(
                 &mut summary,
                 stop,
             )
+        });
+        // A replica deleted and recreated: its new history must not be
+        // applied over this one. Checked when a poll applied nothing, on
+        // the polls that list snapshots and at least every
+        // SNAPSHOT_CHECK_EVERY polls.
+        let result = result.and_then(|()| {
+            if st.objects > before || (depth == Depth::Level0 && since_check < SNAPSHOT_CHECK_EVERY)
+            {
+                return Ok(());
+            }
+            since_check = 0;
+            match poll::went_back(storage, db, st.txid, st.last_min)? {
+                None => Ok(()),
+                Some(newest) => Err(Error::Restore(format!(
+                    "{db}: the replica went back from txid {} to {newest} \
+                     (deleted and recreated?): restore again with --force",
+                    st.txid
+                ))),
+            }
         });
         match result {
             Ok(()) => {
@@ -294,10 +341,15 @@ pub fn follow(
                 interval.idle();
             }
             // A damaged body (SHA-256 mismatch, cut short): fetch again a
-            // few times, then it is the object, not the network.
+            // few times, backing off, then it is the object, not the
+            // network.
             Err(e @ Error::Ltx { .. }) if damaged + 1 < MAX_DAMAGED => {
                 damaged += 1;
-                log::warn!("{db}: {e}; fetching it again");
+                interval.idle();
+                log::warn!(
+                    "{db}: {e}; fetching it again in {}",
+                    humantime::format_duration(interval.get())
+                );
                 full_next = true;
             }
             Err(e) => {
@@ -344,6 +396,7 @@ fn apply_all(
         let fetched = fetch(storage, o, &name, spool_dir, SPOOL_THRESHOLD)?;
         let h = applier.apply(o, &name, fetched)?;
         st.txid = h.max_txid;
+        st.last_min = h.min_txid;
         st.objects += 1;
         summary.applied(h.timestamp_ms);
     }

@@ -10,7 +10,7 @@
 use crate::error::Result;
 use crate::ltx::{self, SNAPSHOT_LEVEL};
 use crate::replica::listing::{after_txid, list_level, Strictness};
-use crate::replica::{greedy, ReplicaObject};
+use crate::replica::{greedy, last_in_level, ReplicaObject};
 use crate::storage::Storage;
 
 /// Level-0 objects to apply above which a poll also looks at the compacted
@@ -123,4 +123,53 @@ pub(super) fn next(storage: &dyn Storage, db: &str, pos: u64, depth: Depth) -> R
         None => chain,
     };
     Ok(Next { objects, newest })
+}
+
+/// Whether the replica still reaches txid `pos` (the follower's position;
+/// `last_min` the min txid of the object applied last): `None` when some
+/// stored object ends at `pos` or later, else `Some(newest stored txid)`
+/// (0 when nothing is stored), i.e. the replica went back: it was deleted
+/// and a new history started below the follower's position.
+///
+/// Cheap first: one short LIST of level 0 from the object applied last and
+/// one of the snapshots past `pos - 1` (what an idle replica holds: the
+/// newest level-0 object ends at `pos`). Only when both find nothing (the
+/// object was compacted away and retention removed it) the newest object of
+/// every level, in O(log txid) LIST requests each
+/// ([`crate::replica::last_in_level`]).
+pub(super) fn went_back(
+    storage: &dyn Storage,
+    db: &str,
+    pos: u64,
+    last_min: u64,
+) -> Result<Option<u64>> {
+    let reaches = |level: u8, after: String| -> Result<bool> {
+        let dir = ltx::level_prefix("", db, level);
+        Ok(storage
+            .list_page(&dir, Some(&after), 20)?
+            .iter()
+            .filter_map(|o| ltx::parse_object_name(o.key.rsplit('/').next().unwrap_or("")))
+            .any(|(_, max)| max >= pos))
+    };
+    if reaches(0, after_txid(db, 0, last_min.min(pos).saturating_sub(1)))? {
+        return Ok(None);
+    }
+    let after_snap = format!(
+        "{}0000000000000001-{:016x}.ltx",
+        ltx::level_prefix("", db, SNAPSHOT_LEVEL),
+        pos.saturating_sub(1)
+    );
+    if reaches(SNAPSHOT_LEVEL, after_snap)? {
+        return Ok(None);
+    }
+    let mut newest = 0u64;
+    for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
+        if let Some(last) = last_in_level(storage, db, level)? {
+            if last.max_txid >= pos {
+                return Ok(None);
+            }
+            newest = newest.max(last.max_txid);
+        }
+    }
+    Ok(Some(newest))
 }

@@ -23,13 +23,14 @@ fn interval_is_fast_after_a_change_and_backs_off_to_the_max() {
 
 #[test]
 fn idle_cost_per_hour() {
-    // One LIST per poll, plus one more every sixth idle poll.
+    // One LIST per poll, plus two more every sixth idle poll (snapshots,
+    // the went-back check).
     assert_eq!(
         Interval::idle_requests_per_hour(DEFAULT_INTERVAL_MAX).round(),
-        420.0
+        480.0
     );
     assert_eq!(
         Interval::idle_requests_per_hour(Duration::from_secs(60)).round(),
-        70.0
+        80.0
     );
 }

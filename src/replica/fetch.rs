@@ -65,8 +65,11 @@ pub fn fetch(
             let want = RANGE_CHUNK.min(info.size - off);
             let chunk = storage.get_range(&o.key, off, Some(want))?;
             if chunk.len() as u64 != want {
-                return Err(Error::ltx(
+                // The network's fault, not the object's: a follower
+                // retries it like any transient storage failure.
+                return Err(Error::storage(
                     name,
+                    StorageErrorKind::Transient,
                     format!(
                         "short read at offset {off}: got {} bytes of {want}",
                         chunk.len()
