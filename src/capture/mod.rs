@@ -96,6 +96,7 @@ use crate::upload::{Ack, Budget, Segment};
 
 mod checkpoint;
 mod config;
+mod park;
 mod pass;
 mod protocol;
 mod resume;
@@ -105,6 +106,7 @@ mod source;
 mod stats;
 
 pub use config::{DbConfig, Event, Snooze};
+pub use park::{OpenSlots, Seat, Slot, BASE_FDS, OPEN_FDS, PARKED_FDS};
 pub use resume::{find_resume_point, Resumed};
 pub use source::SnapshotSource;
 pub use stats::DbStats;
@@ -279,6 +281,11 @@ pub struct Capture {
     /// or moved file, so its lock is held and its events are watched where
     /// SQLite now writes (see [`Capture::on_moved`]).
     rewatch: Option<Moved>,
+    /// Open slots shared with the other databases, and this one's (see
+    /// `park.rs`); `None`: never parks.
+    parking: Option<park::Parking>,
+    /// Set while the database's files are closed for being idle.
+    parked: Option<park::Parked>,
 }
 
 /// Callback told `(old, new)` resolved paths of a moved database.
@@ -374,6 +381,8 @@ impl Capture {
             deferred_until: None,
             drain: None,
             fenced: None,
+            parking: None,
+            parked: None,
         };
         r.connect()?;
         // Each probe retried on its own: with a flaky S3 a start-up of ~20
@@ -397,6 +406,16 @@ impl Capture {
     /// What storage held when replication started (`None`: nothing).
     pub fn resumed(&self) -> Option<Resumed> {
         self.resumed
+    }
+
+    /// Park this database when idle (see `park.rs`), counting it in
+    /// `slots`; `slot` is the one taken to open it.
+    pub fn set_parking(&mut self, slots: Arc<OpenSlots>, slot: Slot) {
+        self.parking = Some(park::Parking {
+            slots,
+            slot: Some(slot),
+            lost: 0,
+        });
     }
 
     /// Share `snooze` with whoever routes this database's file events.

@@ -78,6 +78,10 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
         #[argh(option, hidden_help)]
         pub min_put_interval: Option<String>,
 
+        /// close an idle database's files after this long without a write; 0 = never (default 10s)
+        #[argh(option, hidden_help)]
+        pub close_idle_after: Option<String>,
+
         /// memory for queued uploads in MiB, all DBs (default 64)
         #[argh(option)]
         pub memory_mib: Option<u64>,
@@ -176,6 +180,7 @@ impl SyncArgs {
                 truncate_pages,
                 max_wal_mib,
                 min_put_interval,
+                close_idle_after,
                 memory_mib,
                 shutdown_timeout,
                 retention,
@@ -254,6 +259,12 @@ impl SyncArgs {
             &self.min_put_interval,
             defaults::MIN_PUT_INTERVAL,
         )?;
+        let close_idle = duration_or(
+            "close-idle-after",
+            &self.close_idle_after,
+            defaults::CLOSE_IDLE_AFTER,
+        )?;
+        db.close_idle_after = (!close_idle.is_zero()).then_some(close_idle);
         let metrics_addr = match &self.metrics_addr {
             None => None,
             Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {
