@@ -415,6 +415,7 @@ impl Capture {
             slots,
             slot: Some(slot),
             lost: 0,
+            pin: None,
         });
     }
 
@@ -462,9 +463,15 @@ impl Capture {
         self.withdraw_stream();
         self.pin = Pin::Released;
         self.conn = None;
-        self.db_file = None;
+        // A descriptor of the same file is kept (an idle database's, which
+        // holds SQLite's SHARED lock: see `park.rs`).
+        let kept = self.db_file.take();
         self.shm.reset();
         let real = resolve(&path)?;
+        let kept = kept.filter(|f| {
+            f.metadata()
+                .is_ok_and(|m| Some((m.dev(), m.ino())) == file_id(&real))
+        });
         if real != self.real {
             log::info!(
                 "{}: {} now resolves to {}",
@@ -492,9 +499,12 @@ impl Capture {
             log::debug!("{}: wal-index map not trimmed", self.cfg.name);
         }
         self.db_id = file_id(&self.real);
-        self.db_file = Some(Arc::new(
-            File::open(&self.real).map_err(|e| Error::io(&path, e))?,
-        ));
+        self.db_file = match kept {
+            Some(f) => Some(f),
+            None => Some(Arc::new(
+                File::open(&self.real).map_err(|e| Error::io(&path, e))?,
+            )),
+        };
         self.conn = Some(c);
         Ok(())
     }

@@ -6,8 +6,9 @@
 //! walsync's own three, the lock file) and the memory of an SQLite
 //! connection. With thousands of mostly idle databases (one per tenant),
 //! that is what limits a process: 10,000 databases need 80,000 descriptors,
-//! four times the usual hard limit. A parked database keeps only its lock
-//! file open (and its thread, its watch and its position in memory); its
+//! four times the usual hard limit. A parked database keeps its lock file
+//! open and, while the limit has room, its database descriptor (see below);
+//! besides those only its thread, its watch and its position in memory. Its
 //! directory watch wakes it on the next write.
 //!
 //! # Why parking cannot lose a commit
@@ -15,7 +16,8 @@
 //! While parked, walsync holds no read transaction: the application's
 //! checkpoints may copy, restart and truncate the WAL freely (module doc of
 //! [`super`], facts 1–2 no longer hold). It parks only when everything
-//! published was read and the commit counter agreed, and on reopening it
+//! published was read and the commit counter agreed (and, pinned, after
+//! taking the SHARED lock below), and on reopening it
 //! takes the fence (nobody can commit or checkpoint) and accepts exactly two
 //! cases as continuous:
 //!
@@ -37,11 +39,16 @@
 //! checkpoint may have moved frames walsync had not read into the database:
 //! the next txid is a snapshot, as after a restart of walsync.
 //!
-//! That happens when the application closes its last connection while
-//! walsync's are closed: SQLite then checkpoints and deletes the WAL, which
-//! walsync's open connection would have prevented. Such a database is
-//! parked only after longer and longer idle spells (four times longer after
-//! each such snapshot, up to [`MAX_IDLE`]), unless open slots run short.
+//! The usual cause, an application closing its last connection (SQLite
+//! then checkpoints and deletes the WAL, which walsync's open connection
+//! prevents), is kept out while the open-file limit has room: a parked
+//! database keeps walsync's own descriptor of the database and holds
+//! SQLite's SHARED lock through it ([`crate::sqlite::hold`]), exactly as
+//! its connection did ("pinned": two descriptors instead of one). Past that
+//! room, or when the lock cannot be taken, it parks with the lock file
+//! only, and a database that then needed a snapshot parks only after
+//! longer and longer idle spells (four times longer after each, up to
+//! [`MAX_IDLE`]), unless open slots run short.
 //!
 //! # Open slots
 //!
@@ -62,6 +69,9 @@ pub(super) const QUIET_FOR: Duration = Duration::from_secs(2);
 /// The longest idle spell before parking a database whose reopening needed
 /// a snapshot before.
 const MAX_IDLE: Duration = Duration::from_secs(3600);
+
+/// Open databases that must fit besides the pins (see [`OpenSlots::try_pin`]).
+const MIN_PINLESS_OPEN: u64 = 16;
 
 /// Descriptors an open database holds beyond a parked one's lock file.
 pub const OPEN_FDS: u64 = 7;
@@ -126,6 +136,8 @@ pub struct OpenSlots {
     dbs: AtomicU64,
     /// Databases open now.
     open: AtomicU64,
+    /// Parked databases that keep their database descriptor (pinned).
+    pins: AtomicU64,
     /// Threads waiting for a slot.
     waiting: AtomicU64,
     freed_tx: Sender<()>,
@@ -142,6 +154,16 @@ impl Drop for Slot {
         if self.0.waiting.load(Ordering::Acquire) > 0 {
             let _ = self.0.freed_tx.try_send(());
         }
+    }
+}
+
+/// A parked database's kept database descriptor; given back when dropped.
+#[derive(Debug)]
+pub struct Pin(Arc<OpenSlots>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -163,6 +185,7 @@ impl OpenSlots {
             fd_limit,
             dbs: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            pins: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             freed_tx,
             freed,
@@ -177,8 +200,24 @@ impl OpenSlots {
 
     /// How many databases may be open at once now (at least one).
     pub fn capacity(&self) -> u64 {
-        let parked = self.dbs.load(Ordering::Acquire) * PARKED_FDS;
+        self.capacity_with(self.pins.load(Ordering::Acquire))
+    }
+
+    fn capacity_with(&self, pins: u64) -> u64 {
+        let parked = self.dbs.load(Ordering::Acquire) * PARKED_FDS + pins;
         (self.fd_limit.saturating_sub(BASE_FDS + parked) / OPEN_FDS).max(1)
+    }
+
+    /// A pin for a database about to park, if the open-file limit has room:
+    /// at least an eighth of the databases (and [`MIN_PINLESS_OPEN`]) can
+    /// still be open at once with it, besides those open now.
+    pub fn try_pin(self: &Arc<Self>) -> Option<Pin> {
+        let dbs = self.dbs.load(Ordering::Acquire);
+        let floor = (dbs / 8).max(MIN_PINLESS_OPEN);
+        let pins = self.pins.fetch_add(1, Ordering::AcqRel) + 1;
+        let pin = Pin(self.clone());
+        let cap = self.capacity_with(pins);
+        (cap >= floor && cap > self.open()).then_some(pin)
     }
 
     /// Databases open now.
@@ -254,6 +293,8 @@ pub struct Parking {
     pub(super) slot: Option<Slot>,
     /// Reopenings that needed a snapshot (see the module doc).
     pub(super) lost: u32,
+    /// Held while parked with the database descriptor kept.
+    pub(super) pin: Option<Pin>,
 }
 
 impl Capture {
@@ -333,11 +374,23 @@ impl Capture {
         let Some(read) = self.read else {
             return Ok(None);
         };
+        // The SHARED lock is taken while SQLite's connection still holds
+        // its own, so there is no moment without one.
+        let pin = match (&self.db_file, self.parking.as_ref()) {
+            (Some(f), Some(p)) => p.slots.try_pin().filter(|_| {
+                crate::sqlite::hold::hold_shared(f)
+                    .map_err(|e| log::debug!("{}: SHARED lock not held: {e}", self.cfg.name))
+                    .is_ok()
+            }),
+            _ => None,
+        };
         self.end_read()?;
         // SQLite's connection first, walsync's own descriptor of the
-        // database after it (see `connect`).
+        // database after it (see `connect`), unless it is kept.
         self.conn = None;
-        self.db_file = None;
+        if pin.is_none() {
+            self.db_file = None;
+        }
         self.wal.close();
         self.shm.reset();
         self.tail.reset();
@@ -349,6 +402,7 @@ impl Capture {
         });
         if let Some(p) = &mut self.parking {
             p.slot = None;
+            p.pin = pin;
         }
         self.stats.parked.store(true, Ordering::Relaxed);
         self.stats.parks.fetch_add(1, Ordering::Relaxed);
@@ -406,7 +460,12 @@ impl Capture {
             self.counted = None;
             return Ok(());
         }
+        // `connect` keeps a pinned descriptor (same file): the SHARED lock
+        // stays held; it now counts in the open slot.
         self.connect()?;
+        if let Some(p) = self.parking.as_mut() {
+            p.pin = None;
+        }
         let fence = self.fence()?;
         self.wal.refresh()?;
         let continued = match p.read {
