@@ -23,8 +23,8 @@ storage_command! {
         note = "--max-requests-per-sec N  S3 requests per second, all DBs (default 0: no cap)",
         note = "--encryption-key-file F (0600), --decryption-key-file F (old key; repeatable)",
         note = "--lease-ttl D          writer lease lifetime (default 60s); --no-fencing: none",
-        note = "--exec CMD             run CMD once replicating, then exit with its status
-                       (128+N if signal N killed it; 1 if data did not ship)",
+        note = "--exec CMD             run CMD once replicating; exit with its status (or 1)",
+        note = "--close-idle-after D   close idle DBs' files after D; 0 = never (default 10s)",
         note = "--restore-if-missing   restore absent DBs first (--require-replica: or fail)",
         note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
