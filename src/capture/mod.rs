@@ -416,6 +416,7 @@ impl Capture {
             slot: Some(slot),
             lost: 0,
             pin: None,
+            checkpointed: None,
         });
     }
 

@@ -73,13 +73,17 @@ const MAX_IDLE: Duration = Duration::from_secs(3600);
 /// Open databases that must fit besides the pins (see [`OpenSlots::try_pin`]).
 const MIN_PINLESS_OPEN: u64 = 16;
 
-/// Descriptors an open database holds beyond a parked one's lock file.
-pub const OPEN_FDS: u64 = 7;
+/// Descriptors an open database holds beyond a parked one's lock file, at
+/// most: SQLite's database, WAL and `-shm`; the fence's connection's
+/// database (the descriptor SQLite keeps after a connection closes, reused)
+/// and WAL; walsync's own database, WAL and `-shm`; a streamed snapshot's
+/// copy of the WAL descriptor.
+pub const OPEN_FDS: u64 = 9;
 /// Descriptors a parked database holds (its lock file).
 pub const PARKED_FDS: u64 = 1;
 /// Descriptors kept for everything else (stdio, inotify, sockets of the
-/// uploaders, temp files, the status socket).
-pub const BASE_FDS: u64 = 256;
+/// uploaders, temp files of segments, the status and metrics sockets).
+pub const BASE_FDS: u64 = 512;
 
 /// What a database remembers while its files are closed.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +94,9 @@ pub(super) struct Parked {
     db: FileStamp,
     /// The WAL file then (`None`: missing).
     wal: Option<FileStamp>,
+    /// The wall clock and the monotonic clock then: a wall clock that went
+    /// back since makes file times unreliable (case 2 is not used).
+    at: (std::time::SystemTime, Instant),
     /// A file event arrived since parking (the WAL may hold new commits).
     pub(super) woken: bool,
 }
@@ -116,15 +123,25 @@ impl FileStamp {
         })
     }
 
-    /// How long ago the file was last written or changed (zero when that
-    /// is in the future: a clock that went back).
+    /// How long ago the file was last written or changed. A time in the
+    /// future (the clock went back since) counts as long ago: a later write
+    /// gets an earlier time, never the same one.
     fn quiet(&self) -> Duration {
         let latest = self.mtime.max(self.ctime);
         let secs = u64::try_from(latest.0).unwrap_or(0);
         let nanos = u32::try_from(latest.1).unwrap_or(0);
         let at = std::time::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999));
-        at.elapsed().unwrap_or(Duration::ZERO)
+        at.elapsed().unwrap_or(Duration::MAX)
     }
+}
+
+/// The wall clock went back since `at` (beyond a second of drift): file
+/// times written since may equal older ones.
+fn clock_went_back(at: (std::time::SystemTime, Instant)) -> bool {
+    let wall = std::time::SystemTime::now()
+        .duration_since(at.0)
+        .unwrap_or(Duration::ZERO);
+    wall + Duration::from_secs(1) < at.1.elapsed()
 }
 
 /// Open databases counted against the open-file limit (see the module doc).
@@ -134,6 +151,8 @@ pub struct OpenSlots {
     fd_limit: u64,
     /// Databases with a thread (each holds at least its lock file).
     dbs: AtomicU64,
+    /// Databases known to be starting (see [`OpenSlots::expect`]).
+    expected: AtomicU64,
     /// Databases open now.
     open: AtomicU64,
     /// Parked databases that keep their database descriptor (pinned).
@@ -184,6 +203,7 @@ impl OpenSlots {
         Arc::new(OpenSlots {
             fd_limit,
             dbs: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
             open: AtomicU64::new(0),
             pins: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
@@ -203,8 +223,20 @@ impl OpenSlots {
         self.capacity_with(self.pins.load(Ordering::Acquire))
     }
 
+    /// `n` databases are about to start: count them from now on, so that
+    /// the first to start do not take the room of the later ones.
+    pub fn expect(&self, n: u64) {
+        self.expected.fetch_max(n, Ordering::AcqRel);
+    }
+
+    fn databases(&self) -> u64 {
+        self.dbs
+            .load(Ordering::Acquire)
+            .max(self.expected.load(Ordering::Acquire))
+    }
+
     fn capacity_with(&self, pins: u64) -> u64 {
-        let parked = self.dbs.load(Ordering::Acquire) * PARKED_FDS + pins;
+        let parked = self.databases() * PARKED_FDS + pins;
         (self.fd_limit.saturating_sub(BASE_FDS + parked) / OPEN_FDS).max(1)
     }
 
@@ -212,8 +244,7 @@ impl OpenSlots {
     /// at least an eighth of the databases (and [`MIN_PINLESS_OPEN`]) can
     /// still be open at once with it, besides those open now.
     pub fn try_pin(self: &Arc<Self>) -> Option<Pin> {
-        let dbs = self.dbs.load(Ordering::Acquire);
-        let floor = (dbs / 8).max(MIN_PINLESS_OPEN);
+        let floor = (self.databases() / 8).max(MIN_PINLESS_OPEN);
         let pins = self.pins.fetch_add(1, Ordering::AcqRel) + 1;
         let pin = Pin(self.clone());
         let cap = self.capacity_with(pins);
@@ -270,7 +301,8 @@ impl OpenSlots {
     /// Others wait for a slot, or nearly every slot is taken: idle open
     /// databases should park now.
     pub fn pressed(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0 || self.open() * 10 >= self.capacity() * 9
+        self.waiting.load(Ordering::Acquire) > 0
+            || self.open().saturating_mul(10) >= self.capacity().saturating_mul(9)
     }
 
     /// Channel signalled when a slot is freed while someone waits.
@@ -295,6 +327,8 @@ pub struct Parking {
     pub(super) lost: u32,
     /// Held while parked with the database descriptor kept.
     pub(super) pin: Option<Pin>,
+    /// The file-event count when walsync last checkpointed before parking.
+    pub(super) checkpointed: Option<u64>,
 }
 
 impl Capture {
@@ -343,8 +377,10 @@ impl Capture {
             Ok(None) => None,
             Ok(Some(later)) => Some(later),
             Err(e) => {
+                // The next pass repairs what failed (a read transaction
+                // ended by a failed checkpoint is taken again).
                 log::debug!("{}: not parked: {e}", self.cfg.name);
-                None
+                Some(Instant::now() + Duration::from_secs(1))
             }
         }
     }
@@ -357,8 +393,25 @@ impl Capture {
         };
         let read_all =
             (!self.pin.pinned() && shm.mx_frame <= shm.backfill) || self.read_all_published(&shm);
-        if !read_all || self.counted != Some(shm.change) {
+        // A commit written past the published end (its writer stalled
+        // before publishing it) would get no file event when published.
+        if !read_all || self.counted != Some(shm.change) || self.stats.unread() {
             return Ok(None); // the next pass reads it
+        }
+        let checkpointed = self.parking.as_ref().and_then(|p| p.checkpointed);
+        if shm.mx_frame > shm.backfill && self.pin.pinned() && checkpointed != Some(self.events) {
+            // Once per idle spell: an application reader can keep a
+            // checkpoint from finishing.
+            if let Some(p) = self.parking.as_mut() {
+                p.checkpointed = Some(self.events);
+            }
+            // Copy what was read and stored into the database first (a
+            // PASSIVE checkpoint under the fence, as walsync's own): an
+            // application checkpoint while parked then finds nothing of it
+            // to copy, leaves the database file as stamped below, and case
+            // 2 holds. The stamp waits for the file to be quiet again.
+            self.checkpoint(false)?;
+            return Ok(Some(Instant::now() + QUIET_FOR));
         }
         let Some(db) = FileStamp::of(&self.real) else {
             return Ok(None);
@@ -398,6 +451,7 @@ impl Capture {
             read,
             db,
             wal,
+            at: (std::time::SystemTime::now(), Instant::now()),
             woken: false,
         });
         if let Some(p) = &mut self.parking {
@@ -440,6 +494,8 @@ impl Capture {
             }
         }
         self.unpark()?;
+        // Replaced while parked: reconnect now, its snapshot is due.
+        self.check_file()?;
         Ok(true)
     }
 
@@ -480,7 +536,7 @@ impl Capture {
         log::debug!("{}: woken: files reopened", self.cfg.name);
         if continued {
             self.read = Some(p.read);
-        } else if FileStamp::of(&self.real) == Some(p.db) {
+        } else if FileStamp::of(&self.real) == Some(p.db) && !clock_went_back(p.at) {
             // At most one restart, discarding only frames read before
             // parking: the current WAL holds every commit since.
             self.read = Some(Read::Empty);

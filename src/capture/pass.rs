@@ -285,7 +285,7 @@ impl Capture {
     }
 
     /// Re-open after the database file was replaced, deleted or recreated.
-    fn check_file(&mut self) -> Result<bool> {
+    pub(super) fn check_file(&mut self) -> Result<bool> {
         let id = file_id(&self.cfg.path);
         // Through a symlink, the same file may now be reached at another
         // place (where SQLite keeps another WAL): that is a move too.

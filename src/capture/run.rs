@@ -70,11 +70,14 @@ impl Capture {
                 }
             }
             let deadline = [timer, pending_error].into_iter().flatten().min();
+            // Parked by this pass: sleep parked. (Still parked after a
+            // failed reopening: back off as any failed pass.)
+            let was_parked = self.parked.is_some();
             let park_at = match pending_error {
                 None => self.park_if_idle(deadline),
                 Some(_) => None,
             };
-            if self.parked.is_some() {
+            if !was_parked && self.parked.is_some() {
                 continue;
             }
             let deadline = [deadline, park_at].into_iter().flatten().min();
@@ -152,7 +155,20 @@ impl Capture {
             break;
         }
         let slot = slots.try_take().or_else(|| {
+            // Woken: something may be committed and unread until it opens.
+            self.stats.note_unread();
+            let since = Instant::now();
+            let mut warned = false;
             slots.waiting(|| loop {
+                if !warned && since.elapsed() >= Duration::from_secs(10) {
+                    warned = true;
+                    log::warn!(
+                        "{}: waiting {}s for an open slot (open-file limit; {} databases open)",
+                        self.cfg.name,
+                        since.elapsed().as_secs(),
+                        slots.open()
+                    );
+                }
                 crossbeam_channel::select! {
                     recv(slots.freed()) -> _ => {}
                     recv(events) -> ev => match ev {

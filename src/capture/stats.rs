@@ -65,6 +65,11 @@ impl DbStats {
         self.unread.mark();
     }
 
+    /// Something committed in the WAL is known not to be read yet.
+    pub fn unread(&self) -> bool {
+        self.unread.is_set()
+    }
+
     /// Everything committed in the WAL has been read.
     pub fn note_read_all(&self) {
         self.unread.clear();

@@ -7,11 +7,8 @@ use std::sync::Arc;
 use crate::capture::{OpenSlots, BASE_FDS, OPEN_FDS, PARKED_FDS};
 use crate::error::{Error, Result};
 
-/// Descriptors one open replicated database holds (measured, idle after its
-/// first snapshot): SQLite's database, WAL and `-shm`, the descriptor SQLite
-/// keeps of the database after the fence's connection closes (closing it
-/// would drop the locks), walsync's own database, WAL and `-shm`
-/// descriptors, and the lock file.
+/// Descriptors one open replicated database holds at most (see
+/// [`OPEN_FDS`]), with its lock file.
 const FDS_PER_DB: u64 = OPEN_FDS + PARKED_FDS;
 
 /// Databases that must fit open at once even when idle ones close their
@@ -45,7 +42,9 @@ pub(super) fn raise_fd_limit(databases: usize, parking: bool) -> Result<Arc<Open
         ))),
         Ok(n) => {
             log::debug!("open-file limit: {n}");
-            Ok(OpenSlots::new(if parking { n } else { u64::MAX }))
+            let slots = OpenSlots::new(if parking { n } else { u64::MAX });
+            slots.expect(dbs);
+            Ok(slots)
         }
         Err(e) => {
             log::warn!("cannot raise the open-file limit: {e}");

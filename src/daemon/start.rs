@@ -161,6 +161,30 @@ impl Daemon {
                 let mut stopping = false;
                 let mut rep = loop {
                     let transient;
+                    // An open slot first (see `capture::park`), before the
+                    // lease's requests and the files: with thousands of
+                    // databases, the others close their files when idle and
+                    // make room, and no more than the slots talk to storage
+                    // at once (each request may need a connection).
+                    let slot = match stopping {
+                        false => slots.take(&stop),
+                        true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
+                    };
+                    let Some(slot) = slot else {
+                        // As below: an error only where this process
+                        // would have shipped something.
+                        if stopping && !is_wal_database(&db_path) {
+                            return Ok(());
+                        }
+                        if stopping {
+                            return Err(Error::Config(format!(
+                                "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
+                                cfg.name
+                            )));
+                        }
+                        stopping = true;
+                        continue;
+                    };
                     let locked = match lock {
                         Some(_) => Ok(()),
                         None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
@@ -173,28 +197,6 @@ impl Daemon {
                             f.acquire(&cfg.name, local.as_deref())
                         }),
                         None => locked,
-                    };
-                    // An open slot first (see `capture::park`): with
-                    // thousands of databases, the others close their files
-                    // when idle and make room.
-                    let slot = match stopping {
-                        false => slots.take(&stop),
-                        true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
-                    };
-                    let Some(slot) = slot else {
-                        // As below: an error only where this process
-                        // would have shipped something.
-                        if stopping && (lock.is_none() || !is_wal_database(&db_path)) {
-                            return Ok(());
-                        }
-                        if stopping {
-                            return Err(Error::Config(format!(
-                                "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
-                                cfg.name
-                            )));
-                        }
-                        stopping = true;
-                        continue;
                     };
                     match fenced.and_then(|()| {
                         Capture::open(
