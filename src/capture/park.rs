@@ -97,6 +97,9 @@ pub(super) struct Parked {
     /// The wall clock and the monotonic clock then: a wall clock that went
     /// back since makes file times unreliable (case 2 is not used).
     at: (std::time::SystemTime, Instant),
+    /// The files were quiet for [`QUIET_FOR`] when stamped (else case 2
+    /// is not used).
+    trusted: bool,
     /// A file event arrived since parking (the WAL may hold new commits).
     pub(super) woken: bool,
 }
@@ -241,10 +244,10 @@ impl OpenSlots {
     }
 
     /// A pin for a database about to park, if the open-file limit has room:
-    /// at least an eighth of the databases (and [`MIN_PINLESS_OPEN`]) can
+    /// at least a sixteenth of the databases (and [`MIN_PINLESS_OPEN`]) can
     /// still be open at once with it, besides those open now.
     pub fn try_pin(self: &Arc<Self>) -> Option<Pin> {
-        let floor = (self.databases() / 8).max(MIN_PINLESS_OPEN);
+        let floor = (self.databases() / 16).max(MIN_PINLESS_OPEN);
         let pins = self.pins.fetch_add(1, Ordering::AcqRel) + 1;
         let pin = Pin(self.clone());
         let cap = self.capacity_with(pins);
@@ -359,11 +362,8 @@ impl Capture {
         {
             return None;
         }
-        let wait = if slots.pressed() {
-            Duration::ZERO
-        } else {
-            after
-        };
+        let pressed = slots.pressed();
+        let wait = if pressed { Duration::ZERO } else { after };
         let now = Instant::now();
         // Something is due soon (a settle check, a tail poll, a retry).
         if deadline.is_some_and(|d| d < now + Duration::from_secs(1)) {
@@ -373,7 +373,7 @@ impl Capture {
         if at > now {
             return Some(at);
         }
-        match self.park() {
+        match self.park(pressed) {
             Ok(None) => None,
             Ok(Some(later)) => Some(later),
             Err(e) => {
@@ -386,8 +386,11 @@ impl Capture {
     }
 
     /// Park now if everything published was read and the database file is
-    /// quiet; else `Ok(Some(when))` to try again.
-    fn park(&mut self) -> Result<Option<Instant>> {
+    /// quiet; else `Ok(Some(when))` to try again. While others wait for a
+    /// slot (`pressed`) it parks at once: no checkpoint first, and a file
+    /// written less than [`QUIET_FOR`] ago is parked with its stamp
+    /// untrusted (case 2 of the module doc is then not used).
+    fn park(&mut self, pressed: bool) -> Result<Option<Instant>> {
         let Some(shm) = self.read_shm()? else {
             return Ok(None);
         };
@@ -399,7 +402,11 @@ impl Capture {
             return Ok(None); // the next pass reads it
         }
         let checkpointed = self.parking.as_ref().and_then(|p| p.checkpointed);
-        if shm.mx_frame > shm.backfill && self.pin.pinned() && checkpointed != Some(self.events) {
+        if shm.mx_frame > shm.backfill
+            && self.pin.pinned()
+            && checkpointed != Some(self.events)
+            && !pressed
+        {
             // Once per idle spell: an application reader can keep a
             // checkpoint from finishing.
             if let Some(p) = self.parking.as_mut() {
@@ -421,7 +428,7 @@ impl Capture {
         }
         let wal = FileStamp::of(self.wal.path());
         let quiet = db.quiet().min(wal.map_or(QUIET_FOR, |w| w.quiet()));
-        if quiet < QUIET_FOR {
+        if quiet < QUIET_FOR && !pressed {
             return Ok(Some(Instant::now() + (QUIET_FOR - quiet)));
         }
         let Some(read) = self.read else {
@@ -452,6 +459,7 @@ impl Capture {
             db,
             wal,
             at: (std::time::SystemTime::now(), Instant::now()),
+            trusted: quiet >= QUIET_FOR,
             woken: false,
         });
         if let Some(p) = &mut self.parking {
@@ -475,7 +483,7 @@ impl Capture {
         };
         let unchanged =
             FileStamp::of(&self.real) == Some(p.db) && FileStamp::of(self.wal.path()) == p.wal;
-        if !p.woken && unchanged {
+        if !p.woken && unchanged && p.trusted {
             return Ok(false);
         }
         if let Some(parking) = self.parking.as_mut() {
@@ -536,7 +544,7 @@ impl Capture {
         log::debug!("{}: woken: files reopened", self.cfg.name);
         if continued {
             self.read = Some(p.read);
-        } else if FileStamp::of(&self.real) == Some(p.db) && !clock_went_back(p.at) {
+        } else if p.trusted && FileStamp::of(&self.real) == Some(p.db) && !clock_went_back(p.at) {
             // At most one restart, discarding only frames read before
             // parking: the current WAL holds every commit since.
             self.read = Some(Read::Empty);
