@@ -71,7 +71,9 @@ pub(super) const QUIET_FOR: Duration = Duration::from_secs(2);
 const MAX_IDLE: Duration = Duration::from_secs(3600);
 
 /// Open databases that must fit besides the pins (see [`OpenSlots::try_pin`]).
-const MIN_PINLESS_OPEN: u64 = 16;
+/// An open database holds its slot from a wake-up to the acknowledgement of
+/// its upload (tens of milliseconds): 64 serve hundreds of wake-ups a second.
+const MIN_PINLESS_OPEN: u64 = 64;
 
 /// Descriptors an open database holds beyond a parked one's lock file, at
 /// most: SQLite's database, WAL and `-shm`; the fence's connection's
@@ -244,10 +246,10 @@ impl OpenSlots {
     }
 
     /// A pin for a database about to park, if the open-file limit has room:
-    /// at least a sixteenth of the databases (and [`MIN_PINLESS_OPEN`]) can
+    /// at least one database in 64 (and [`MIN_PINLESS_OPEN`]) can
     /// still be open at once with it, besides those open now.
     pub fn try_pin(self: &Arc<Self>) -> Option<Pin> {
-        let floor = (self.databases() / 16).max(MIN_PINLESS_OPEN);
+        let floor = (self.databases() / 64).max(MIN_PINLESS_OPEN);
         let pins = self.pins.fetch_add(1, Ordering::AcqRel) + 1;
         let pin = Pin(self.clone());
         let cap = self.capacity_with(pins);
@@ -468,6 +470,9 @@ impl Capture {
         }
         self.stats.parked.store(true, Ordering::Relaxed);
         self.stats.parks.fetch_add(1, Ordering::Relaxed);
+        // Memory only: the stack pages the open database's passes touched
+        // (tens of KiB per thread; see the function).
+        crate::util::release_unused_stack();
         log::debug!("{}: idle: files closed", self.cfg.name);
         Ok(None)
     }

@@ -434,6 +434,10 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             }
         }
     }
+    // Every drain has ended (shipped, or reported what it could not ship
+    // in time): what is still queued is abandoned, not waited for past
+    // --shutdown-timeout.
+    daemon.uploader.abort();
     daemon.uploader.join();
     if failed > 0 {
         let child = match app.as_ref().is_some_and(|a| !a.pending()) {
