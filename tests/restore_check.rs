@@ -9,25 +9,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::Path;
 
-use common::process::{text, Cmd};
+use common::dir_entries as entries;
+use common::process::{text, walsync};
 use rusqlite::Connection;
-
-fn walsync(args: &[&str]) -> std::process::Output {
-    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-}
-
-fn entries(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect()
-}
 
 /// The rows `PRAGMA <check>` returns (`["ok"]` for a sound database), or
 /// SQLite's error as the only row.
@@ -76,8 +62,10 @@ fn snapshot(src: &Path, name: &str, bucket: &str) -> u64 {
     txid.unwrap_or_else(|| panic!("no txid in {out:?}"))
 }
 
-/// The one error line of a failed command (log lines aside).
-fn error_line(o: &std::process::Output) -> String {
+/// A restore that failed with one error line (log lines aside) holding
+/// every string of `want`, and left nothing in `out_dir`.
+fn assert_refused(o: &std::process::Output, want: &[String], out_dir: &Path) {
+    assert!(!o.status.success(), "restored: {}", text(o));
     let err = String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = err
         .lines()
@@ -85,7 +73,10 @@ fn error_line(o: &std::process::Output) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "not one error line: {err}");
     eprintln!("error line: {}", lines[0]);
-    lines[0].to_string()
+    for w in want {
+        assert!(lines[0].contains(w.as_str()), "{w:?} not in {:?}", lines[0]);
+    }
+    assert!(entries(out_dir).is_empty(), "{:?}", entries(out_dir));
 }
 
 /// An index that no longer matches its table (its definition rewritten
@@ -135,21 +126,13 @@ fn integrity_check_flag_catches_what_quick_check_passes() {
 
     // --integrity-check refuses the database: one line, nothing written.
     let o = walsync(&[&base[..], &["--integrity-check"]].concat());
-    assert!(!o.status.success(), "restored: {}", text(&o));
-    let line = error_line(&o);
-    for want in [
+    let want = [
         "idx.db".to_string(),
         format!("txid {txid}"),
         "PRAGMA integrity_check".into(),
         "missing from index t_a".into(),
-    ] {
-        assert!(line.contains(&want), "{want:?} not in {line:?}");
-    }
-    assert!(
-        entries(out_dir.path()).is_empty(),
-        "{:?}",
-        entries(out_dir.path())
-    );
+    ];
+    assert_refused(&o, &want, out_dir.path());
 
     // The default (quick_check) restores it, and says which check passed.
     let o = walsync(&base);
@@ -210,18 +193,10 @@ fn default_check_catches_a_broken_page() {
         "--bucket",
         &bucket,
     ]);
-    assert!(!o.status.success(), "restored: {}", text(&o));
-    let line = error_line(&o);
-    for want in [
+    let want = [
         "page.db".to_string(),
         format!("txid {txid}"),
         "PRAGMA quick_check".into(),
-    ] {
-        assert!(line.contains(&want), "{want:?} not in {line:?}");
-    }
-    assert!(
-        entries(out_dir.path()).is_empty(),
-        "{:?}",
-        entries(out_dir.path())
-    );
+    ];
+    assert_refused(&o, &want, out_dir.path());
 }
