@@ -35,9 +35,9 @@
 //!    the file is cut to that object's commit size (a database that shrank
 //!    and grew again must not resurrect stale pages). Then SQLite's check
 //!    (`PRAGMA quick_check` by default, `integrity_check` on request:
-//!    [`SqliteCheck`], `check.rs`) must say `ok`, the file is fsynced, renamed into place
-//!    (atomically, never over an existing file unless forced) and the
-//!    directory is fsynced. On any failure a guard removes the temporary
+//!    [`SqliteCheck`], `check.rs`) must say `ok`, the file is fsynced,
+//!    renamed into place (atomically, never over an existing file unless
+//!    forced) and the directory is fsynced. On any failure a guard removes the temporary
 //!    file (and any `-wal`/`-shm` SQLite made for the check): nothing is left
 //!    at the output path.
 //!
