@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::process::Cmd;
+use common::dir_entries as entries;
+use common::process::walsync;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, Plan, RestoreOptions, Target};
 use walsync::storage::{FileStorage, Metadata, Storage};
@@ -47,14 +48,6 @@ fn put_fixture(s: &dyn Storage, db: &str) {
                 .unwrap();
         }
     }
-}
-
-/// Entries of `dir`, sorted.
-fn entries(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect()
 }
 
 fn restore_to(s: &dyn Storage, db: &str, target: Target, out: &Path) -> walsync::Result<Plan> {
@@ -635,13 +628,6 @@ fn s3_failures() {
 // ---------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------
-
-fn walsync(args: &[&str]) -> std::process::Output {
-    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-}
 
 #[test]
 fn cli_restore() {

@@ -10,10 +10,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+
 use std::sync::Arc;
 
-use common::process::Cmd;
+use common::dir_entries as entries;
+use common::process::walsync;
 use common::Rng;
 use walsync::ltx::{self, Header};
 use walsync::restore::{self, RestoreOptions, Target};
@@ -175,20 +176,6 @@ fn requests(c: &CountingStorage) -> (u64, u64) {
     c.snapshot()
         .values()
         .fold((0, 0), |(g, h), s| (g + s.requests[1], h + s.requests[3]))
-}
-
-fn walsync(args: &[&str]) -> std::process::Output {
-    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-}
-
-fn entries(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect()
 }
 
 /// The requests a dry run predicts are the requests the restore sends, for

@@ -14,7 +14,7 @@ AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
 AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
     )]
     pub struct RestoreArgs {
-        /// database name in the bucket (app.db; acme/data.db for a tree)
+        /// database name in the bucket (acme/data.db for a tree)
         #[argh(positional)]
         pub name: String,
 
@@ -50,6 +50,10 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, RUST_LOG."
         /// ~N x 18 MiB + 16 bytes per page of the largest object
         #[argh(option, default = "crate::defaults::RESTORE_PARALLEL")]
         pub parallel: usize,
+
+        /// PRAGMA integrity_check (also indexes; slow), not quick_check
+        #[argh(switch)]
+        pub integrity_check: bool,
 
         /// then apply new transactions until SIGTERM (read replica)
         #[argh(switch)]
@@ -132,6 +136,7 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
         parallel: a.parallel,
         force: a.force,
         progress: std::io::stderr().is_terminal(),
+        check: sqlite_check(&a),
         ..RestoreOptions::default()
     };
     if a.dry_run {
@@ -212,6 +217,7 @@ fn run_follow(a: RestoreArgs) -> Result<()> {
         parallel: a.parallel,
         force: a.force,
         progress: std::io::stderr().is_terminal(),
+        check: sqlite_check(&a),
         ..RestoreOptions::default()
     };
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
@@ -222,4 +228,13 @@ fn run_follow(a: RestoreArgs) -> Result<()> {
         done.db, done.txid, done.objects, done.polls
     );
     Ok(())
+}
+
+/// SQLite's check of the restored file: `--integrity-check` or the default.
+fn sqlite_check(a: &RestoreArgs) -> restore::SqliteCheck {
+    if a.integrity_check {
+        restore::SqliteCheck::Integrity
+    } else {
+        restore::SqliteCheck::Quick
+    }
 }

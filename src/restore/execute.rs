@@ -103,7 +103,9 @@ pub fn restore(
     let plan = &current;
     file.sync_all().map_err(|e| Error::io(&tmp_path, e))?;
     drop(file);
-    integrity_check(&tmp_path, plan)?;
+    let check_start = Instant::now();
+    sqlite_check(&tmp_path, plan, opts.check)?;
+    let check = (opts.check, check_start.elapsed());
     // SQLite removes its -wal/-shm when the last connection closes; make sure.
     for p in TempGuard::sidecars(&tmp_path) {
         match fs::remove_file(&p) {
@@ -133,6 +135,7 @@ pub fn restore(
         page_size,
         pages,
         elapsed: start.elapsed(),
+        check,
         output: out.to_path_buf(),
     })
 }
@@ -230,28 +233,4 @@ fn install(tmp: &Path, out: &Path, force: bool) -> Result<()> {
         Err(_) if !out.exists() => fs::rename(tmp, out).map_err(|e| Error::io(out, e)),
         Err(e) => Err(Error::io(out, e)),
     }
-}
-
-fn integrity_check(path: &Path, plan: &Plan) -> Result<()> {
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| Error::sqlite(path, e))?;
-    let rows: Vec<String> = (|| {
-        let mut stmt = conn.prepare("PRAGMA integrity_check(20)")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<Vec<String>>>()
-    })()
-    .map_err(|e| Error::sqlite(path, e))?;
-    conn.close().map_err(|(_, e)| Error::sqlite(path, e))?;
-    if rows.len() == 1 && rows[0] == "ok" {
-        return Ok(());
-    }
-    Err(Error::Restore(format!(
-        "{}: the database restored at txid {} fails PRAGMA integrity_check: {}",
-        plan.db,
-        plan.txid,
-        rows.join("; ")
-    )))
 }

@@ -90,6 +90,7 @@ impl Plan {
                 "bytes": self.total_bytes(),
                 "get_requests": req.gets,
                 "head_requests": req.heads,
+                "check": opts.check.pragma(),
             });
             return format!("{v}\n");
         }
@@ -140,6 +141,14 @@ impl Plan {
             self.total_bytes(),
             req.gets,
             req.heads
+        ));
+        out.push_str(&format!(
+            "check: LTX checksums of every object, then PRAGMA {}{}\n",
+            opts.check.pragma(),
+            match opts.check {
+                SqliteCheck::Quick => " (--integrity-check: also indexes against tables)",
+                SqliteCheck::Integrity => "",
+            }
         ));
         out
     }

@@ -33,10 +33,11 @@
 //!    with `pwrite` at `(pgno - 1) × page_size` into a temporary file next to
 //!    the output, so the newest version of every page wins; after each object
 //!    the file is cut to that object's commit size (a database that shrank
-//!    and grew again must not resurrect stale pages). Then `PRAGMA
-//!    integrity_check` must say `ok`, the file is fsynced, renamed into place
-//!    (atomically, never over an existing file unless forced) and the
-//!    directory is fsynced. On any failure a guard removes the temporary
+//!    and grew again must not resurrect stale pages). Then SQLite's check
+//!    (`PRAGMA quick_check` by default, `integrity_check` on request:
+//!    [`SqliteCheck`], `check.rs`) must say `ok`, the file is fsynced,
+//!    renamed into place (atomically, never over an existing file unless
+//!    forced) and the directory is fsynced. On any failure a guard removes the temporary
 //!    file (and any `-wal`/`-shm` SQLite made for the check): nothing is left
 //!    at the output path.
 //!
@@ -126,6 +127,8 @@ pub struct RestoreOptions {
     pub ranged_threshold: u64,
     /// Bytes per ranged GET of such an object ([`RANGE_SIZE`] by default).
     pub range_size: u64,
+    /// SQLite's check of the result before it is installed.
+    pub check: SqliteCheck,
 }
 
 impl Default for RestoreOptions {
@@ -138,6 +141,7 @@ impl Default for RestoreOptions {
             spool_threshold: SPOOL_THRESHOLD,
             ranged_threshold: RANGED_THRESHOLD,
             range_size: RANGE_SIZE,
+            check: SqliteCheck::default(),
         }
     }
 }
@@ -159,18 +163,22 @@ pub struct Summary {
     pub pages: u32,
     /// Wall-clock time of the restore.
     pub elapsed: Duration,
+    /// SQLite's check that passed, and how long it took (part of `elapsed`).
+    pub check: (SqliteCheck, Duration),
     /// Where the database was written.
     pub output: PathBuf,
 }
 
 impl Summary {
-    /// One line for humans: what was restored, where, how much and how fast.
+    /// One line for humans: what was restored, where, how much, how fast,
+    /// and SQLite's check with its share of the time.
     pub fn line(&self) -> String {
         let secs = self.elapsed.as_secs_f64();
         let mb = self.bytes as f64 / 1e6;
         let rate = if secs > 0.0 { mb / secs } else { 0.0 };
+        let (check, check_time) = self.check;
         format!(
-            "restored {} at txid {} to {}: {} objects, {} bytes, {} pages of {} bytes, {secs:.2} s, {rate:.1} MB/s",
+            "restored {} at txid {} to {}: {} objects, {} bytes, {} pages of {} bytes, {secs:.2} s, {rate:.1} MB/s; {} ok in {:.2} s",
             self.db,
             self.txid,
             self.output.display(),
@@ -178,11 +186,14 @@ impl Summary {
             self.bytes,
             self.pages,
             self.page_size,
+            check.pragma(),
+            check_time.as_secs_f64(),
         )
     }
 }
 
 mod apply;
+mod check;
 mod execute;
 mod inspect;
 mod plan;
@@ -192,6 +203,8 @@ mod ranged;
 mod tests;
 
 use apply::*;
+pub use check::SqliteCheck;
+use check::*;
 pub use execute::*;
 pub use inspect::*;
 pub use plan::*;

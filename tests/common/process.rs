@@ -73,6 +73,15 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// Run `walsync ARGS` to completion (without `RUST_LOG`, so stderr holds
+/// only what a user would see).
+pub fn walsync(args: &[&str]) -> Output {
+    Cmd::new(env!("CARGO_BIN_EXE_walsync"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+}
+
 /// What to run. Built like [`std::process::Command`]; stdin is always
 /// empty (`/dev/null`).
 #[derive(Clone, Debug)]
