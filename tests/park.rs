@@ -149,6 +149,16 @@ fn assert_newest_equal(replica: &mut Oracle, db: &Path) {
     );
 }
 
+/// Size of the object of `name` whose last txid is `txid`.
+fn object_size(env: &Env, name: &str, txid: u64) -> u64 {
+    let infos = env.storage.list(&format!("{name}/"), None).unwrap();
+    infos
+        .iter()
+        .find(|i| walsync::ltx::parse_object_key("", &i.key).is_some_and(|k| k.max_txid == txid))
+        .unwrap_or_else(|| panic!("{name}: no object ends at txid {txid}"))
+        .size
+}
+
 /// `walsync restore NAME --txid N` through the CLI, opened.
 fn cli_restore(env: &Env, name: &str, txid: u64) -> rusqlite::Connection {
     let out = env.path(&format!("restored-{name}-{txid}"));
@@ -276,9 +286,10 @@ fn passive_fully(w: &Writer) {
 /// another (same WAL generation), and a burst past the autocheckpoint
 /// threshold. Only the first snapshot may exist, and every txid restores.
 /// Mutations checked: `unpark` without the "database file unchanged" case
-/// (`else if false`) → a second snapshot after the restarted WAL; `unpark`
-/// without the "same generation" case (`continued = false`) → passes only
-/// where the file was unchanged (see tests/README.md).
+/// (`else if false`) → snapshots after the restarted WALs; `unpark` without
+/// the "same generation" case (`continued = false`) → the WAL is read
+/// again from its start after waking (case 2 then holds too), so the
+/// wake-up commit ships as the whole WAL (step C).
 #[test]
 fn parking_costs_no_snapshot() {
     let Some(env) = Env::new("park-continuity") else {
@@ -314,30 +325,42 @@ fn parking_costs_no_snapshot() {
     wait_parked(&daemon, &db);
 
     // B: the first write restarts the WAL (the database file is the one
-    // seen at parking); then no checkpoint.
+    // seen at parking); then no checkpoint, ~600 frames (2.4 MB: below
+    // walsync's own checkpoint at 1,000 pages).
     daemon.note("B: burst after a restart, no checkpoint");
     let salts = wal_salts(&db);
-    for _ in 0..20 {
-        w.commit(3);
-        sleep_ms(20);
+    let wal_len = || std::fs::metadata(side(&db, "-wal")).map_or(0, |m| m.len());
+    let mut commits = 0;
+    while commits < 2000 && wal_len() < 600 * 4096 {
+        w.commit(20);
+        commits += 1;
+        sleep_ms(5);
     }
+    assert!(commits < 2000, "B: the WAL did not grow");
     assert_ne!(wal_salts(&db), salts, "B: the WAL did not restart");
     oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     wait_parked(&daemon, &db);
+    let wal_at_park = wal_len();
 
-    // C: one commit wakes it (same generation), then a burst well past the
-    // autocheckpoint threshold (1,000 pages) while it is open: the
-    // application's automatic checkpoints copy it into the database file.
+    // C: one commit wakes it (same generation): only that commit ships, not
+    // the WAL again. Then a burst well past the autocheckpoint threshold
+    // (1,000 pages) while it is open.
     daemon.note("C: autocheckpoint-sized burst");
     let salts = wal_salts(&db);
     w.commit(1);
     assert!(wait_open(&daemon, &db), "C: not reopened after a commit");
     assert_eq!(wal_salts(&db), salts, "C: the WAL restarted unexpectedly");
+    let woke = oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    let shipped = object_size(&env, name, woke);
+    eprintln!("C: the wake-up commit shipped as {shipped} bytes; the WAL was {wal_at_park} bytes");
+    assert!(
+        shipped < 64 * 1024,
+        "C: txid {woke} (one small commit after parking) is {shipped} bytes: the WAL ({wal_at_park} bytes) was read again"
+    );
     // Short pauses let walsync read and move its read transaction along,
     // so that the automatic checkpoints can copy frames.
     let db_len = std::fs::metadata(&db).unwrap().len();
     let own = log_count(&env, "PASSIVE checkpoint:");
-    let wal_len = || std::fs::metadata(side(&db, "-wal")).map_or(0, |m| m.len());
     let mut commits = 0;
     while commits < 3000
         && (std::fs::metadata(&db).unwrap().len() < db_len + 1024 * 1024 || wal_len() < 1000 * 4096)
@@ -505,7 +528,9 @@ fn more_databases_than_open_slots() {
         .daemon_cmd(&[env.glob()], &[])
         .wrap(&["prlimit", FD_LIMIT, "--"])
         .spawn(&env.log);
-    let replicas: Vec<Oracle> = names.iter().map(|n| env.replica(n)).collect();
+    // Compaction may run during the long waits: the oracle ignores it.
+    let replica = |n: &str| env.replica(n).allow_compaction();
+    let replicas: Vec<Oracle> = names.iter().map(|n| replica(n)).collect();
 
     // Start-up completes: every database gets its first snapshot. Never
     // more than SLOTS databases open at once (sampled).
@@ -552,7 +577,7 @@ fn more_databases_than_open_slots() {
     let status = daemon.sigterm(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}");
     for (n, w) in names.iter().zip(&writers) {
-        let mut r = env.replica(n);
+        let mut r = replica(n);
         assert_newest_equal(&mut r, &env.path(n));
         let got = app_state(&r.restore_newest().unwrap().conn);
         assert_eq!(got, Ok(Some((w.gen, w.last))), "{n}");
@@ -604,11 +629,13 @@ fn without_parking_the_limit_is_refused() {
 // ---------------------------------------------------------------------------
 
 /// A commit to a parked database right before SIGTERM is shipped by the
-/// shutdown. To give the shutdown a chance to come before the file event
-/// (the case `reopen_for_drain` decides from the files), the daemon is
-/// stopped while the commit is made and SIGTERM is queued before SIGCONT.
-/// Mutation checked: `reopen_for_drain` returning `Ok(false)` when parked
-/// (nothing to ship) → the commit is missing from the replica.
+/// shutdown: once plainly (the file event usually wakes the database
+/// first), then twice with the commit made through hard links, which the
+/// directory watch does not see, so that the shutdown finds the database
+/// parked and must tell from the files' stamps that it has to reopen it
+/// (`reopen_for_drain`). Mutation checked: `reopen_for_drain` returning
+/// `Ok(false)` (nothing to ship) → the linked commits are missing from the
+/// replica; the plain round alone does not catch it.
 #[test]
 fn shutdown_while_parked_ships_the_last_commit() {
     let Some(env) = Env::new("park-shutdown") else {
@@ -632,19 +659,35 @@ fn shutdown_while_parked_ships_the_last_commit() {
         Ok(Some((w.gen, w.last)))
     );
 
-    // Again with the signal queued before the file event is read.
-    daemon.spawn();
-    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
-    wait_parked(&daemon, &db);
-    daemon.signal(Signal::STOP);
-    w.commit(4);
-    daemon.signal(Signal::TERM);
-    daemon.signal(Signal::CONT);
-    let status = daemon.wait(Duration::from_secs(20));
-    assert!(status.success(), "exit status {status}");
+    // Again with the commit made through hard links of the database, WAL
+    // and -shm in another directory: the directory watch sees no event, so
+    // only the files can tell the shutdown that something was committed
+    // since parking (as when the event is still on its way).
+    let links = env.path("links");
+    std::fs::create_dir(&links).unwrap();
+    let linked = links.join("term.db");
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::hard_link(side(&db, suffix), side(&linked, suffix)).unwrap();
+    }
+    let mut w2 = Writer::create(&linked, w.gen);
+    for round in 1..=2 {
+        daemon.spawn();
+        oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+        wait_parked(&daemon, &db);
+        daemon.note(&format!(
+            "round {round}: a commit through the links, SIGTERM"
+        ));
+        w2.last = w.last;
+        w2.commit(4);
+        w.last = w2.last;
+        let status = daemon.sigterm(Duration::from_secs(20));
+        assert!(status.success(), "round {round}: exit status {status}");
+        let got = app_state(&replica.restore_newest().unwrap().conn);
+        assert_eq!(got, Ok(Some((w.gen, w.last))), "round {round}");
+        assert!(
+            !logged_parked(&daemon, &db),
+            "round {round}: the shutdown did not reopen the database"
+        );
+    }
     assert_newest_equal(&mut replica, &db);
-    assert_eq!(
-        app_state(&replica.restore_newest().unwrap().conn),
-        Ok(Some((w.gen, w.last)))
-    );
 }
