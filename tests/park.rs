@@ -108,6 +108,30 @@ fn wait_parked(daemon: &Proc, db: &Path) {
     );
 }
 
+/// SIGSTOP, and wait (bounded) until every thread of the process is
+/// stopped: the signal is delivered asynchronously, and a thread still
+/// running could react to what the test does next.
+fn stop(daemon: &mut Proc) {
+    daemon.signal(Signal::STOP);
+    let pid = daemon.pid();
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                // "pid (comm) STATE ...": the state follows the last ')'.
+                st.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), stopped),
+        "the daemon did not stop"
+    );
+}
+
 /// Wait (bounded) until the daemon has the database and its WAL open again.
 fn wait_open(daemon: &Proc, db: &Path) -> bool {
     wait_for(Duration::from_secs(20), || {
@@ -461,7 +485,8 @@ fn checkpoint_while_parked_means_snapshot() {
     let snaps_before = snapshots(&replica).len();
 
     daemon.note("SIGSTOP");
-    daemon.signal(Signal::STOP);
+    stop(&mut daemon);
+    assert!(parked(&daemon, &db), "woke before it stopped");
     for _ in 0..10 {
         w.commit(3);
     }
