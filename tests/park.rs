@@ -622,8 +622,26 @@ fn more_databases_than_open_slots() {
     );
 }
 
+/// The daemon on `env`'s databases under `prlimit --nofile=LIMIT` must
+/// refuse to start in one line; returns it.
+fn refused_line(env: &Env, limit: &str, extra: &[&str]) -> String {
+    let o = env
+        .daemon_cmd(&[env.glob()], extra)
+        .env("RUST_LOG", "walsync=warn")
+        .wrap(&["prlimit", limit, "--"])
+        .timeout(Duration::from_secs(60))
+        .output();
+    assert!(!o.status.success(), "started anyway: {}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line: {stderr}");
+    eprintln!("refused: {}", lines[0]);
+    lines[0].to_string()
+}
+
 /// Without parking, the same databases under the same limit are refused
-/// at start in one line naming the open-file limit.
+/// at start in one line naming the open-file limit and the way out; with
+/// parking, a limit below 16 open databases is refused too.
 #[test]
 fn without_parking_the_limit_is_refused() {
     let Some(env) = Env::new("park-refused") else {
@@ -632,20 +650,20 @@ fn without_parking_the_limit_is_refused() {
     let _writers: Vec<Writer> = (0..MANY)
         .map(|i| Writer::create(&env.path(&format!("r{i:02}.db")), 1))
         .collect();
-    let o = env
-        .daemon_cmd(&[env.glob()], &["--close-idle-after", "0"])
-        .env("RUST_LOG", "walsync=warn")
-        .wrap(&["prlimit", FD_LIMIT, "--"])
-        .timeout(Duration::from_secs(60))
-        .output();
-    assert!(!o.status.success(), "started anyway: {}", text(&o));
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "not one line: {stderr}");
-    eprintln!("refused: {}", lines[0]);
+    let line = refused_line(&env, FD_LIMIT, &["--close-idle-after", "0"]);
     assert!(
-        lines[0].contains("open-file limit is 450") && lines[0].contains("--close-idle-after"),
-        "does not name the limit and the way out: {stderr}"
+        line.contains("need about 736 open files (8 each)")
+            && line.contains("open-file limit is 450")
+            && line.contains("--close-idle-after"),
+        "does not name the limit and the way out: {line}"
+    );
+    // 60 + 256 + 16 × 7 = 428 > 400.
+    let line = refused_line(&env, "--nofile=400", &[]);
+    assert!(
+        line.contains("need about 428 open files (1 each and 7 more while open)")
+            && line.contains("open-file limit is 400")
+            && !line.contains("--close-idle-after"),
+        "does not name the limit: {line}"
     );
 }
 
