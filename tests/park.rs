@@ -207,6 +207,21 @@ fn log_count(env: &Env, what: &str) -> usize {
     env.log_text().lines().filter(|l| l.contains(what)).count()
 }
 
+/// One database with a writer (its connection held), the daemon on it with
+/// `--close-idle-after idle`, and the replica, caught up once.
+type One = (Env, PathBuf, Writer, Proc, Oracle);
+
+fn one(test: &'static str, file: &str, idle: &str) -> Option<One> {
+    let env = Env::new(test)?;
+    let db = env.path(file);
+    let mut w = Writer::create(&db, 1);
+    w.commit(5);
+    let daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", idle]);
+    let mut replica = env.replica(file);
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    Some((env, db, w, daemon, replica))
+}
+
 const PARKED_LINE: &str = "idle: files closed";
 const LOST_LINE: &str = "while walsync had this idle database's files closed";
 
@@ -220,15 +235,9 @@ const LOST_LINE: &str = "while walsync had this idle database's files closed";
 /// stays).
 #[test]
 fn idle_files_closed_and_reopened() {
-    let Some(env) = Env::new("park-fds") else {
+    let Some((env, db, mut w, mut daemon, mut replica)) = one("park-fds", "fds.db", "1s") else {
         return;
     };
-    let db = env.path("fds.db");
-    let mut w = Writer::create(&db, 1);
-    w.commit(5);
-    let mut daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", "1s"]);
-    let mut replica = env.replica("fds.db");
-    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     assert!(wait_open(&daemon, &db), "never opened the database");
     wait_parked(&daemon, &db);
     eprintln!("parked: open {:?}", open_files(daemon.pid(), &db));
@@ -261,15 +270,9 @@ fn idle_files_closed_and_reopened() {
 /// `--close-idle-after 0`: the files stay open however long it is idle.
 #[test]
 fn close_idle_after_0_keeps_files_open() {
-    let Some(env) = Env::new("park-never") else {
+    let Some((env, db, _w, mut daemon, _)) = one("park-never", "never.db", "0") else {
         return;
     };
-    let db = env.path("never.db");
-    let mut w = Writer::create(&db, 1);
-    w.commit(5);
-    let mut daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", "0"]);
-    let mut replica = env.replica("never.db");
-    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     assert!(wait_open(&daemon, &db), "never opened the database");
     // Idle for longer than any parking would need (1 s idle + 2 s quiet
     // files), looking every 500 ms.
@@ -316,15 +319,11 @@ fn passive_fully(w: &Writer) {
 /// wake-up commit ships as the whole WAL (step C).
 #[test]
 fn parking_costs_no_snapshot() {
-    let Some(env) = Env::new("park-continuity") else {
+    let Some((env, db, mut w, mut daemon, mut replica)) = one("park-continuity", "cont.db", "1s")
+    else {
         return;
     };
-    let db = env.path("cont.db");
     let name = "cont.db";
-    let mut w = Writer::create(&db, 1);
-    w.commit(3);
-    let mut daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", "1s"]);
-    let mut replica = env.replica(name);
     oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     wait_parked(&daemon, &db);
 
@@ -468,14 +467,10 @@ fn parking_costs_no_snapshot() {
 /// while stopped are missing).
 #[test]
 fn checkpoint_while_parked_means_snapshot() {
-    let Some(env) = Env::new("park-checkpoint") else {
+    let Some((env, db, mut w, mut daemon, mut replica)) = one("park-checkpoint", "ckpt.db", "1s")
+    else {
         return;
     };
-    let db = env.path("ckpt.db");
-    let mut w = Writer::create(&db, 1);
-    w.commit(5);
-    let mut daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", "1s"]);
-    let mut replica = env.replica("ckpt.db");
     for _ in 0..10 {
         w.commit(2);
         sleep_ms(20);
@@ -681,15 +676,10 @@ fn without_parking_the_limit_is_refused() {
 /// replica; the plain round alone does not catch it.
 #[test]
 fn shutdown_while_parked_ships_the_last_commit() {
-    let Some(env) = Env::new("park-shutdown") else {
+    let Some((env, db, mut w, mut daemon, mut replica)) = one("park-shutdown", "term.db", "1s")
+    else {
         return;
     };
-    let db = env.path("term.db");
-    let mut w = Writer::create(&db, 1);
-    w.commit(5);
-    let mut daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", "1s"]);
-    let mut replica = env.replica("term.db");
-    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     wait_parked(&daemon, &db);
 
     // Once plainly (write, then SIGTERM at once).
