@@ -724,3 +724,53 @@ fn shutdown_while_parked_ships_the_last_commit() {
     }
     assert_newest_equal(&mut replica, &db);
 }
+
+// ---------------------------------------------------------------------------
+// 6. Replaced while parked
+// ---------------------------------------------------------------------------
+
+/// The application closes its database (while parked: the WAL is
+/// checkpointed and deleted, which costs a snapshot), and once it is parked
+/// again removes the `-wal` and `-shm` and renames another database over
+/// it. The first of those events reopens it, so the reopening sees either
+/// the old file changed or the new one: a snapshot either way, and the
+/// replica follows the new file (its rows, its generation).
+#[test]
+fn replaced_while_parked_is_snapshotted() {
+    let Some((env, db, w, mut daemon, mut replica)) = one("park-replaced", "repl.db", "1s") else {
+        return;
+    };
+    // Closing the last connection checkpoints and deletes the WAL: that
+    // wakes it, costs a snapshot (see park.rs), and it parks again, later.
+    wait_parked(&daemon, &db);
+    drop(w);
+    let snapshotted = wait_for(CATCH_UP, || log_count(&env, LOST_LINE) > 0);
+    assert!(
+        snapshotted,
+        "closing the last connection while parked went unseen"
+    );
+    wait_parked(&daemon, &db);
+    let snaps_before = snapshots(&replica).len();
+    let staged = env.path("staged.db-new");
+    let mut other = Writer::create(&staged, 2);
+    other.commit(7);
+    drop(other);
+    daemon.note("renaming another database over the parked one");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(side(&db, suffix));
+    }
+    std::fs::rename(&staged, &db).unwrap();
+    let mut w = Writer::create(&db, 2);
+    w.commit(3);
+    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
+    assert!(
+        snapshots(&replica).len() > snaps_before,
+        "no snapshot of the new file"
+    );
+    assert_eq!(
+        app_state(&replica.restore_newest().unwrap().conn),
+        Ok(Some((2, w.last)))
+    );
+    let status = daemon.sigterm(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+}
