@@ -1,13 +1,15 @@
 //! Idle databases close their files ("parking", `src/capture/park.rs`) and
 //! reopen them on the next write without losing a commit and, where the
-//! rules allow, without a snapshot.
+//! rules allow, without a snapshot. The open-file limit side (more
+//! databases than open slots) is `tests/park_slots.rs`.
 //!
 //! Each test runs the real `walsync-sync` against the local S3 server through
-//! the shared harness (`common::daemon::Env`), looks at the daemon's open
-//! descriptors in `/proc/<pid>/fd` to know whether a database is parked, and
-//! judges replication through restores (the oracle and `walsync restore`).
-//! Every wait is bounded; nothing asserts a speed. The mutation each test
-//! was checked against is named in its doc comment and in tests/README.md.
+//! the shared harness (`common::daemon::Env`, helpers in `common::park`),
+//! looks at the daemon's open descriptors in `/proc/<pid>/fd` to know
+//! whether a database is parked, and judges replication through restores
+//! (the oracle and `walsync restore`). Every wait is bounded; nothing
+//! asserts a speed. The mutation each test was checked against is named in
+//! its doc comment and in tests/README.md.
 //!
 //! Run: `eval "$(scripts/s3-server.sh start)"` then
 //! `cargo test --test park -- --test-threads=1`. Without the S3 environment
@@ -15,215 +17,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::daemon::Env;
-use common::oracle::{self, app_state, Monotone, Oracle, Writer};
-use common::process::{text, wait_for, Cmd, Proc, Signal};
-
-const WALSYNC: &str = env!("CARGO_BIN_EXE_walsync");
-const CATCH_UP: Duration = Duration::from_secs(30);
-/// How long a database may take to park (idle 1 s, files quiet 2 s, a
-/// loaded machine).
-const PARK_WITHIN: Duration = Duration::from_secs(30);
-
-fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-fn side(db: &Path, suffix: &str) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
-/// Which of `db`, `db-wal`, `db-shm` and `db-walsync.lock` process `pid`
-/// has open (as suffixes: "", "-wal", "-shm", "-walsync.lock"; one entry
-/// per descriptor).
-fn open_files(pid: u32, db: &Path) -> Vec<&'static str> {
-    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for e in dir.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else {
-            continue; // closed meanwhile
-        };
-        for suffix in ["", "-wal", "-shm", "-walsync.lock"] {
-            if target == side(&db, suffix) {
-                found.push(suffix);
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// The daemon's latest start logged that `db` closed its files and did not
-/// reopen them since. (Only the lock file open is no proof alone: the
-/// daemon takes the lock before it opens the database.)
-fn logged_parked(daemon: &Proc, db: &Path) -> bool {
-    let name = db.file_name().unwrap().to_string_lossy();
-    let log = daemon.log_text();
-    let latest = log
-        .rfind("==== test: start")
-        .map_or(&log[..], |i| &log[i..]);
-    let closed = latest.rfind(&format!("{name}: {PARKED_LINE}"));
-    let reopened = latest.rfind(&format!("{name}: woken: files reopened"));
-    closed.is_some() && closed > reopened
-}
-
-/// How many databases (`*.db` files in `dir`) process `pid` has open.
-fn open_dbs(pid: u32, dir: &Path) -> usize {
-    let dir = std::fs::canonicalize(dir).unwrap();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let mut dbs: Vec<PathBuf> = fds
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter(|t| t.parent() == Some(&dir) && t.extension().is_some_and(|x| x == "db"))
-        .collect();
-    dbs.sort();
-    dbs.dedup();
-    dbs.len()
-}
-
-/// Parked: logged so, and the daemon holds no descriptor of the database,
-/// its WAL or `-shm`, but still its lock file.
-fn parked(daemon: &Proc, db: &Path) -> bool {
-    logged_parked(daemon, db) && open_files(daemon.pid(), db) == ["-walsync.lock"]
-}
-
-/// Wait (bounded) until `db` is parked; fails the test otherwise.
-fn wait_parked(daemon: &Proc, db: &Path) {
-    let ok = wait_for(PARK_WITHIN, || parked(daemon, db));
-    assert!(
-        ok,
-        "{}: not parked within {PARK_WITHIN:?}: the daemon has open {:?}",
-        db.display(),
-        open_files(daemon.pid(), db)
-    );
-}
-
-/// SIGSTOP, and wait (bounded) until every thread of the process is
-/// stopped: the signal is delivered asynchronously, and a thread still
-/// running could react to what the test does next.
-fn stop(daemon: &mut Proc) {
-    daemon.signal(Signal::STOP);
-    let pid = daemon.pid();
-    let stopped = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|t| {
-            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
-                // "pid (comm) STATE ...": the state follows the last ')'.
-                st.rsplit_once(')')
-                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
-            })
-        })
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), stopped),
-        "the daemon did not stop"
-    );
-}
-
-/// Wait (bounded) until the daemon has the database and its WAL open again.
-fn wait_open(daemon: &Proc, db: &Path) -> bool {
-    wait_for(Duration::from_secs(20), || {
-        let open = open_files(daemon.pid(), db);
-        open.contains(&"") && open.contains(&"-wal")
-    })
-}
-
-/// `(salt1, salt2)` of the WAL header: a new pair means a new generation
-/// (a restart or a new file).
-fn wal_salts(db: &Path) -> Option<(u32, u32)> {
-    let b = std::fs::read(side(db, "-wal")).ok()?;
-    let word = |i: usize| Some(u32::from_be_bytes(b.get(i..i + 4)?.try_into().ok()?));
-    Some((word(16)?, word(20)?))
-}
-
-fn snapshots(replica: &Oracle) -> Vec<u64> {
-    replica
-        .list()
-        .iter()
-        .filter(|o| o.level == walsync::ltx::SNAPSHOT_LEVEL)
-        .map(|o| o.max)
-        .collect()
-}
-
-/// The newest restore (oracle) equals the source by content, without
-/// waiting.
-fn assert_newest_equal(replica: &mut Oracle, db: &Path) {
-    let r = replica
-        .restore_newest()
-        .unwrap_or_else(|| panic!("{}: nothing stored", replica.db()));
-    let diff = oracle::dump_diff(&oracle::dump(&r.conn), &oracle::source_dump(db));
-    assert!(
-        diff.is_none(),
-        "{}: newest restore (txid {}) differs from the source: {}",
-        replica.db(),
-        r.txid,
-        diff.unwrap()
-    );
-}
-
-/// Size of the object of `name` whose last txid is `txid`.
-fn object_size(env: &Env, name: &str, txid: u64) -> u64 {
-    let infos = env.storage.list(&format!("{name}/"), None).unwrap();
-    infos
-        .iter()
-        .find(|i| walsync::ltx::parse_object_key("", &i.key).is_some_and(|k| k.max_txid == txid))
-        .unwrap_or_else(|| panic!("{name}: no object ends at txid {txid}"))
-        .size
-}
-
-/// `walsync restore NAME --txid N` through the CLI, opened.
-fn cli_restore(env: &Env, name: &str, txid: u64) -> rusqlite::Connection {
-    let out = env.path(&format!("restored-{name}-{txid}"));
-    let o = Cmd::new(WALSYNC)
-        .args(["restore", name, "--txid", &txid.to_string(), "--bucket"])
-        .arg(format!("s3://{}/{}", env.bucket, env.prefix))
-        .arg("-o")
-        .arg(&out)
-        .env("RUST_LOG", "walsync=warn")
-        .timeout(Duration::from_secs(60))
-        .output();
-    assert!(
-        o.status.success(),
-        "walsync restore {name} --txid {txid}: {}",
-        text(&o)
-    );
-    rusqlite::Connection::open(&out).unwrap()
-}
-
-/// Count of log lines containing `what`.
-fn log_count(env: &Env, what: &str) -> usize {
-    env.log_text().lines().filter(|l| l.contains(what)).count()
-}
-
-/// One database with a writer (its connection held), the daemon on it with
-/// `--close-idle-after idle`, and the replica, caught up once.
-type One = (Env, PathBuf, Writer, Proc, Oracle);
-
-fn one(test: &'static str, file: &str, idle: &str) -> Option<One> {
-    let env = Env::new(test)?;
-    let db = env.path(file);
-    let mut w = Writer::create(&db, 1);
-    w.commit(5);
-    let daemon = env.daemon(&[db.display().to_string()], &["--close-idle-after", idle]);
-    let mut replica = env.replica(file);
-    oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
-    Some((env, db, w, daemon, replica))
-}
-
-const PARKED_LINE: &str = "idle: files closed";
-const LOST_LINE: &str = "while walsync had this idle database's files closed";
+use common::oracle::{self, app_state, Monotone, Writer};
+use common::park::*;
+use common::process::{wait_for, Signal};
 
 // ---------------------------------------------------------------------------
 // 1. Files are closed and reopened
@@ -517,153 +315,7 @@ fn checkpoint_while_parked_means_snapshot() {
 }
 
 // ---------------------------------------------------------------------------
-// 4. More databases than open slots
-// ---------------------------------------------------------------------------
-
-/// Open-file limit of the daemon in test 4, and databases: only
-/// (450 − 256 − 60) / 7 = 19 fit open at once, while all 60 open would
-/// need 60 × 8 = 480 descriptors.
-const FD_LIMIT: &str = "--nofile=450";
-const MANY: usize = 60;
-const SLOTS: usize = (450 - 256 - MANY) / 7;
-
-/// Mutation checked: `OpenSlots::capacity` returning `u64::MAX` (no slot
-/// limit) → "Too many open files" / databases failing at start-up.
-#[test]
-fn more_databases_than_open_slots() {
-    let Some(env) = Env::new("park-slots") else {
-        return;
-    };
-    let names: Vec<String> = (0..MANY).map(|i| format!("s{i:02}.db")).collect();
-    let mut writers: Vec<Writer> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let mut w = Writer::create(&env.path(n), i as i64 + 1);
-            w.commit(2);
-            w
-        })
-        .collect();
-    let mut daemon = env
-        .daemon_cmd(&[env.glob()], &[])
-        .wrap(&["prlimit", FD_LIMIT, "--"])
-        .spawn(&env.log);
-    // Compaction may run during the long waits: the oracle ignores it.
-    let replica = |n: &str| env.replica(n).allow_compaction();
-    let replicas: Vec<Oracle> = names.iter().map(|n| replica(n)).collect();
-
-    // Start-up completes: every database gets its first snapshot. Never
-    // more than SLOTS databases open at once (sampled).
-    let t0 = Instant::now();
-    let mut missing: Vec<&str> = Vec::new();
-    let mut most_open = 0;
-    let all = wait_for(Duration::from_secs(180), || {
-        daemon.assert_running();
-        most_open = most_open.max(open_dbs(daemon.pid(), env.dir.path()));
-        missing = names
-            .iter()
-            .zip(&replicas)
-            .filter(|(_, r)| snapshots(r).is_empty())
-            .map(|(n, _)| n.as_str())
-            .collect();
-        missing.is_empty()
-    });
-    assert!(all, "no first snapshot of {missing:?}");
-    eprintln!("every first snapshot stored after {:.1?}", t0.elapsed());
-
-    // A few commits to each, spread out, then each must catch up.
-    daemon.note("writing to every database");
-    for _ in 0..3 {
-        for w in writers.iter_mut() {
-            w.commit(1);
-            most_open = most_open.max(open_dbs(daemon.pid(), env.dir.path()));
-        }
-        sleep_ms(500);
-    }
-    for (n, r) in names.iter().zip(replicas) {
-        let mut r = r;
-        oracle::wait_caught_up(&mut r, &env.path(n), Duration::from_secs(120));
-        most_open = most_open.max(open_dbs(daemon.pid(), env.dir.path()));
-    }
-    assert!(
-        (1..=SLOTS).contains(&most_open),
-        "{most_open} databases open at once (sampled), {SLOTS} slots"
-    );
-    // One more commit each right before SIGTERM: the shutdown ships them.
-    daemon.note("last commits, then SIGTERM");
-    for w in writers.iter_mut() {
-        w.commit(1);
-    }
-    let status = daemon.sigterm(Duration::from_secs(60));
-    assert!(status.success(), "exit status {status}");
-    for (n, w) in names.iter().zip(&writers) {
-        let mut r = replica(n);
-        assert_newest_equal(&mut r, &env.path(n));
-        let got = app_state(&r.restore_newest().unwrap().conn);
-        assert_eq!(got, Ok(Some((w.gen, w.last))), "{n}");
-    }
-    let log = env.log_text();
-    assert!(
-        !log.contains("Too many open files"),
-        "the daemon ran out of descriptors"
-    );
-    assert!(
-        !log.contains("unable to open database file"),
-        "a database could not be opened"
-    );
-    eprintln!(
-        "{MANY} databases under {FD_LIMIT}: {} parks, at most {most_open} open at once (sampled)",
-        log_count(&env, PARKED_LINE)
-    );
-}
-
-/// The daemon on `env`'s databases under `prlimit --nofile=LIMIT` must
-/// refuse to start in one line; returns it.
-fn refused_line(env: &Env, limit: &str, extra: &[&str]) -> String {
-    let o = env
-        .daemon_cmd(&[env.glob()], extra)
-        .env("RUST_LOG", "walsync=warn")
-        .wrap(&["prlimit", limit, "--"])
-        .timeout(Duration::from_secs(60))
-        .output();
-    assert!(!o.status.success(), "started anyway: {}", text(&o));
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "not one line: {stderr}");
-    eprintln!("refused: {}", lines[0]);
-    lines[0].to_string()
-}
-
-/// Without parking, the same databases under the same limit are refused
-/// at start in one line naming the open-file limit and the way out; with
-/// parking, a limit below 16 open databases is refused too.
-#[test]
-fn without_parking_the_limit_is_refused() {
-    let Some(env) = Env::new("park-refused") else {
-        return;
-    };
-    let _writers: Vec<Writer> = (0..MANY)
-        .map(|i| Writer::create(&env.path(&format!("r{i:02}.db")), 1))
-        .collect();
-    let line = refused_line(&env, FD_LIMIT, &["--close-idle-after", "0"]);
-    assert!(
-        line.contains("need about 736 open files (8 each)")
-            && line.contains("open-file limit is 450")
-            && line.contains("--close-idle-after"),
-        "does not name the limit and the way out: {line}"
-    );
-    // 60 + 256 + 16 × 7 = 428 > 400.
-    let line = refused_line(&env, "--nofile=400", &[]);
-    assert!(
-        line.contains("need about 428 open files (1 each and 7 more while open)")
-            && line.contains("open-file limit is 400")
-            && !line.contains("--close-idle-after"),
-        "does not name the limit: {line}"
-    );
-}
-
-// ---------------------------------------------------------------------------
-// 5. Shutdown while parked
+// 4. Shutdown while parked
 // ---------------------------------------------------------------------------
 
 /// A commit to a parked database right before SIGTERM is shipped by the
@@ -726,7 +378,7 @@ fn shutdown_while_parked_ships_the_last_commit() {
 }
 
 // ---------------------------------------------------------------------------
-// 6. Replaced while parked
+// 5. Replaced while parked
 // ---------------------------------------------------------------------------
 
 /// The application closes its database (while parked: the WAL is
