@@ -28,9 +28,9 @@ pub(super) fn raise_fd_limit(databases: usize, parking: bool) -> Result<Arc<Open
     let (need, each) = match parking {
         true => (
             dbs * PARKED_FDS + BASE_FDS + dbs.min(MIN_OPEN) * OPEN_FDS,
-            PARKED_FDS,
+            format!("{PARKED_FDS} each and {OPEN_FDS} more while open"),
         ),
-        false => (dbs * FDS_PER_DB + BASE_FDS, FDS_PER_DB),
+        false => (dbs * FDS_PER_DB + BASE_FDS, format!("{FDS_PER_DB} each")),
     };
     let advice = match parking {
         true => "",
@@ -38,7 +38,7 @@ pub(super) fn raise_fd_limit(databases: usize, parking: bool) -> Result<Arc<Open
     };
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) if n < need => Err(Error::Config(format!(
-            "{databases} databases need about {need} open files ({each} each and {OPEN_FDS} more while open), but the open-file limit is {n} even raised to its hard limit: raise the hard limit (LimitNOFILE= in the systemd unit, `ulimit -Hn`, or nofile in /etc/security/limits.conf){advice}"
+            "{databases} databases need about {need} open files ({each}), but the open-file limit is {n} even raised to its hard limit: raise the hard limit (LimitNOFILE= in the systemd unit, `ulimit -Hn`, or nofile in /etc/security/limits.conf){advice}"
         ))),
         Ok(n) => {
             log::debug!("open-file limit: {n}");
