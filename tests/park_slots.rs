@@ -21,11 +21,11 @@ use common::process::{text, wait_for};
 // ---------------------------------------------------------------------------
 
 /// Open-file limit of the daemon, and databases: only
-/// (450 − 256 − 60) / 7 = 19 fit open at once, while all 60 open would
-/// need 60 × 8 = 480 descriptors.
-const FD_LIMIT: &str = "--nofile=450";
+/// (750 − 512 − 60) / 9 = 19 fit open at once, while all 60 open would
+/// need 60 × 10 = 600 descriptors besides the 512 kept for the rest.
+const FD_LIMIT: &str = "--nofile=750";
 const MANY: usize = 60;
-const SLOTS: usize = (450 - 256 - MANY) / 7;
+const SLOTS: usize = (750 - 512 - MANY) / 9;
 
 /// Mutation checked: `OpenSlots::capacity` at least 1,000 (no effective
 /// slot limit) → "unable to open database file" at start-up, replicas that
@@ -148,16 +148,16 @@ fn without_parking_the_limit_is_refused() {
         .collect();
     let line = refused_line(&env, FD_LIMIT, &["--close-idle-after", "0"]);
     assert!(
-        line.contains("need about 736 open files (8 each)")
-            && line.contains("open-file limit is 450")
+        line.contains("need about 1112 open files (10 each)")
+            && line.contains("open-file limit is 750")
             && line.contains("--close-idle-after"),
         "does not name the limit and the way out: {line}"
     );
-    // 60 + 256 + 16 × 7 = 428 > 400.
-    let line = refused_line(&env, "--nofile=400", &[]);
+    // 60 + 512 + 16 × 9 = 716 > 700.
+    let line = refused_line(&env, "--nofile=700", &[]);
     assert!(
-        line.contains("need about 428 open files (1 each and 7 more while open)")
-            && line.contains("open-file limit is 400")
+        line.contains("need about 716 open files (1 each and 9 more while open)")
+            && line.contains("open-file limit is 700")
             && !line.contains("--close-idle-after"),
         "does not name the limit: {line}"
     );

@@ -109,7 +109,7 @@ impl Capture {
     }
 
     /// walsync's own checkpoint (see the module doc).
-    pub(super) fn checkpoint(&mut self, truncate: bool) -> Result<()> {
+    fn checkpoint(&mut self, truncate: bool) -> Result<()> {
         let fence = match self.fence_within(Duration::from_millis(200)) {
             Ok(f) => f,
             Err(e) => {

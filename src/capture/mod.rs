@@ -416,7 +416,6 @@ impl Capture {
             slot: Some(slot),
             lost: 0,
             pin: None,
-            checkpointed: None,
         });
     }
 

@@ -332,8 +332,6 @@ pub struct Parking {
     pub(super) lost: u32,
     /// Held while parked with the database descriptor kept.
     pub(super) pin: Option<Pin>,
-    /// The file-event count when walsync last checkpointed before parking.
-    pub(super) checkpointed: Option<u64>,
 }
 
 impl Capture {
@@ -389,9 +387,9 @@ impl Capture {
 
     /// Park now if everything published was read and the database file is
     /// quiet; else `Ok(Some(when))` to try again. While others wait for a
-    /// slot (`pressed`) it parks at once: no checkpoint first, and a file
-    /// written less than [`QUIET_FOR`] ago is parked with its stamp
-    /// untrusted (case 2 of the module doc is then not used).
+    /// slot (`pressed`) it parks at once: a file written less than
+    /// [`QUIET_FOR`] ago is parked with its stamp untrusted (case 2 of the
+    /// module doc is then not used).
     fn park(&mut self, pressed: bool) -> Result<Option<Instant>> {
         let Some(shm) = self.read_shm()? else {
             return Ok(None);
@@ -402,25 +400,6 @@ impl Capture {
         // before publishing it) would get no file event when published.
         if !read_all || self.counted != Some(shm.change) || self.stats.unread() {
             return Ok(None); // the next pass reads it
-        }
-        let checkpointed = self.parking.as_ref().and_then(|p| p.checkpointed);
-        if shm.mx_frame > shm.backfill
-            && self.pin.pinned()
-            && checkpointed != Some(self.events)
-            && !pressed
-        {
-            // Once per idle spell: an application reader can keep a
-            // checkpoint from finishing.
-            if let Some(p) = self.parking.as_mut() {
-                p.checkpointed = Some(self.events);
-            }
-            // Copy what was read and stored into the database first (a
-            // PASSIVE checkpoint under the fence, as walsync's own): an
-            // application checkpoint while parked then finds nothing of it
-            // to copy, leaves the database file as stamped below, and case
-            // 2 holds. The stamp waits for the file to be quiet again.
-            self.checkpoint(false)?;
-            return Ok(Some(Instant::now() + QUIET_FOR));
         }
         let Some(db) = FileStamp::of(&self.real) else {
             return Ok(None);
