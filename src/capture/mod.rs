@@ -483,6 +483,12 @@ impl Capture {
             self.shm = Shm::for_db(&real);
             self.real = real;
         }
+        // walsync's descriptor first, SQLite's connection second, then the
+        // check below that both are of the file at the path.
+        let db_file = match kept {
+            Some(f) => f,
+            None => Arc::new(File::open(&self.real).map_err(|e| Error::io(&path, e))?),
+        };
         let c = self.open_conn()?;
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -498,13 +504,20 @@ impl Capture {
         if !crate::sqlite::shm::trim_sqlite_map(&c) {
             log::debug!("{}: wal-index map not trimmed", self.cfg.name);
         }
-        self.db_id = file_id(&self.real);
-        self.db_file = match kept {
-            Some(f) => Some(f),
-            None => Some(Arc::new(
-                File::open(&self.real).map_err(|e| Error::io(&path, e))?,
-            )),
-        };
+        // The connection and walsync's descriptor must be of one file: a
+        // file renamed over the path between the two opens would have
+        // snapshots read one file's pages with the other's WAL. The path
+        // names the descriptor's file after both opens: it did in between
+        // too, or it changed and this fails (the pass is retried).
+        let id = db_file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        if id.is_none() || id != file_id(&self.real) {
+            return Err(Error::Config(format!(
+                "{}: the database file was replaced while walsync opened it",
+                path.display()
+            )));
+        }
+        self.db_id = id;
+        self.db_file = Some(db_file);
         self.conn = Some(c);
         Ok(())
     }

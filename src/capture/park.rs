@@ -99,8 +99,11 @@ pub(super) struct Parked {
     /// The wall clock and the monotonic clock then: a wall clock that went
     /// back since makes file times unreliable (case 2 is not used).
     at: (std::time::SystemTime, Instant),
-    /// The files were quiet for [`QUIET_FOR`] when stamped (else case 2
-    /// is not used).
+    /// The database file was quiet for [`QUIET_FOR`] when stamped (else
+    /// case 2 is not used).
+    db_trusted: bool,
+    /// Both files were (else the shutdown drain reopens the database
+    /// whatever their stamps say).
     trusted: bool,
     /// A file event arrived since parking (the WAL may hold new commits).
     pub(super) woken: bool,
@@ -440,6 +443,7 @@ impl Capture {
             db,
             wal,
             at: (std::time::SystemTime::now(), Instant::now()),
+            db_trusted: db.quiet() >= QUIET_FOR,
             trusted: quiet >= QUIET_FOR,
             woken: false,
         });
@@ -467,7 +471,7 @@ impl Capture {
         };
         let unchanged =
             FileStamp::of(&self.real) == Some(p.db) && FileStamp::of(self.wal.path()) == p.wal;
-        if !p.woken && unchanged && p.trusted {
+        if !p.woken && unchanged && p.trusted && !clock_went_back(p.at) {
             return Ok(false);
         }
         if let Some(parking) = self.parking.as_mut() {
@@ -498,6 +502,9 @@ impl Capture {
         let Some(p) = self.parked else {
             return Ok(());
         };
+        // From here the kept descriptor (if any) counts in the open slot,
+        // or is closed.
+        let _pin = self.parking.as_mut().and_then(|p| p.pin.take());
         // Replaced or moved meanwhile: `check_file` reconnects to the new
         // file and snapshots it.
         let moved = self.via_symlink && resolve(&self.cfg.path).is_ok_and(|r| r != self.real);
@@ -511,9 +518,6 @@ impl Capture {
         // `connect` keeps a pinned descriptor (same file): the SHARED lock
         // stays held; it now counts in the open slot.
         self.connect()?;
-        if let Some(p) = self.parking.as_mut() {
-            p.pin = None;
-        }
         let fence = self.fence()?;
         self.wal.refresh()?;
         let continued = match p.read {
@@ -528,7 +532,8 @@ impl Capture {
         log::debug!("{}: woken: files reopened", self.cfg.name);
         if continued {
             self.read = Some(p.read);
-        } else if p.trusted && FileStamp::of(&self.real) == Some(p.db) && !clock_went_back(p.at) {
+        } else if p.db_trusted && FileStamp::of(&self.real) == Some(p.db) && !clock_went_back(p.at)
+        {
             // At most one restart, discarding only frames read before
             // parking: the current WAL holds every commit since.
             self.read = Some(Read::Empty);
