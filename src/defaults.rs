@@ -50,6 +50,15 @@ pub const MAX_WAL_MIB: u64 = 1024;
 /// an hour at 10 commits/s). `0` ships every commit at once.
 pub const MIN_PUT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// `--close-idle-after`: a database without a file event for this long
+/// closes its files (one descriptor, its lock file, stays open) and reopens
+/// them on the next write, checking under SQLite's write lock that nothing
+/// committed meanwhile was lost (else its next txid is a snapshot). Long
+/// enough that a database written every few seconds stays open (reopening
+/// costs about a millisecond of CPU); short enough that thousands of
+/// mostly idle databases fit the usual open-file limit and little memory.
+pub const CLOSE_IDLE_AFTER: Duration = Duration::from_secs(10);
+
 /// `--memory-mib`: memory for queued uploads, shared by all databases.
 /// Beyond it the WAL itself is the buffer, so this bounds RSS, not safety.
 pub const MEMORY_MIB: u64 = 64;

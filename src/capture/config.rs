@@ -38,6 +38,9 @@ pub struct DbConfig {
     /// Directory for temporary files of large segments (snapshots are
     /// streamed from the database and need none).
     pub tmp_dir: PathBuf,
+    /// Close the database's files after this long without a file event
+    /// (`None`: keep them open); see `capture::park`.
+    pub close_idle_after: Option<Duration>,
     /// Retention window of the replica (`None`: keep everything); see
     /// [`crate::compact`].
     pub retention: Option<Duration>,
@@ -64,6 +67,7 @@ impl DbConfig {
             stuck_after: STUCK_AFTER,
             tmp_dir: std::env::temp_dir(),
             retention: Some(defaults::RETENTION),
+            close_idle_after: Some(defaults::CLOSE_IDLE_AFTER),
         }
     }
 }

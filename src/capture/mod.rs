@@ -96,6 +96,7 @@ use crate::upload::{Ack, Budget, Segment};
 
 mod checkpoint;
 mod config;
+mod park;
 mod pass;
 mod protocol;
 mod resume;
@@ -105,6 +106,7 @@ mod source;
 mod stats;
 
 pub use config::{DbConfig, Event, Snooze};
+pub use park::{OpenSlots, Seat, Slot, BASE_FDS, OPEN_FDS, PARKED_FDS};
 pub use resume::{find_resume_point, Resumed};
 pub use source::SnapshotSource;
 pub use stats::DbStats;
@@ -279,6 +281,11 @@ pub struct Capture {
     /// or moved file, so its lock is held and its events are watched where
     /// SQLite now writes (see [`Capture::on_moved`]).
     rewatch: Option<Moved>,
+    /// Open slots shared with the other databases, and this one's (see
+    /// `park.rs`); `None`: never parks.
+    parking: Option<park::Parking>,
+    /// Set while the database's files are closed for being idle.
+    parked: Option<park::Parked>,
 }
 
 /// Callback told `(old, new)` resolved paths of a moved database.
@@ -374,6 +381,8 @@ impl Capture {
             deferred_until: None,
             drain: None,
             fenced: None,
+            parking: None,
+            parked: None,
         };
         r.connect()?;
         // Each probe retried on its own: with a flaky S3 a start-up of ~20
@@ -397,6 +406,17 @@ impl Capture {
     /// What storage held when replication started (`None`: nothing).
     pub fn resumed(&self) -> Option<Resumed> {
         self.resumed
+    }
+
+    /// Park this database when idle (see `park.rs`), counting it in
+    /// `slots`; `slot` is the one taken to open it.
+    pub fn set_parking(&mut self, slots: Arc<OpenSlots>, slot: Slot) {
+        self.parking = Some(park::Parking {
+            slots,
+            slot: Some(slot),
+            lost: 0,
+            pin: None,
+        });
     }
 
     /// Share `snooze` with whoever routes this database's file events.
@@ -443,9 +463,15 @@ impl Capture {
         self.withdraw_stream();
         self.pin = Pin::Released;
         self.conn = None;
-        self.db_file = None;
+        // A descriptor of the same file is kept (an idle database's, which
+        // holds SQLite's SHARED lock: see `park.rs`).
+        let kept = self.db_file.take();
         self.shm.reset();
         let real = resolve(&path)?;
+        let kept = kept.filter(|f| {
+            f.metadata()
+                .is_ok_and(|m| Some((m.dev(), m.ino())) == file_id(&real))
+        });
         if real != self.real {
             log::info!(
                 "{}: {} now resolves to {}",
@@ -457,6 +483,12 @@ impl Capture {
             self.shm = Shm::for_db(&real);
             self.real = real;
         }
+        // walsync's descriptor first, SQLite's connection second, then the
+        // check below that both are of the file at the path.
+        let db_file = match kept {
+            Some(f) => f,
+            None => Arc::new(File::open(&self.real).map_err(|e| Error::io(&path, e))?),
+        };
         let c = self.open_conn()?;
         let mode: String = c
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -472,10 +504,20 @@ impl Capture {
         if !crate::sqlite::shm::trim_sqlite_map(&c) {
             log::debug!("{}: wal-index map not trimmed", self.cfg.name);
         }
-        self.db_id = file_id(&self.real);
-        self.db_file = Some(Arc::new(
-            File::open(&self.real).map_err(|e| Error::io(&path, e))?,
-        ));
+        // The connection and walsync's descriptor must be of one file: a
+        // file renamed over the path between the two opens would have
+        // snapshots read one file's pages with the other's WAL. The path
+        // names the descriptor's file after both opens: it did in between
+        // too, or it changed and this fails (the pass is retried).
+        let id = db_file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        if id.is_none() || id != file_id(&self.real) {
+            return Err(Error::Config(format!(
+                "{}: the database file was replaced while walsync opened it",
+                path.display()
+            )));
+        }
+        self.db_id = id;
+        self.db_file = Some(db_file);
         self.conn = Some(c);
         Ok(())
     }

@@ -136,7 +136,7 @@ impl Capture {
     }
 
     /// Everything the wal-index `shm` publishes has been read.
-    fn read_all_published(&self, shm: &ShmHeader) -> bool {
+    pub(super) fn read_all_published(&self, shm: &ShmHeader) -> bool {
         match self.read {
             Some(Read::At(p)) => {
                 (shm.salt1, shm.salt2) == (p.salt1, p.salt2)
@@ -149,6 +149,9 @@ impl Capture {
 
     /// A file event arrived.
     pub(super) fn woken(&mut self) {
+        if let Some(p) = &mut self.parked {
+            p.woken = true;
+        }
         self.settle = 0;
         self.tail.reset();
         self.last_event = Instant::now();
@@ -282,7 +285,7 @@ impl Capture {
     }
 
     /// Re-open after the database file was replaced, deleted or recreated.
-    fn check_file(&mut self) -> Result<bool> {
+    pub(super) fn check_file(&mut self) -> Result<bool> {
         let id = file_id(&self.cfg.path);
         // Through a symlink, the same file may now be reached at another
         // place (where SQLite keeps another WAL): that is a move too.
@@ -325,6 +328,7 @@ impl Capture {
         }
         self.check_fenced()?;
         self.flush_pending()?;
+        self.unpark()?;
         if !self.check_file()? {
             // Gone: its directory may be gone with its watch, so look again
             // every second rather than wait for an event that may never come.

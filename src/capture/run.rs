@@ -27,6 +27,10 @@ impl Capture {
         // wake-up.
         let mut trimmed_at: Option<u64> = None;
         loop {
+            if self.parked.is_some() && !self.holds_slot() && self.sleep_parked(&events, &shutdown)
+            {
+                return self.drain(drain_timeout);
+            }
             match self.tick() {
                 Ok(next) => {
                     self.stats.passes.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +70,17 @@ impl Capture {
                 }
             }
             let deadline = [timer, pending_error].into_iter().flatten().min();
+            // Parked by this pass: sleep parked. (Still parked after a
+            // failed reopening: back off as any failed pass.)
+            let was_parked = self.parked.is_some();
+            let park_at = match pending_error {
+                None => self.park_if_idle(deadline),
+                Some(_) => None,
+            };
+            if !was_parked && self.parked.is_some() {
+                continue;
+            }
+            let deadline = [deadline, park_at].into_iter().flatten().min();
             let idle = deadline.is_none_or(|d| d > Instant::now() + IDLE_TRIM_AFTER);
             if idle && trimmed_at != Some(self.events) && self.inflight.is_empty() {
                 trimmed_at = Some(self.events);
@@ -100,6 +115,83 @@ impl Capture {
         }
     }
 
+    /// The database holds an open slot (or does not count slots).
+    fn holds_slot(&self) -> bool {
+        self.parking.as_ref().is_none_or(|p| p.slot.is_some())
+    }
+
+    /// Parked: sleep until a file event (or a periodic snapshot is due),
+    /// then wait for an open slot. True when told to shut down instead.
+    fn sleep_parked(&mut self, events: &Receiver<Event>, shutdown: &Receiver<()>) -> bool {
+        let Some(slots) = self.parking.as_ref().map(|p| p.slots.clone()) else {
+            return false;
+        };
+        loop {
+            let due = self
+                .cfg
+                .snapshot_interval
+                .map(|iv| self.last_snapshot + iv)
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let tick = due.map_or_else(crossbeam_channel::never, crossbeam_channel::after);
+            crossbeam_channel::select! {
+                recv(events) -> ev => match ev {
+                    Ok(Event::Wake) => {
+                        self.woken();
+                        break;
+                    }
+                    Ok(Event::Shutdown) | Err(_) => return true,
+                },
+                recv(shutdown) -> _ => return true,
+                recv(tick) -> _ => {}
+            }
+            // The periodic snapshot is due: nothing was shipped since the
+            // newest snapshot, so it is the current state already (as in
+            // `tick`), without reopening.
+            let snap = self.stats.snapshot_txid.load(Ordering::Relaxed);
+            if snap > 0 && snap + 1 == self.next_txid && self.pending.is_empty() {
+                self.last_snapshot = Instant::now();
+                continue;
+            }
+            break;
+        }
+        let slot = slots.try_take().or_else(|| {
+            // Woken: something may be committed and unread until it opens.
+            self.stats.note_unread();
+            let since = Instant::now();
+            let mut warned = false;
+            slots.waiting(|| loop {
+                if !warned && since.elapsed() >= Duration::from_secs(10) {
+                    warned = true;
+                    log::warn!(
+                        "{}: waiting {}s for an open slot (open-file limit; {} databases open)",
+                        self.cfg.name,
+                        since.elapsed().as_secs(),
+                        slots.open()
+                    );
+                }
+                crossbeam_channel::select! {
+                    recv(slots.freed()) -> _ => {}
+                    recv(events) -> ev => match ev {
+                        Ok(Event::Wake) => self.woken(),
+                        Ok(Event::Shutdown) | Err(_) => return None,
+                    },
+                    recv(shutdown) -> _ => return None,
+                    recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                }
+                if let Some(s) = slots.try_take() {
+                    return Some(s);
+                }
+            })
+        });
+        match (slot, self.parking.as_mut()) {
+            (Some(s), Some(p)) => {
+                p.slot = Some(s);
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Memory only, before a long sleep with nothing in flight: the passes since
     /// the last wake-up made SQLite touch its wal-index map (a WAL restart
     /// zeroes a whole 32 KiB hash table); drop those pages from this
@@ -119,6 +211,13 @@ impl Capture {
     /// for the uploads, up to `timeout`.
     fn drain(mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        if self.parked.is_some() {
+            match self.reopen_for_drain(deadline) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // nothing written since parking
+                Err(e) => return Err(e),
+            }
+        }
         let mut result = Ok(());
         self.drain = Some(Drain::default());
         // The deadline came before a pass read everything committed (or

@@ -29,6 +29,11 @@ pub struct DbStats {
     /// Unix time (ms) the newest snapshot in storage at start-up was stored
     /// (from the listing); 0 = none or unknown.
     pub stored_snapshot_ms: std::sync::atomic::AtomicU64,
+    /// The database's files are closed while it is idle (see
+    /// `capture::park`).
+    pub parked: std::sync::atomic::AtomicBool,
+    /// Times its files were closed for being idle.
+    pub parks: std::sync::atomic::AtomicU64,
     /// The last failed pass of the watcher loop (what it logged).
     pub last_error: LastError,
     /// Segments cut but not yet durable: `(max txid, when first seen)`,
@@ -58,6 +63,11 @@ impl DbStats {
     /// earliest time it was seen).
     pub fn note_unread(&self) {
         self.unread.mark();
+    }
+
+    /// Something committed in the WAL is known not to be read yet.
+    pub fn unread(&self) -> bool {
+        self.unread.is_set()
     }
 
     /// Everything committed in the WAL has been read.

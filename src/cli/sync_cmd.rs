@@ -23,8 +23,8 @@ storage_command! {
         note = "--max-requests-per-sec N  S3 requests per second, all DBs (default 0: no cap)",
         note = "--encryption-key-file F (0600), --decryption-key-file F (old key; repeatable)",
         note = "--lease-ttl D          writer lease lifetime (default 60s); --no-fencing: none",
-        note = "--exec CMD             run CMD once replicating, then exit with its status
-                       (128+N if signal N killed it; 1 if data did not ship)",
+        note = "--exec CMD             run CMD once replicating; exit with its status (or 1)",
+        note = "--close-idle-after D   close idle DBs' files after D; 0 = never (default 10s)",
         note = "--restore-if-missing   restore absent DBs first (--require-replica: or fail)",
         note = "Environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), AWS_REGION (or AWS_DEFAULT_REGION),
@@ -77,6 +77,10 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
         /// minimum time between two uploads of one database; 0 = every commit at once (default 1s)
         #[argh(option, hidden_help)]
         pub min_put_interval: Option<String>,
+
+        /// close an idle database's files after this long without a write; 0 = never (default 10s)
+        #[argh(option, hidden_help)]
+        pub close_idle_after: Option<String>,
 
         /// memory for queued uploads in MiB, all DBs (default 64)
         #[argh(option)]
@@ -176,6 +180,7 @@ impl SyncArgs {
                 truncate_pages,
                 max_wal_mib,
                 min_put_interval,
+                close_idle_after,
                 memory_mib,
                 shutdown_timeout,
                 retention,
@@ -254,6 +259,12 @@ impl SyncArgs {
             &self.min_put_interval,
             defaults::MIN_PUT_INTERVAL,
         )?;
+        let close_idle = duration_or(
+            "close-idle-after",
+            &self.close_idle_after,
+            defaults::CLOSE_IDLE_AFTER,
+        )?;
+        db.close_idle_after = (!close_idle.is_zero()).then_some(close_idle);
         let metrics_addr = match &self.metrics_addr {
             None => None,
             Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|e| {

@@ -76,6 +76,7 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
         ("sync", "--truncate-pages", Count(d::TRUNCATE_PAGES)),
         ("sync", "--max-wal-mib", Count(d::MAX_WAL_MIB)),
         ("sync", "--min-put-interval", Time(d::MIN_PUT_INTERVAL)),
+        ("sync", "--close-idle-after", Time(d::CLOSE_IDLE_AFTER)),
         ("sync", "--memory-mib", Count(d::MEMORY_MIB)),
         ("sync", "--shutdown-timeout", Time(d::SHUTDOWN_TIMEOUT)),
         ("sync", "--metrics-addr", Says("off")),
@@ -163,6 +164,7 @@ fn sync_applies_the_defaults() {
     assert_eq!(o.db.truncate_pages, d::TRUNCATE_PAGES);
     assert_eq!(o.db.snapshot_interval, Some(d::SNAPSHOT_INTERVAL));
     assert_eq!(o.db.min_put_interval, d::MIN_PUT_INTERVAL);
+    assert_eq!(o.db.close_idle_after, Some(d::CLOSE_IDLE_AFTER));
     assert_eq!(o.db.max_wal_bytes, d::MAX_WAL_MIB << 20);
     assert_eq!(o.db.retention, Some(d::RETENTION));
     assert!(o.heartbeat.is_none() && o.metrics_addr.is_none());

@@ -48,6 +48,7 @@ pub struct FileConfig {
     pub truncate_pages: Option<u64>,
     pub max_wal_mib: Option<u64>,
     pub min_put_interval: Option<String>,
+    pub close_idle_after: Option<String>,
     pub memory_mib: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub retention: Option<String>,

@@ -304,12 +304,28 @@ impl Registry {
                 "checkpoints run by walsync",
                 |s: &DbStats| s.checkpoints.load(Ordering::Relaxed),
             ),
+            (
+                "walsync_database_idle_closes_total",
+                "times the database's files were closed for being idle (--close-idle-after)",
+                |s: &DbStats| s.parks.load(Ordering::Relaxed),
+            ),
         ] {
             family(&mut out, metric, "counter", help);
             for (name, s) in &running {
                 sample(&mut out, metric, &[("db", name)], pick(s));
             }
         }
+        family(
+            &mut out,
+            "walsync_databases_files_closed",
+            "gauge",
+            "databases replicated with their files closed while idle (--close-idle-after)",
+        );
+        let closed = running
+            .iter()
+            .filter(|(_, s)| s.parked.load(Ordering::Relaxed))
+            .count();
+        sample(&mut out, "walsync_databases_files_closed", &[], closed);
         family(
             &mut out,
             "walsync_database_uploaded_bytes_total",

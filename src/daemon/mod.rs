@@ -181,7 +181,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     for s in own.iter().flatten() {
         crate::storage::retry_transient(5, &s.data.describe(), || s.data.check())?;
     }
-    limits::raise_fd_limit(files.len())?;
+    let slots = limits::raise_fd_limit(files.len(), opts.db.close_idle_after.is_some())?;
     if let Some(f) = &opts.fencer {
         // The probe writes an object: a blip must not stop the daemon. It
         // needs three requests in a row to succeed (each attempt uses a new
@@ -253,6 +253,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         ended: Default::default(),
         names: HashMap::new(),
         failed: 0,
+        slots,
     };
     for (f, i) in &files {
         daemon.start_db(f, *i, true);
@@ -433,6 +434,10 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             }
         }
     }
+    // Every drain has ended (shipped, or reported what it could not ship
+    // in time): what is still queued is abandoned, not waited for past
+    // --shutdown-timeout.
+    daemon.uploader.abort();
     daemon.uploader.join();
     if failed > 0 {
         let child = match app.as_ref().is_some_and(|a| !a.pending()) {
@@ -481,6 +486,8 @@ struct Daemon {
     names: HashMap<String, PathBuf>,
     /// Databases whose replication ended with an error before shutdown.
     failed: usize,
+    /// Open databases counted against the open-file limit.
+    slots: Arc<crate::capture::OpenSlots>,
 }
 
 /// A channel that receives the number of each SIGTERM/SIGINT received.

@@ -129,6 +129,7 @@ impl Daemon {
         let db_path = path.to_path_buf();
         let watched = key.clone();
         let fencer = self.opts.fencer.clone();
+        let slots = self.slots.clone();
         let thread_name = format!("db-{name}");
         let spawned = std::thread::Builder::new()
             .name(thread_name)
@@ -141,6 +142,8 @@ impl Daemon {
                 // (and cleans up, or restarts a database whose file came
                 // back); at shutdown nobody listens.
                 let _finished = Finished(finished, watched.clone());
+                // Counted while the thread lives: its lock file stays open.
+                let _seat = slots.seat();
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other
@@ -158,6 +161,30 @@ impl Daemon {
                 let mut stopping = false;
                 let mut rep = loop {
                     let transient;
+                    // An open slot first (see `capture::park`), before the
+                    // lease's requests and the files: with thousands of
+                    // databases, the others close their files when idle and
+                    // make room, and no more than the slots talk to storage
+                    // at once (each request may need a connection).
+                    let slot = match stopping {
+                        false => slots.take(&stop),
+                        true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
+                    };
+                    let Some(slot) = slot else {
+                        // As below: an error only where this process
+                        // would have shipped something.
+                        if stopping && !is_wal_database(&db_path) {
+                            return Ok(());
+                        }
+                        if stopping {
+                            return Err(Error::Config(format!(
+                                "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
+                                cfg.name
+                            )));
+                        }
+                        stopping = true;
+                        continue;
+                    };
                     let locked = match lock {
                         Some(_) => Ok(()),
                         None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
@@ -179,7 +206,8 @@ impl Daemon {
                             budget.clone(),
                         )
                     }) {
-                        Ok(rep) => {
+                        Ok(mut rep) => {
+                            rep.set_parking(slots.clone(), slot);
                             registry.set_state(&reg_name, DbState::Running(rep.stats()));
                             if reported.is_some() {
                                 log::info!("{}: replicating now", db_path.display());

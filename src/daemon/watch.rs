@@ -272,7 +272,12 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
             let is_dir = ev.mask.contains(EventMask::ISDIR);
             for dir in dirs {
                 let key = (dir.clone(), name.to_os_string());
-                if let Some((tx, snooze)) = r.dbs.get(&key) {
+                // A file closed after it was opened for writing changed
+                // nothing by being closed (each write was a MODIFY event):
+                // not a wake-up. walsync closing an idle database's files
+                // would otherwise wake it at once (`capture::park`).
+                let closed = ev.mask.contains(EventMask::CLOSE_WRITE);
+                if let Some((tx, snooze)) = r.dbs.get(&key).filter(|_| !closed) {
                     // A full channel already holds a wake-up, and a snoozing
                     // watcher reads the WAL at its timer: nothing is lost.
                     if snooze.as_ref().is_none_or(Snooze::note_event) {

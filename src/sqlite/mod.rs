@@ -14,7 +14,10 @@
 //! - [`tail`]: commits written past `mxFrame` and not yet published, the
 //!   wake-ups inotify does not deliver, remote filesystems.
 //! - [`lock`]: the advisory lock file beside a database.
+//! - [`hold`]: SQLite's SHARED lock on a database held without a
+//!   connection (an idle database's files closed, `capture::park`).
 
+pub mod hold;
 pub mod lock;
 pub mod shm;
 pub mod tail;

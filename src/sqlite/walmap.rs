@@ -131,6 +131,14 @@ impl WalMap {
         Ok(())
     }
 
+    /// Unmap and close the file (an idle database, see `capture::park`);
+    /// the next [`WalMap::refresh`] opens it again.
+    pub fn close(&mut self) {
+        self.map = None;
+        self.len = 0;
+        self.file = None;
+    }
+
     /// The mapped bytes (empty when the file is missing or empty).
     pub fn bytes(&self) -> &[u8] {
         match &self.map {

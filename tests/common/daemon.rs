@@ -148,8 +148,15 @@ impl Env {
     /// Start the daemon on `dbs` with extra flags (killed when dropped,
     /// its log's tail printed if the test fails).
     pub fn daemon(&self, dbs: &[String], extra: &[&str]) -> Proc {
-        Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"))
-            .args(dbs)
+        self.daemon_cmd(dbs, extra).spawn(&self.log)
+    }
+
+    /// The command [`Env::daemon`] runs, to change before starting it
+    /// (e.g. `wrap(&["prlimit", "--nofile=450", "--"])`) or to run to
+    /// completion with [`Cmd::output`].
+    pub fn daemon_cmd(&self, dbs: &[String], extra: &[&str]) -> Cmd {
+        let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"));
+        cmd.args(dbs)
             .args([
                 "--bucket",
                 &self.bucket,
@@ -159,8 +166,8 @@ impl Env {
                 "10s",
             ])
             .args(extra)
-            .env("RUST_LOG", "walsync=debug")
-            .spawn(&self.log)
+            .env("RUST_LOG", "walsync=debug");
+        cmd
     }
 
     pub fn log_text(&self) -> String {

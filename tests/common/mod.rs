@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod faultproxy;
 pub mod follow;
 pub mod oracle;
+pub mod park;
 pub mod process;
 pub mod proxy;
 pub mod world;
