@@ -1,7 +1,8 @@
 //! More databases than open slots: idle databases close their files
 //! (`src/capture/park.rs`) so that many fit under a low open-file limit,
 //! and without parking the same limit is refused in one line
-//! (`src/daemon/limits.rs`). The daemon runs under `prlimit`.
+//! (`src/daemon/limits.rs`). The daemon runs under a lowered open-file
+//! limit (`sh -c 'ulimit -n N; exec …'`: only a POSIX shell needed).
 //!
 //! Run: `eval "$(scripts/s3-server.sh start)"` then
 //! `cargo test --test park_slots -- --test-threads=1`. Without the S3
@@ -23,7 +24,7 @@ use common::process::{text, wait_for};
 /// Open-file limit of the daemon, and databases: only
 /// (750 − 512 − 60) / 9 = 19 fit open at once, while all 60 open would
 /// need 60 × 10 = 600 descriptors besides the 512 kept for the rest.
-const FD_LIMIT: &str = "--nofile=750";
+const FD_LIMIT: &str = "750";
 const MANY: usize = 60;
 const SLOTS: usize = (750 - 512 - MANY) / 9;
 
@@ -47,7 +48,7 @@ fn more_databases_than_open_slots() {
         .collect();
     let mut daemon = env
         .daemon_cmd(&[env.glob()], &[])
-        .wrap(&["prlimit", FD_LIMIT, "--"])
+        .wrap(&under_limit(FD_LIMIT))
         .spawn(&env.log);
     // Compaction may run during the long waits: the oracle ignores it.
     let replica = |n: &str| env.replica(n).allow_compaction();
@@ -118,13 +119,23 @@ fn more_databases_than_open_slots() {
     );
 }
 
-/// The daemon on `env`'s databases under `prlimit --nofile=LIMIT` must
+/// A command prefix that runs the rest under an open-file limit of `n`
+/// (soft and hard), with nothing but a POSIX shell.
+fn under_limit(n: &str) -> [String; 3] {
+    [
+        "sh".into(),
+        "-c".into(),
+        format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+    ]
+}
+
+/// The daemon on `env`'s databases under an open-file limit of `limit` must
 /// refuse to start in one line; returns it.
 fn refused_line(env: &Env, limit: &str, extra: &[&str]) -> String {
     let o = env
         .daemon_cmd(&[env.glob()], extra)
         .env("RUST_LOG", "walsync=warn")
-        .wrap(&["prlimit", limit, "--"])
+        .wrap(&under_limit(limit))
         .timeout(Duration::from_secs(60))
         .output();
     assert!(!o.status.success(), "started anyway: {}", text(&o));
@@ -154,7 +165,7 @@ fn without_parking_the_limit_is_refused() {
         "does not name the limit and the way out: {line}"
     );
     // 60 + 512 + 16 × 9 = 716 > 700.
-    let line = refused_line(&env, "--nofile=700", &[]);
+    let line = refused_line(&env, "700", &[]);
     assert!(
         line.contains("need about 716 open files (1 each and 9 more while open)")
             && line.contains("open-file limit is 700")

@@ -152,7 +152,7 @@ impl Env {
     }
 
     /// The command [`Env::daemon`] runs, to change before starting it
-    /// (e.g. `wrap(&["prlimit", "--nofile=450", "--"])`) or to run to
+    /// (e.g. a shell lowering the open-file limit, tests/park_slots.rs) or to run to
     /// completion with [`Cmd::output`].
     pub fn daemon_cmd(&self, dbs: &[String], extra: &[&str]) -> Cmd {
         let mut cmd = Cmd::new(env!("CARGO_BIN_EXE_walsync-sync"));
