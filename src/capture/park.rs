@@ -381,7 +381,7 @@ impl Capture {
             Ok(Some(later)) => Some(later),
             Err(e) => {
                 // The next pass repairs what failed (a read transaction
-                // ended by a failed checkpoint is taken again).
+                // ended by a failed step is taken again).
                 log::debug!("{}: not parked: {e}", self.cfg.name);
                 Some(Instant::now() + Duration::from_secs(1))
             }
