@@ -80,11 +80,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def requests_by_kind(port):
-    """walsync's storage request counters, summed over databases, by kind."""
+def metrics_text(port):
+    """walsync's /metrics page."""
     import urllib.request
 
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+
+
+def requests_by_kind(port):
+    """walsync's storage request counters, summed over databases, by kind."""
+    body = metrics_text(port)
     kinds = {}
     for line in body.splitlines():
         if line.startswith("walsync_storage_requests_total{"):
@@ -96,9 +101,7 @@ def requests_by_kind(port):
 
 def metric_sum(port, name):
     """Sum of one metric of walsync's /metrics over its labels (None if absent)."""
-    import urllib.request
-
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    body = metrics_text(port)
     vals = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
             if line.startswith(name + " ") or line.startswith(name + "{")]
     return int(sum(vals)) if vals else None

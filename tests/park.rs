@@ -170,10 +170,7 @@ fn parking_costs_no_snapshot() {
     let salts = wal_salts(&db);
     w.commit(1);
     assert!(wait_open(&daemon, &db), "C: not reopened after a commit");
-    // walsync checkpointed what it had read before parking, so this commit
-    // may restart the WAL (the database file unchanged since parking: no
-    // snapshot either way).
-    let _ = salts;
+    assert_eq!(wal_salts(&db), salts, "C: the WAL restarted unexpectedly");
     let woke = oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     let shipped = object_size(&env, name, woke);
     eprintln!("C: the wake-up commit shipped as {shipped} bytes; the WAL was {wal_at_park} bytes");
