@@ -622,6 +622,44 @@ def writer_main(out, rate, duration, count, base, paths):
 # --------------------------------------------------------------------------- tools
 
 
+
+def rss_breakdown(pid):
+    """Resident memory of `pid` by kind of mapping, in MB, from
+    /proc/PID/smaps: thread stacks (anonymous mappings right above a guard
+    page), glibc's per-thread arenas (anonymous mappings inside the 64 MiB
+    reservations glibc makes for them), the main heap, other anonymous
+    memory, the WAL and -shm maps, the executable and libraries."""
+    kinds = {}
+    prev_guard = False
+    cur = None
+    with open(f"/proc/{pid}/smaps") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$", line)
+        if m:
+            lo, hi, perms, path = int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(4)
+            size = hi - lo
+            if path == "[heap]":
+                kind = "heap"
+            elif path.endswith("-wal") or path.endswith("-shm"):
+                kind = "wal+shm maps"
+            elif path.startswith("/"):
+                kind = "binary+libs"
+            elif path:
+                kind = "other"
+            elif prev_guard:
+                kind = "thread stacks"
+            elif lo % (64 << 20) == 0 and perms.startswith("rw"):
+                kind = "arenas"
+            else:
+                kind = "other anon"
+            prev_guard = perms == "---p" and size == 4096
+            cur = kind
+            continue
+        if cur and line.startswith("Rss:"):
+            kinds[cur] = kinds.get(cur, 0) + int(line.split()[1]) * 1024
+    return {k: round(v / 1e6, 1) for k, v in sorted(kinds.items())}
+
 class Sampler:
     """RSS samples (every `interval` s) and CPU time of one process."""
 

@@ -223,6 +223,7 @@ def main():
         res["threads_after_writes"] = threads_of(proc.pid)
         res["fds_after_writes"] = fds_of(proc.pid)
         res["files_closed_after_writes"] = metric_sum(port, "walsync_databases_files_closed")
+        res["rss_by_kind_after_writes_mb"] = b.rss_breakdown(proc.pid)
         res["idle_closes"] = metric_sum(port, "walsync_database_idle_closes_total")
         res["snapshots_total"] = metric_sum(port, "walsync_database_snapshots_total")
         res.update({k: round(v, 2) if isinstance(v, float) else v for k, v in sampler.finish().items()})
@@ -278,6 +279,8 @@ def main():
         ("storage requests at start-up (walsync's counters)",
          ", ".join(f"{k} {v}" for k, v in sorted(res["requests_at_startup"].items()) if v)),
         ("RSS mean / peak during writes (MB), VmHWM", f"{res['rss_mean_mb']} / {res['rss_peak_mb']}, {res['vmhwm_mb']}"),
+        ("RSS by kind after writes (MB)",
+         ", ".join(f"{k} {v}" for k, v in res["rss_by_kind_after_writes_mb"].items())),
         ("threads after start-up / after writes", f"{res['threads_after_startup']} / {res['threads_after_writes']}"),
         ("CPU during writes (% of a core)", res["cpu_pct"]),
         ("commits (databases written)", f"{res['commits']} ({res['dbs_written']})"),

@@ -460,3 +460,63 @@ fn database_the_child_creates_just_before_exiting_ships() {
     assert_eq!(rows(&db), 5);
     assert_eq!(env.restored("app.db"), content(&db));
 }
+
+/// walsync runs with glibc's per-thread malloc cache off (it re-executes
+/// itself with `GLIBC_TUNABLES` set, see `src/daemon/tunables.rs`), and the
+/// `--exec` child gets the environment walsync was started with: without
+/// the variable walsync added, with the user's own value when there was one
+/// (which walsync then keeps for itself too).
+#[test]
+fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
+    let Some(env) = Env::new("exec_tunables") else {
+        return;
+    };
+    let cases: [(&str, Option<&str>, &str); 2] = [
+        ("added.db", None, "glibc.malloc.tcache_count=0"),
+        (
+            "users.db",
+            Some("glibc.malloc.tcache_count=7"),
+            "glibc.malloc.tcache_count=7",
+        ),
+    ];
+    for (file, users, daemons) in cases {
+        let db = env.path(file);
+        drop(create_db(&db));
+        let parent = env.path(&format!("{file}.parent.env"));
+        let child = env.path(&format!("{file}.child.env"));
+        // The child's parent is walsync (`--exec` runs no shell of its own).
+        let script = format!(
+            "tr \"\\0\" \"\\n\" < /proc/$PPID/environ > \"{}\" && env > \"{}\"",
+            parent.display(),
+            child.display()
+        );
+        let mut cmd = env.sync(&db, &[]);
+        cmd.env_remove("GLIBC_TUNABLES")
+            .env_remove("WALSYNC_ADDED_GLIBC_TUNABLES");
+        if let Some(v) = users {
+            cmd.env("GLIBC_TUNABLES", v);
+        }
+        let mut p = cmd.arg("--exec").arg(sh(&script, &db)).spawn(&env.log);
+        let status = p.wait(EXIT);
+        assert!(status.success(), "{file}: {status}");
+        let lines = |path: &Path| -> Vec<String> {
+            std::fs::read_to_string(path)
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with("WALSYNC_ADDED_"))
+                .map(str::to_string)
+                .collect()
+        };
+        let want = format!("GLIBC_TUNABLES={daemons}");
+        assert!(
+            lines(&parent).contains(&want),
+            "{file}: walsync's environment: {:?}",
+            lines(&parent)
+        );
+        let childs: Vec<String> = users
+            .map(|v| format!("GLIBC_TUNABLES={v}"))
+            .into_iter()
+            .collect();
+        assert_eq!(lines(&child), childs, "{file}: the child's environment");
+    }
+}

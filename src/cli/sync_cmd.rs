@@ -400,6 +400,7 @@ pub fn run_sync(mut args: SyncArgs) -> Result<i32> {
         println!("{}", version_line(&program_name()));
         return Ok(0);
     }
+    crate::daemon::tunables::reexec_with_tcache_off();
     let specs = args.apply_config()?;
     let mut opts = args.options(specs)?;
     let ttl = duration_or("lease-ttl", &args.lease_ttl, defaults::LEASE_TTL)?;

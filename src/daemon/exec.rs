@@ -14,10 +14,11 @@
 //! and its clean shutdown path (every watcher drains, the uploaders join)
 //! before the child's status is returned.
 //!
-//! The child inherits stdin, stdout, stderr, the environment and the working
-//! directory. It is waited for with `waitid(WNOWAIT)` before it is reaped, so
-//! a signal is only ever sent to a pid that is still our child (a zombie at
-//! worst), never to a recycled one.
+//! The child inherits stdin, stdout, stderr, the environment (without what
+//! walsync added to it, see [`super::tunables`]) and the working directory.
+//! It is waited for with `waitid(WNOWAIT)` before it is reaped, so a signal
+//! is only ever sent to a pid that is still our child (a zombie at worst),
+//! never to a recycled one.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus};
@@ -117,8 +118,10 @@ impl App {
 
     fn start(&mut self) -> Result<()> {
         self.started = true;
-        let child = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]);
+        super::tunables::scrub_child(&mut cmd);
+        let child = cmd
             .spawn()
             .map_err(|e| Error::Config(format!("--exec: cannot start {:?}: {e}", self.argv[0])))?;
         let pid = Pid::from_child(&child);

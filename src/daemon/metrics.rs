@@ -116,6 +116,19 @@ impl Registry {
         self.dbs.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Idle closes (`--close-idle-after`) of the running databases so far:
+    /// a wave of them frees SQLite connections the daemon then hands back
+    /// to the kernel ([`crate::util::release_free_memory`]).
+    pub fn idle_closes(&self) -> u64 {
+        let dbs = self.dbs.read().unwrap_or_else(|p| p.into_inner());
+        dbs.values()
+            .map(|e| match &e.state {
+                DbState::Running(s) => s.parks.load(Ordering::Relaxed),
+                _ => 0,
+            })
+            .sum()
+    }
+
     fn entries(&self) -> Vec<(String, Entry)> {
         self.dbs
             .read()
