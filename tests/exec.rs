@@ -484,11 +484,14 @@ fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
         drop(create_db(&db));
         let parent = env.path(&format!("{file}.parent.env"));
         let child = env.path(&format!("{file}.child.env"));
+        let comm = env.path(&format!("{file}.comm"));
         // The child's parent is walsync (`--exec` runs no shell of its own).
         let script = format!(
-            "tr \"\\0\" \"\\n\" < /proc/$PPID/environ > \"{}\" && env > \"{}\"",
+            "tr \"\\0\" \"\\n\" < /proc/$PPID/environ > \"{}\" && env > \"{}\" \
+             && cat /proc/$PPID/comm > \"{}\"",
             parent.display(),
-            child.display()
+            child.display(),
+            comm.display()
         );
         let mut cmd = env.sync(&db, &[]);
         cmd.env_remove("GLIBC_TUNABLES")
@@ -518,5 +521,8 @@ fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
             .into_iter()
             .collect();
         assert_eq!(lines(&child), childs, "{file}: the child's environment");
+        // The process name ps, top and pkill show is still walsync's.
+        let name = std::fs::read_to_string(&comm).unwrap();
+        assert_eq!(name.trim(), "walsync-sync", "{file}: process name");
     }
 }

@@ -60,11 +60,19 @@ pub fn reexec_with_tcache_off() {
     if plan(tunables.as_ref(), marker.as_ref()) == Plan::Keep {
         return;
     }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            log::debug!("not re-executed with {TUNABLES}={TCACHE_OFF}: {e}");
+            return;
+        }
+    };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("walsync"));
-    // /proc/self/exe is this very program even if its path was replaced
-    // since it started (an upgrade in place).
-    let err = Command::new("/proc/self/exe")
+    // The program's own path (not /proc/self/exe, whose name would become
+    // the process name that ps, top and pkill show). A binary replaced
+    // since it started makes the exec fail: walsync then runs untuned.
+    let err = Command::new(exe)
         .arg0(arg0)
         .args(args)
         .env(TUNABLES, TCACHE_OFF)
