@@ -462,17 +462,21 @@ fn database_the_child_creates_just_before_exiting_ships() {
 }
 
 /// walsync runs with glibc's per-thread malloc cache off (it re-executes
-/// itself with `GLIBC_TUNABLES` set, see `src/daemon/tunables.rs`), and the
-/// `--exec` child gets the environment walsync was started with: without
-/// the variable walsync added, with the user's own value when there was one
-/// (which walsync then keeps for itself too).
+/// itself with it added to `GLIBC_TUNABLES`, see `src/daemon/tunables.rs`)
+/// unless the user's `GLIBC_TUNABLES` sizes that cache, and the `--exec`
+/// child gets `GLIBC_TUNABLES` as walsync was started with it.
 #[test]
 fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
     let Some(env) = Env::new("exec_tunables") else {
         return;
     };
-    let cases: [(&str, Option<&str>, &str); 2] = [
+    let cases: [(&str, Option<&str>, &str); 3] = [
         ("added.db", None, "glibc.malloc.tcache_count=0"),
+        (
+            "appended.db",
+            Some("glibc.malloc.arena_max=4"),
+            "glibc.malloc.arena_max=4:glibc.malloc.tcache_count=0",
+        ),
         (
             "users.db",
             Some("glibc.malloc.tcache_count=7"),
@@ -495,7 +499,7 @@ fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
         );
         let mut cmd = env.sync(&db, &[]);
         cmd.env_remove("GLIBC_TUNABLES")
-            .env_remove("WALSYNC_ADDED_GLIBC_TUNABLES");
+            .env_remove("WALSYNC_ORIGINAL_GLIBC_TUNABLES");
         if let Some(v) = users {
             cmd.env("GLIBC_TUNABLES", v);
         }
@@ -506,13 +510,17 @@ fn malloc_tunable_is_walsyncs_own_and_not_the_childs() {
             std::fs::read_to_string(path)
                 .unwrap()
                 .lines()
-                .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with("WALSYNC_ADDED_"))
+                .filter(|l| l.starts_with("GLIBC_TUNABLES=") || l.starts_with("WALSYNC_ORIGINAL_"))
                 .map(str::to_string)
                 .collect()
         };
+        // glibc's loader ends each tunable's value with a NUL in the
+        // process's copy of its environment (what /proc/PID/environ shows):
+        // the pairs after the first then appear as lines of their own.
+        let flat = std::fs::read_to_string(&parent).unwrap().replace('\n', ":");
         let want = format!("GLIBC_TUNABLES={daemons}");
         assert!(
-            lines(&parent).contains(&want),
+            flat.contains(&want),
             "{file}: walsync's environment: {:?}",
             lines(&parent)
         );

@@ -107,10 +107,11 @@ pub struct OwnStorage {
 /// How often the daemon hands free allocator pages back to the kernel after
 /// start-up ([`crate::util::release_free_memory`]; a few ms at 1,000 DBs)...
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
-/// ... and how soon after databases closed their files for being idle
-/// (their SQLite connections are freed then: 1,000 databases parking after
-/// start-up left 10 MB of free pages until the next minute's release).
-const RELEASE_MEMORY_AFTER_CLOSES: Duration = Duration::from_secs(5);
+/// ... and sooner after databases closed their files for being idle (their
+/// SQLite connections are freed then: 1,000 databases parking after
+/// start-up left 10 MB of free pages until the next minute's release): at
+/// most this often, after this many closes.
+const RELEASE_MEMORY_AFTER_CLOSES: (Duration, u64) = (Duration::from_secs(15), 16);
 
 struct Running {
     name: String,
@@ -355,7 +356,11 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             },
             recv(trim) -> _ => {
                 let closes = daemon.registry.idle_closes();
-                if closes != trimmed.0 || trimmed.1.elapsed() >= RELEASE_MEMORY_EVERY {
+                let (soonest, many) = RELEASE_MEMORY_AFTER_CLOSES;
+                let since = trimmed.1.elapsed();
+                if since >= RELEASE_MEMORY_EVERY
+                    || (since >= soonest && closes >= trimmed.0.saturating_add(many))
+                {
                     crate::util::release_free_memory();
                     trimmed = (closes, Instant::now());
                 }
@@ -366,7 +371,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                     log::info!("start-up complete");
                     crate::util::release_free_memory();
                     trimmed = (daemon.registry.idle_closes(), Instant::now());
-                    trim = crossbeam_channel::tick(RELEASE_MEMORY_AFTER_CLOSES);
+                    trim = crossbeam_channel::tick(Duration::from_secs(5));
                     crate::daemon::notify::ready();
                 }
                 if let (true, Some(a)) = (ready, app.as_mut()) {

@@ -13,79 +13,121 @@
 //! glibc reads its tunables only when a process starts (`GLIBC_TUNABLES`, read
 //! by the dynamic loader); there is no call to switch the cache off later.
 //! So `walsync sync` re-executes itself once, before any thread starts, with
-//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0` — unless the environment sets
-//! `GLIBC_TUNABLES` already (the user's choice wins, any value: set
+//! `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES` — unless that
+//! variable already says how big the cache is (the user's choice wins: set
 //! `glibc.malloc.tcache_count=7` to keep glibc's default). The same process
 //! id carries on (exec, not fork), so systemd, `--exec` and signal handling
-//! see no difference. An `--exec` child does not inherit the variable
-//! walsync added ([`scrub_child`]).
+//! see no difference. An `--exec` child gets `GLIBC_TUNABLES` as walsync
+//! found it ([`scrub_child`]). Started through a symlink, the process name
+//! becomes the program's own (`walsync-sync`) after the re-execution.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
-/// Set in the re-executed process: walsync added `GLIBC_TUNABLES` itself
-/// (and must not re-execute again).
-const MARKER: &str = "WALSYNC_ADDED_GLIBC_TUNABLES";
+/// Set in the re-executed process to `GLIBC_TUNABLES` as walsync found it
+/// (empty: unset); its presence also means "do not re-execute again".
+const MARKER: &str = "WALSYNC_ORIGINAL_GLIBC_TUNABLES";
 const TUNABLES: &str = "GLIBC_TUNABLES";
+const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
 const TCACHE_OFF: &str = "glibc.malloc.tcache_count=0";
 
-/// What to do at the start of `walsync sync`, from the two variables.
-#[derive(Debug, PartialEq, Eq)]
-enum Plan {
-    /// Re-execute with the cache off.
-    Reexec,
-    /// Already tuned, by walsync or the user: go on.
-    Keep,
-}
-
-fn plan(tunables: Option<&OsString>, marker: Option<&OsString>) -> Plan {
-    if tunables.is_some() || marker.is_some() {
-        Plan::Keep
-    } else {
-        Plan::Reexec
+/// `GLIBC_TUNABLES` to re-execute with, from the two variables as found;
+/// `None`: go on as is (already re-executed, or the cache size is set).
+fn plan(tunables: Option<&OsStr>, marker: Option<&OsStr>) -> Option<OsString> {
+    if marker.is_some() {
+        return None;
+    }
+    match tunables.filter(|t| !t.is_empty()) {
+        None => Some(OsString::from(TCACHE_OFF)),
+        Some(t) if sets_tcache_count(t) => None,
+        Some(t) => {
+            let mut v = t.to_os_string();
+            v.push(":");
+            v.push(TCACHE_OFF);
+            Some(v)
+        }
     }
 }
 
+/// `tunables` (colon-separated `name=value` pairs) sets the cache size.
+fn sets_tcache_count(tunables: &OsStr) -> bool {
+    tunables
+        .as_bytes()
+        .split(|b| *b == b':')
+        .any(|kv| kv.split(|b| *b == b'=').next() == Some(TCACHE_COUNT.as_bytes()))
+}
+
 /// Re-execute this process with glibc's tcache off when the environment
-/// does not tune malloc already. Returns only when no re-execution was
-/// needed or it failed (then walsync runs with glibc's default; logged).
-/// Call before any thread is spawned.
+/// does not size it already. Returns only when no re-execution was needed
+/// or it failed (then walsync runs with glibc's default; logged). Call
+/// before any thread is spawned.
 pub fn reexec_with_tcache_off() {
     if !cfg!(all(target_os = "linux", target_env = "gnu")) {
         return;
     }
-    let tunables = std::env::var_os(TUNABLES);
-    let marker = std::env::var_os(MARKER);
-    if plan(tunables.as_ref(), marker.as_ref()) == Plan::Keep {
+    let found = std::env::var_os(TUNABLES);
+    let Some(value) = plan(found.as_deref(), std::env::var_os(MARKER).as_deref()) else {
         return;
-    }
+    };
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            log::debug!("not re-executed with {TUNABLES}={TCACHE_OFF}: {e}");
+            log::warn!("glibc's malloc cache stays on: {e}");
             return;
         }
     };
+    // Run through the dynamic loader (`ld-linux… walsync-sync …`), this
+    // process's program is the loader: re-executing it with walsync's
+    // arguments would fail.
+    let name = exe.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    if name.starts_with(b"ld-") || name.starts_with(b"ld.so") {
+        return;
+    }
+    let err = exec_with(&exe, &value, found.as_deref().unwrap_or_default());
+    log::warn!(
+        "glibc's malloc cache stays on: re-executing {} failed: {err}",
+        exe.display()
+    );
+}
+
+/// Exec `exe` with this process's arguments and `GLIBC_TUNABLES=value`;
+/// returns the error when the exec fails.
+fn exec_with(exe: &Path, value: &OsStr, original: &OsStr) -> std::io::Error {
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("walsync"));
-    // The program's own path (not /proc/self/exe, whose name would become
-    // the process name that ps, top and pkill show). A binary replaced
-    // since it started makes the exec fail: walsync then runs untuned.
+    // The program's own path, not /proc/self/exe, whose name would become
+    // the process name that ps, top and pkill show.
     let err = Command::new(exe)
         .arg0(arg0)
         .args(args)
-        .env(TUNABLES, TCACHE_OFF)
-        .env(MARKER, "1")
+        .env(TUNABLES, value)
+        .env(MARKER, original)
         .exec();
-    log::debug!("not re-executed with {TUNABLES}={TCACHE_OFF}: {err}");
+    // `exec` sets SIGPIPE back to the default action before trying (for
+    // the new program); Rust programs run with it ignored, and walsync
+    // relies on that: a closed stdout must be an EPIPE error, never a
+    // silent death that skips the shutdown drain.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory
+    // effects; no thread exists yet that could race on it.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    err
 }
 
-/// Keep `GLIBC_TUNABLES` from a child (`--exec`) when walsync added it:
-/// the child gets the environment walsync was started with.
+/// Give a child (`--exec`) `GLIBC_TUNABLES` as walsync found it.
 pub fn scrub_child(cmd: &mut Command) {
-    if std::env::var_os(MARKER).is_some() {
-        cmd.env_remove(TUNABLES);
+    match std::env::var_os(MARKER) {
+        Some(original) if original.is_empty() => {
+            cmd.env_remove(TUNABLES);
+        }
+        Some(original) => {
+            cmd.env(TUNABLES, original);
+        }
+        None => {}
     }
     cmd.env_remove(MARKER);
 }
@@ -94,12 +136,50 @@ pub fn scrub_child(cmd: &mut Command) {
 mod tests {
     use super::*;
 
+    fn os(s: &str) -> Option<&OsStr> {
+        Some(OsStr::new(s))
+    }
+
     #[test]
-    fn the_users_tunables_and_a_done_reexec_are_kept() {
-        let some = OsString::from("x");
-        assert_eq!(plan(None, None), Plan::Reexec);
-        assert_eq!(plan(Some(&some), None), Plan::Keep);
-        assert_eq!(plan(None, Some(&some)), Plan::Keep);
-        assert_eq!(plan(Some(&some), Some(&some)), Plan::Keep);
+    fn the_cache_size_is_added_unless_set() {
+        assert_eq!(plan(None, None), Some(OsString::from(TCACHE_OFF)));
+        assert_eq!(plan(os(""), None), Some(OsString::from(TCACHE_OFF)));
+        assert_eq!(
+            plan(os("glibc.malloc.arena_max=2"), None),
+            Some(OsString::from(
+                "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
+            ))
+        );
+        assert_eq!(plan(os("glibc.malloc.tcache_count=7"), None), None);
+        assert_eq!(
+            plan(
+                os("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=3"),
+                None
+            ),
+            None
+        );
+        // A name that merely starts the same is another tunable.
+        assert!(plan(os("glibc.malloc.tcache_count_x=1"), None).is_some());
+        // Re-executed already: never again (glibc may have dropped the
+        // variable, in secure-execution mode).
+        assert_eq!(plan(None, os("")), None);
+        assert_eq!(plan(os("x=1"), os("x=1")), None);
+    }
+
+    #[test]
+    fn a_failed_exec_leaves_sigpipe_ignored() {
+        let err = exec_with(
+            Path::new("/nonexistent/walsync"),
+            OsStr::new(TCACHE_OFF),
+            OsStr::new(""),
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        // SAFETY: reads the current disposition only (a null new action).
+        let old = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old);
+            old
+        };
+        assert_eq!(old.sa_sigaction, libc::SIG_IGN);
     }
 }

@@ -197,11 +197,26 @@ fn split(db: &Path) -> Result<(PathBuf, OsString)> {
 /// only reached snoozing watchers (see [`route`]).
 /// 10 databases × 10 commits/s: 186 → 62 router wake-ups per second.
 const ROUTER_NAP: Duration = Duration::from_millis(20);
-/// No nap after a batch of this many events or more.
-const NAP_MAX_BATCH: usize = 256;
+/// No nap after a batch of this many events or more (a 64 KiB read holds
+/// at least 240 events, even of the longest names).
+const NAP_MAX_BATCH: usize = 128;
+/// No nap while the kernel's event queue could not hold this many events
+/// per watched name: a burst where every database commits at once during
+/// a nap must not overflow it (an overflow loses nothing, but wakes every
+/// database and searches every tree again).
+const NAP_EVENTS_PER_NAME: usize = 4;
+
+/// The kernel's inotify queue length (`fs.inotify.max_queued_events`).
+fn max_queued_events() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16_384)
+}
 
 fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Discovery>) {
     let mut buf = vec![0u8; 64 * 1024];
+    let queue = max_queued_events();
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
@@ -237,12 +252,14 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 return;
             }
         };
-        // This batch woke no watcher but reached snoozing ones (see below).
-        let (mut woke, mut snoozed, mut count) = (false, false, 0usize);
+        // Whether the batch woke a watcher or reported anything besides
+        // writes (no nap then), and reached snoozing watchers (see below).
+        let (mut urgent, mut snoozed, mut count) = (false, false, 0usize);
         let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
             count += 1;
             if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                urgent = true;
                 // Events were dropped: wake everyone, each checks for itself;
                 // the daemon searches the trees again.
                 for (tx, _) in r.dbs.values() {
@@ -259,6 +276,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 // longer concern the path it was watched under. Wake its
                 // databases; each finds its file gone or replaced and watches
                 // again where the path now leads.
+                urgent = true;
                 drop(r);
                 let mut w = routes.lock().unwrap_or_else(|p| p.into_inner());
                 let gone = w.dirs.remove(&ev.wd).unwrap_or_default();
@@ -293,12 +311,13 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                     // watcher reads the WAL at its timer: nothing is lost.
                     if snooze.as_ref().is_none_or(Snooze::note_event) {
                         let _ = tx.try_send(Event::Wake);
-                        woke = true;
+                        urgent = true;
                     } else {
                         snoozed = true;
                     }
                     // The database file itself (its WAL has a snooze).
                     if removed && snooze.is_none() {
+                        urgent = true;
                         let _ = discoveries.send(Discovery::Gone(child(dir, name)));
                     }
                 }
@@ -307,6 +326,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                     continue;
                 }
                 let path = child(dir, name);
+                urgent = true;
                 if is_dir && removed {
                     let _ = discoveries.send(Discovery::Gone(path));
                 } else if is_dir && created {
@@ -321,15 +341,20 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 }
             }
         }
+        let names = r.dbs.len();
         drop(r);
-        if snoozed && !woke && count < NAP_MAX_BATCH {
+        if snoozed
+            && !urgent
+            && count < NAP_MAX_BATCH
+            && names.saturating_mul(NAP_EVENTS_PER_NAME) <= queue
+        {
             // Every event went to a database waiting for its put interval
             // (a busy one): nothing needs routing at once. Let the next
-            // events gather (the kernel merges a run of identical ones)
-            // instead of waking for each commit of every busy database. A
-            // commit to a quiet database meanwhile waits at most this long.
-            // Not after a large batch: the kernel's queue (16,384 events by
-            // default) must not overflow while the router naps.
+            // events gather into one read instead of waking for each commit
+            // of every busy database. A commit to a quiet database meanwhile
+            // waits at most this long. Not after a large batch, nor with
+            // more watched names than the kernel's queue can hold a few
+            // events of each (see NAP_EVENTS_PER_NAME).
             std::thread::sleep(ROUTER_NAP);
         }
     }
