@@ -357,12 +357,15 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
             recv(trim) -> _ => {
                 let closes = daemon.registry.idle_closes();
                 let (soonest, many) = RELEASE_MEMORY_AFTER_CLOSES;
-                let since = trimmed.1.elapsed();
+                let now = Instant::now();
+                // A second of slack: the 5 s ticks drift a little late.
+                let since = now.duration_since(trimmed.1) + Duration::from_secs(1);
+                // The sum drops when databases stop (freeing memory too).
                 if since >= RELEASE_MEMORY_EVERY
-                    || (since >= soonest && closes >= trimmed.0.saturating_add(many))
+                    || (since >= soonest && closes.abs_diff(trimmed.0) >= many)
                 {
                     crate::util::release_free_memory();
-                    trimmed = (closes, Instant::now());
+                    trimmed = (closes, now);
                 }
             },
             recv(ticker) -> _ => {

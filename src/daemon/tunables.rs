@@ -16,8 +16,9 @@
 //! `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES` — unless that
 //! variable already says how big the cache is (the user's choice wins: set
 //! `glibc.malloc.tcache_count=7` to keep glibc's default). The same process
-//! id carries on (exec, not fork), so systemd, `--exec` and signal handling
-//! see no difference. An `--exec` child gets `GLIBC_TUNABLES` as walsync
+//! id carries on (exec, not fork), so systemd and `--exec` see no
+//! difference (signal dispositions and masks start afresh, before walsync
+//! sets up its own). An `--exec` child gets `GLIBC_TUNABLES` as walsync
 //! found it ([`scrub_child`]). Started through a symlink, the process name
 //! becomes the program's own (`walsync-sync`) after the re-execution.
 
@@ -54,10 +55,9 @@ fn plan(tunables: Option<&OsStr>, marker: Option<&OsStr>) -> Option<OsString> {
 
 /// `tunables` (colon-separated `name=value` pairs) sets the cache size.
 fn sets_tcache_count(tunables: &OsStr) -> bool {
-    tunables
-        .as_bytes()
-        .split(|b| *b == b':')
-        .any(|kv| kv.split(|b| *b == b'=').next() == Some(TCACHE_COUNT.as_bytes()))
+    tunables.as_bytes().split(|b| *b == b':').any(|kv| {
+        kv.starts_with(TCACHE_COUNT.as_bytes()) && kv.get(TCACHE_COUNT.len()) == Some(&b'=')
+    })
 }
 
 /// Re-execute this process with glibc's tcache off when the environment
@@ -84,6 +84,7 @@ pub fn reexec_with_tcache_off() {
     // arguments would fail.
     let name = exe.file_name().map(OsStr::as_bytes).unwrap_or_default();
     if name.starts_with(b"ld-") || name.starts_with(b"ld.so") {
+        log::debug!("run through the dynamic loader: glibc's malloc cache stays on");
         return;
     }
     let err = exec_with(&exe, &value, found.as_deref().unwrap_or_default());
@@ -100,6 +101,7 @@ fn exec_with(exe: &Path, value: &OsStr, original: &OsStr) -> std::io::Error {
     let arg0 = args.next().unwrap_or_else(|| OsString::from("walsync"));
     // The program's own path, not /proc/self/exe, whose name would become
     // the process name that ps, top and pkill show.
+    let sigpipe = sigpipe_disposition(None);
     let err = Command::new(exe)
         .arg0(arg0)
         .args(args)
@@ -109,13 +111,26 @@ fn exec_with(exe: &Path, value: &OsStr, original: &OsStr) -> std::io::Error {
     // `exec` sets SIGPIPE back to the default action before trying (for
     // the new program); Rust programs run with it ignored, and walsync
     // relies on that: a closed stdout must be an EPIPE error, never a
-    // silent death that skips the shutdown drain.
-    // SAFETY: setting a signal's disposition to SIG_IGN has no memory
-    // effects; no thread exists yet that could race on it.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    // silent death that skips the shutdown drain. Put it back as it was.
+    if let Some(old) = sigpipe {
+        sigpipe_disposition(Some(old));
     }
     err
+}
+
+/// SIGPIPE's disposition before `set` replaces it (`None`: the call
+/// failed). Process-wide: called before any thread is spawned.
+fn sigpipe_disposition(set: Option<libc::sigaction>) -> Option<libc::sigaction> {
+    // SAFETY: `sigaction` reads (and with `set`, replaces) one signal's
+    // disposition; both pointers are valid for the call, the new action a
+    // copy of one the kernel returned before, so no handler is invented.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let new = set
+            .as_ref()
+            .map_or(std::ptr::null(), |n| n as *const libc::sigaction);
+        (libc::sigaction(libc::SIGPIPE, new, &mut old) == 0).then_some(old)
+    }
 }
 
 /// Give a child (`--exec`) `GLIBC_TUNABLES` as walsync found it.
@@ -158,28 +173,56 @@ mod tests {
             ),
             None
         );
-        // A name that merely starts the same is another tunable.
+        // A name that merely starts the same is another tunable, and a
+        // name without a value sets nothing (glibc ignores it).
         assert!(plan(os("glibc.malloc.tcache_count_x=1"), None).is_some());
+        assert!(plan(os("glibc.malloc.tcache_count"), None).is_some());
         // Re-executed already: never again (glibc may have dropped the
         // variable, in secure-execution mode).
         assert_eq!(plan(None, os("")), None);
         assert_eq!(plan(os("x=1"), os("x=1")), None);
     }
 
+    /// Set in the process that runs the check below on its own.
+    const ALONE: &str = "WALSYNC_TEST_SIGPIPE_ALONE";
+
+    /// `exec` changes a process-wide disposition for a moment, which could
+    /// kill the harness if another test wrote to a closed socket then: the
+    /// check runs in a process of its own (this test binary, this test
+    /// only).
     #[test]
-    fn a_failed_exec_leaves_sigpipe_ignored() {
+    fn a_failed_exec_leaves_sigpipe_as_it_was() {
+        let name = "daemon::tunables::tests::a_failed_exec_leaves_sigpipe_as_it_was";
+        if std::env::var_os(ALONE).is_none() {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1"])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains("1 passed"),
+                "the check did not run: {stdout}"
+            );
+            return;
+        }
+        let before = sigpipe_disposition(None).unwrap().sa_sigaction;
+        assert_eq!(
+            before,
+            libc::SIG_IGN,
+            "Rust programs start with SIGPIPE ignored"
+        );
         let err = exec_with(
             Path::new("/nonexistent/walsync"),
             OsStr::new(TCACHE_OFF),
             OsStr::new(""),
         );
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
-        // SAFETY: reads the current disposition only (a null new action).
-        let old = unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old);
-            old
-        };
-        assert_eq!(old.sa_sigaction, libc::SIG_IGN);
+        assert_eq!(sigpipe_disposition(None).unwrap().sa_sigaction, before);
     }
 }
