@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--shutdown-timeout", type=int, default=180)
     ap.add_argument("--restore-sample", type=int, default=0, help="restore only this many databases (0 = all)")
     ap.add_argument("--json", action="store_true", help="print the JSON result on stdout")
+    ap.add_argument("--walsync-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for walsync-sync (repeat: --walsync-arg=--uploaders --walsync-arg=16)")
     a = ap.parse_args()
 
     s3 = b.s3_settings()
@@ -186,7 +188,8 @@ def main():
             "--bucket", s3["bucket"], "--prefix", prefix, "--endpoint", s3["endpoint"],
             "--region", s3["region"], "--path-style", "--shutdown-timeout", f"{a.shutdown_timeout}s",
             "--metrics-addr", f"127.0.0.1:{port}",
-        ]
+        ] + a.walsync_arg
+        res["walsync_args"] = a.walsync_arg
         b.log("scale: starting walsync-sync")
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, env=b.tool_env(), stdout=logf, stderr=subprocess.STDOUT)
@@ -268,6 +271,7 @@ def main():
         f.write("\n")
     rows = [
         ("databases", res["dbs"]),
+        ("walsync-sync arguments beyond the defaults", " ".join(res.get("walsync_args", [])) or "none"),
         ("inotify max_user_instances / max_user_watches", f"{res['inotify_max_user_instances']} / {res['inotify_max_user_watches']}"),
         ("startup: spawn → every first snapshot stored (s)", res["startup_s"]),
         ("RSS after start-up (MB), VmHWM", f"{res['rss_after_startup_mb']}, {res['vmhwm_after_startup_mb']}"),
