@@ -54,7 +54,7 @@ AWS_CA_BUNDLE, WALSYNC_ENCRYPTION_KEY, NOTIFY_SOCKET, RUST_LOG."
             "path-style addressing (automatic with a custom endpoint)"
         ),
 
-        /// uploader threads shared by all databases (default 4)
+        /// upload threads (default 4, one per 500 databases up to 24)
         #[argh(option)]
         pub uploaders: Option<usize>,
 
@@ -222,11 +222,9 @@ impl SyncArgs {
                 "no database given (e.g. walsync-sync '/data/*.db' --bucket NAME, or [[database]] in --config)".into(),
             ));
         }
-        let uploaders = self.uploaders.unwrap_or(defaults::UPLOADERS);
-        if uploaders == 0 || uploaders > 256 {
-            return Err(Error::Config(format!(
-                "--uploaders {uploaders}: must be 1..=256"
-            )));
+        let uploaders = self.uploaders;
+        if let Some(n) = uploaders.filter(|n| *n == 0 || *n > 256) {
+            return Err(Error::Config(format!("--uploaders {n}: must be 1..=256")));
         }
         let checkpoint_pages = self.checkpoint_pages.unwrap_or(defaults::CHECKPOINT_PAGES);
         let truncate_pages = self.truncate_pages.unwrap_or(defaults::TRUNCATE_PAGES);

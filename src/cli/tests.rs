@@ -70,7 +70,11 @@ fn table() -> Vec<(&'static str, &'static str, Want)> {
     let endpoint = Says("$AWS_ENDPOINT_URL_S3, else AWS");
     let mut t = vec![
         ("sync", "--endpoint", endpoint),
-        ("sync", "--uploaders", Count(d::UPLOADERS as u64)),
+        (
+            "sync",
+            "--uploaders",
+            Says("4, one per 500 databases up to 24"),
+        ),
         ("sync", "--snapshot-interval", Time(d::SNAPSHOT_INTERVAL)),
         ("sync", "--checkpoint-pages", Count(d::CHECKPOINT_PAGES)),
         ("sync", "--truncate-pages", Count(d::TRUNCATE_PAGES)),
@@ -154,7 +158,17 @@ fn sync_applies_the_defaults() {
     let o = SyncArgs::default()
         .options(vec![DbSpec::plain("/x.db")])
         .unwrap();
-    assert_eq!(o.uploaders, d::UPLOADERS);
+    // Sized by the databases (the help's "4, one per 500 databases up to
+    // 24"): defaults::uploaders_for.
+    assert_eq!(o.uploaders, None);
+    assert_eq!(
+        (d::UPLOADERS, d::DBS_PER_UPLOADER, d::MAX_AUTO_UPLOADERS),
+        (4, 500, 24)
+    );
+    assert_eq!(
+        [1, 2_499, 2_500, 10_000, 100_000].map(d::uploaders_for),
+        [4, 4, 5, 20, 24]
+    );
     assert_eq!(o.memory_budget, d::MEMORY_MIB << 20);
     assert_eq!(o.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
     assert_eq!(o.max_requests_per_sec, d::MAX_REQUESTS_PER_SEC);
@@ -208,7 +222,11 @@ fn example_config_shows_the_defaults() {
     let specs = from_file.apply_config().unwrap();
     assert!(specs.is_empty());
     let plain = vec![DbSpec::plain("/x.db")];
-    let a = from_file.options(plain.clone()).unwrap();
+    let mut a = from_file.options(plain.clone()).unwrap();
+    // The example shows the uploaders of up to 2,499 databases (the
+    // default grows with more: see sync_applies_the_defaults).
+    assert_eq!(a.uploaders, Some(crate::defaults::UPLOADERS), "{section}");
+    a.uploaders = None;
     let b = SyncArgs::default().options(plain).unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"), "{section}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -64,8 +64,9 @@ pub struct Options {
     pub databases: Vec<DbSpec>,
     /// Template for per-database settings (path and name are replaced).
     pub db: DbConfig,
-    /// Uploader threads.
-    pub uploaders: usize,
+    /// Uploader threads (`None`: sized by the databases replicated,
+    /// [`crate::defaults::uploaders_for`]; the pool grows as they are found).
+    pub uploaders: Option<usize>,
     /// Byte budget for queued and in-flight segments.
     pub memory_budget: u64,
     /// How long a clean shutdown may take to ship what is committed.
@@ -212,7 +213,12 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         )),
         None => counting.clone(),
     };
-    let uploader = Uploader::start(storage.clone(), opts.uploaders, opts.memory_budget);
+    let uploader = Uploader::start(
+        storage.clone(),
+        opts.uploaders
+            .unwrap_or_else(|| crate::defaults::uploaders_for(files.len())),
+        opts.memory_budget,
+    );
     let registry = Arc::new(Registry::new(
         counting,
         uploader.stats(),

@@ -332,6 +332,10 @@ impl Daemon {
                         stop,
                     },
                 );
+                if self.opts.uploaders.is_none() {
+                    let n = crate::defaults::uploaders_for(self.running.len());
+                    self.uploader.grow_to(n);
+                }
             }
             Err(e) => {
                 self.registry.remove(&name);

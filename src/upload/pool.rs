@@ -179,6 +179,7 @@ pub struct Uploader {
     abort: Arc<AtomicBool>,
     stats: Arc<Stats>,
     recent: Arc<Recent>,
+    storage: Arc<dyn Storage>,
 }
 
 use crate::util::backoff;
@@ -188,38 +189,58 @@ impl Uploader {
     /// budget of `budget` bytes for queued and in-flight segments.
     pub fn start(storage: Arc<dyn Storage>, threads: usize, budget: u64) -> Uploader {
         let (tx, rx) = crossbeam_channel::unbounded::<Segment>();
-        let budget = Arc::new(Budget::new(budget));
-        let abort = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Stats::default());
-        let recent = Arc::new(Recent::new(0));
-        let handles = (0..threads.max(1))
-            .map(|i| {
-                let rx = rx.clone();
-                let storage = storage.clone();
-                let budget = budget.clone();
-                let abort = abort.clone();
-                let stats = stats.clone();
-                let recent = recent.clone();
-                std::thread::Builder::new()
-                    .name(format!("uploader-{i}"))
-                    .stack_size(256 * 1024)
-                    .spawn(move || run(rx, &*storage, &budget, &abort, &stats, &recent))
-                    .unwrap_or_else(|e| {
-                        // Without its threads the daemon cannot work at all.
-                        log::error!("cannot start uploader thread: {e}");
-                        std::process::exit(1)
-                    })
-            })
-            .collect();
-        Uploader {
+        let mut pool = Uploader {
             tx,
             probe: rx,
-            threads: handles,
-            budget,
-            abort,
-            stats,
-            recent,
+            threads: Vec::new(),
+            budget: Arc::new(Budget::new(budget)),
+            abort: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Stats::default()),
+            recent: Arc::new(Recent::new(0)),
+            storage,
+        };
+        for _ in 0..threads.max(1) {
+            if let Err(e) = pool.spawn_one() {
+                // Without its threads the daemon cannot work at all.
+                log::error!("cannot start uploader thread: {e}");
+                std::process::exit(1)
+            }
         }
+        pool
+    }
+
+    /// One more thread on the shared queue.
+    fn spawn_one(&mut self) -> std::io::Result<()> {
+        let rx = self.probe.clone();
+        let storage = self.storage.clone();
+        let budget = self.budget.clone();
+        let abort = self.abort.clone();
+        let stats = self.stats.clone();
+        let recent = self.recent.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("uploader-{}", self.threads.len()))
+            .stack_size(256 * 1024)
+            .spawn(move || run(rx, &*storage, &budget, &abort, &stats, &recent))?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Grow the pool to `n` threads (it never shrinks): without
+    /// `--uploaders`, the daemon sizes it by the databases it replicates.
+    pub fn grow_to(&mut self, n: usize) {
+        if self.threads.len() >= n {
+            return;
+        }
+        while self.threads.len() < n {
+            if let Err(e) = self.spawn_one() {
+                log::warn!(
+                    "uploader thread not started ({} running): {e}",
+                    self.threads.len()
+                );
+                return;
+            }
+        }
+        log::info!("{n} uploader threads");
     }
 
     /// Bodies of stored segments kept for the compactor (off until its
