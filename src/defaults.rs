@@ -32,9 +32,16 @@ pub const DBS_PER_UPLOADER: usize = 500;
 /// the transport's pool are closed after use).
 pub const MAX_AUTO_UPLOADERS: usize = 24;
 
-/// Uploader threads for `dbs` databases without `--uploaders`.
-pub fn uploaders_for(dbs: usize) -> usize {
-    (dbs / DBS_PER_UPLOADER).clamp(UPLOADERS, MAX_AUTO_UPLOADERS)
+/// Uploader threads for `dbs` databases without `--uploaders`; under a
+/// `--max-requests-per-sec` cap (`max_rps`, 0 = none) no more than the cap
+/// (beyond it threads would only queue for tokens, each holding a lease
+/// checked before its wait).
+pub fn uploaders_for(dbs: usize, max_rps: u32) -> usize {
+    let n = (dbs / DBS_PER_UPLOADER).clamp(UPLOADERS, MAX_AUTO_UPLOADERS);
+    match usize::try_from(max_rps) {
+        Ok(0) | Err(_) => n,
+        Ok(cap) => n.min(cap.max(UPLOADERS)),
+    }
 }
 
 /// `--snapshot-interval`: a full snapshot of every database once a day, so a

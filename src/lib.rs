@@ -19,7 +19,7 @@
 //!                       ▼
 //!  upload/    segment: LTX encoding (ltx/) into memory, a temp file, or
 //!             straight into the upload (large snapshots, capture/source);
-//!             pool: fixed uploader threads, byte budget, retries forever
+//!             pool: uploader threads, byte budget, retries forever
 //!                       │
 //!                       ▼
 //!  storage/   S3 (rust-s3, blocking), file://; wrapped: encrypted, fenced
@@ -40,7 +40,7 @@
 //! for the whole process, one watch per directory, so 1,000 databases fit the
 //! default limits; an idle database costs no wake-up and no request). It reads
 //! new WAL frames through a memory map, verifies salts and the checksum chain,
-//! and cuts them at commit frames into LTX segments, one txid each; a fixed
+//! and cuts them at commit frames into LTX segments, one txid each; a
 //! pool of uploader threads PUTs them (rust-s3, blocking API). A commit after a
 //! quiet second becomes its own segment at once; under sustained writes each
 //! database is uploaded at most once per `--min-put-interval` (1 s by default),
@@ -69,7 +69,7 @@
 //! - [`replica`]: the bucket layout read back: listing, chains, checked fetch,
 //!   the cache of objects just stored.
 //! - [`lease`]: writer fencing in the bucket (lease objects, conditional writes).
-//! - [`upload`]: LTX segments and the fixed uploader pool.
+//! - [`upload`]: LTX segments and the uploader pool.
 //! - [`capture`]: one database's checkpoint-safe capture protocol.
 //! - [`compact`]: merge level-0 objects into levels 1–3; retention that never
 //!   breaks a restore.
@@ -100,7 +100,7 @@
 //!   resume from is in the newest object's header (a merged object carries its
 //!   last input's), so no state object is needed.
 //!
-//! There is no async runtime anywhere: the daemon is a fixed set of threads.
+//! There is no async runtime anywhere: the daemon is a set of threads.
 
 // In import order, one tier per group.
 pub mod defaults;

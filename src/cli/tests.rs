@@ -166,8 +166,13 @@ fn sync_applies_the_defaults() {
         (4, 500, 24)
     );
     assert_eq!(
-        [1, 2_499, 2_500, 10_000, 100_000].map(d::uploaders_for),
+        [1, 2_499, 2_500, 10_000, 100_000].map(|n| d::uploaders_for(n, 0)),
         [4, 4, 5, 20, 24]
+    );
+    // Under a request cap: no more threads than tokens a second (at least 4).
+    assert_eq!(
+        [1, 10, 100].map(|rps| d::uploaders_for(10_000, rps)),
+        [4, 10, 20]
     );
     assert_eq!(o.memory_budget, d::MEMORY_MIB << 20);
     assert_eq!(o.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
@@ -210,7 +215,7 @@ fn example_config_shows_the_defaults() {
         .take_while(|l| !l.trim().is_empty())
         .map(|l| l.trim_start_matches("# ").to_string() + "\n")
         .collect();
-    assert!(section.contains("uploaders"), "{section}");
+    assert!(section.contains("memory-mib"), "{section}");
     let dir = std::env::temp_dir().join(format!("walsync-example-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("pipeline.toml");
@@ -222,11 +227,7 @@ fn example_config_shows_the_defaults() {
     let specs = from_file.apply_config().unwrap();
     assert!(specs.is_empty());
     let plain = vec![DbSpec::plain("/x.db")];
-    let mut a = from_file.options(plain.clone()).unwrap();
-    // The example shows the uploaders of up to 2,499 databases (the
-    // default grows with more: see sync_applies_the_defaults).
-    assert_eq!(a.uploaders, Some(crate::defaults::UPLOADERS), "{section}");
-    a.uploaders = None;
+    let a = from_file.options(plain.clone()).unwrap();
     let b = SyncArgs::default().options(plain).unwrap();
     assert_eq!(format!("{a:?}"), format!("{b:?}"), "{section}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -213,12 +213,14 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         )),
         None => counting.clone(),
     };
-    let uploader = Uploader::start(
-        storage.clone(),
-        opts.uploaders
-            .unwrap_or_else(|| crate::defaults::uploaders_for(files.len())),
-        opts.memory_budget,
+    let uploaders = opts
+        .uploaders
+        .unwrap_or_else(|| crate::defaults::uploaders_for(files.len(), opts.max_requests_per_sec));
+    log::info!(
+        "{uploaders} uploader threads ({} databases found)",
+        files.len()
     );
+    let uploader = Uploader::start(storage.clone(), uploaders, opts.memory_budget);
     let registry = Arc::new(Registry::new(
         counting,
         uploader.stats(),

@@ -333,7 +333,8 @@ impl Daemon {
                     },
                 );
                 if self.opts.uploaders.is_none() {
-                    let n = crate::defaults::uploaders_for(self.running.len());
+                    let rps = self.opts.max_requests_per_sec;
+                    let n = crate::defaults::uploaders_for(self.running.len(), rps);
                     self.uploader.grow_to(n);
                 }
             }

@@ -1,10 +1,11 @@
-//! The uploader pool: a fixed set of threads that PUT segments to storage.
+//! The uploader pool: a set of threads that PUT segments to storage.
 //!
 //! Why a separate stage: watcher threads must never touch the network (a slow
 //! or dead S3 endpoint must not stop them from reading the WAL), and the
-//! number of connections to S3 must not grow with the number of databases.
-//! Watchers push [`Segment`]s into one bounded crossbeam channel; a small
-//! fixed pool drains it, retrying transient failures forever with capped,
+//! number of connections to S3 must not grow with the number of databases
+//! beyond a few dozen. Watchers push [`Segment`]s into one crossbeam
+//! channel; a small pool (`--uploaders`, else sized by the databases:
+//! [`crate::defaults::uploaders_for`]) drains it, retrying transient failures forever with capped,
 //! jittered exponential backoff, and reports each durable segment back to its
 //! watcher ([`Ack`]). Memory is bounded by a byte budget shared by all
 //! watchers ([`Budget`]): a watcher that would exceed it waits, and meanwhile
@@ -180,6 +181,8 @@ pub struct Uploader {
     stats: Arc<Stats>,
     recent: Arc<Recent>,
     storage: Arc<dyn Storage>,
+    /// A thread could not be started while growing (warned once).
+    spawn_failed: bool,
 }
 
 use crate::util::backoff;
@@ -198,6 +201,7 @@ impl Uploader {
             stats: Arc::new(Stats::default()),
             recent: Arc::new(Recent::new(0)),
             storage,
+            spawn_failed: false,
         };
         for _ in 0..threads.max(1) {
             if let Err(e) = pool.spawn_one() {
@@ -233,10 +237,13 @@ impl Uploader {
         }
         while self.threads.len() < n {
             if let Err(e) = self.spawn_one() {
-                log::warn!(
-                    "uploader thread not started ({} running): {e}",
-                    self.threads.len()
-                );
+                if !self.spawn_failed {
+                    self.spawn_failed = true;
+                    log::warn!(
+                        "uploader thread not started ({} running): {e}",
+                        self.threads.len()
+                    );
+                }
                 return;
             }
         }
@@ -457,5 +464,71 @@ pub fn sleep_unless(d: Duration, flag: &AtomicBool) {
             return;
         }
         std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::FileStorage;
+    use crate::storage::{Metadata, Source};
+
+    /// A body that writes only once it is told to.
+    struct Held(Receiver<()>);
+
+    impl Source for Held {
+        fn size_hint(&self) -> u64 {
+            4
+        }
+        fn write_to(&mut self, w: &mut dyn std::io::Write) -> crate::error::Result<u64> {
+            let _ = self.0.recv_timeout(Duration::from_secs(30));
+            w.write_all(b"held")
+                .map_err(|e| crate::error::Error::io(std::path::Path::new("held"), e))?;
+            Ok(4)
+        }
+    }
+
+    fn segment(txid: u64, body: Body, ack: &Sender<Ack>) -> Segment {
+        Segment {
+            key: format!("db/{txid:016x}.ltx"),
+            txid,
+            body,
+            meta: Metadata::new(),
+            charge: 0,
+            ack: ack.clone(),
+            db: "db".into(),
+            failures: Arc::default(),
+        }
+    }
+
+    /// A thread added later takes segments while the first one is busy;
+    /// the pool never shrinks; `join` waits for every thread.
+    #[test]
+    fn grown_pool_uploads_beside_a_busy_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path()).unwrap());
+        let mut pool = Uploader::start(storage, 1, 1 << 20);
+        let (ack_tx, acks) = crossbeam_channel::unbounded();
+        let (release, held) = crossbeam_channel::bounded(1);
+        pool.sender()
+            .send(segment(1, Body::Stream(Box::new(Held(held))), &ack_tx))
+            .unwrap();
+        pool.grow_to(2);
+        pool.grow_to(1);
+        assert_eq!(pool.threads.len(), 2);
+        pool.sender()
+            .send(segment(2, Body::Memory(b"next".to_vec()), &ack_tx))
+            .unwrap();
+        let first = acks.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            first.txid, 2,
+            "the added thread stored it while the first was held"
+        );
+        release.send(()).unwrap();
+        let second = acks.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(second.txid, 1);
+        pool.join();
+        assert!(dir.path().join("db/0000000000000001.ltx").exists());
+        assert!(dir.path().join("db/0000000000000002.ltx").exists());
     }
 }

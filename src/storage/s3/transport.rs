@@ -31,12 +31,14 @@ use crate::error::{Error, Result};
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Idle connections kept (all to one host). The pool limits only idle
-/// connections, never concurrency: this covers the default four uploaders
-/// plus compaction, snapshots and restore's parallel reads several times
-/// over; with more threads, connections past this count are closed after
-/// use instead of pooled. Each idle connection holds one descriptor and its
+/// connections, never concurrency: this covers the uploaders (at most
+/// [`crate::defaults::MAX_AUTO_UPLOADERS`] unless `--uploaders` says more)
+/// plus compaction, snapshots and restore's parallel reads; with more
+/// threads, connections past this count are closed after use instead of
+/// pooled. Each idle connection holds one descriptor and its
 /// two buffers ([`BUFFER`]).
 pub(super) const POOL_IDLE: usize = 32;
+const _: () = assert!(crate::defaults::MAX_AUTO_UPLOADERS < POOL_IDLE);
 
 /// Input and output buffer of a connection. S3 answers' headers are a few
 /// hundred bytes; bigger buffers would only save system calls on
