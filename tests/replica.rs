@@ -346,8 +346,14 @@ fn outage_release_then_steady_commits(interval: Duration) {
         .unwrap();
     w.slow.delay_ms.store(100, Ordering::SeqCst); // storage back (100 ms per PUT)
     w.slow.failing.store(false, Ordering::SeqCst);
-    // The outage released the WAL once: its snapshot follows the recovery.
-    wait_for("the snapshot after the outage", || snaps(&w) >= 2);
+    // The outage released the WAL once: its snapshot follows the recovery,
+    // after the failed uploads' next retries (backed off) and at 100 ms
+    // per PUT; under a full `make test` this once took more than 20 s.
+    wait_for_within(
+        "the snapshot after the outage",
+        Duration::from_secs(60),
+        || snaps(&w) >= 2,
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let before = snaps(&w);
     for i in 0..40 {
