@@ -6,10 +6,11 @@
 //! beyond a few dozen. Watchers push [`Segment`]s into one crossbeam
 //! channel; a small pool (`--uploaders`, else sized by the databases:
 //! [`crate::defaults::uploaders_for`]) drains it, retrying transient
-//! failures forever with capped, jittered exponential backoff, and reports each durable segment back to its
-//! watcher ([`Ack`]). Memory is bounded by a byte budget shared by all
-//! watchers ([`Budget`]): a watcher that would exceed it waits, and meanwhile
-//! the WAL itself (pinned by the watcher's read transaction) is the buffer.
+//! failures forever with capped, jittered exponential backoff, and reports
+//! each durable segment back to its watcher ([`Ack`]). Memory is bounded by
+//! a byte budget shared by all watchers ([`Budget`]): a watcher that would
+//! exceed it waits, and meanwhile the WAL itself (pinned by the watcher's
+//! read transaction) is the buffer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
