@@ -7,8 +7,10 @@
 //! sits on), were a third of walsync's memory: 1,000 idle databases, 77 →
 //! 47 MB of allocator memory (`make scale`, `rss by kind`). The cache is a
 //! speed-up for programs that free and reallocate the same sizes in tight
-//! loops; walsync's threads sleep between file events, and CPU was unchanged
-//! within noise at 100 databases × 10 commits/s.
+//! loops; walsync's threads sleep between file events. CPU did not move
+//! beyond noise: 100 databases × 10 commits/s with the setting in the unit
+//! (an earlier measurement), 10 databases × 10 commits/s in alternated runs
+//! when this re-execution was added.
 //!
 //! glibc reads its tunables only when a process starts (`GLIBC_TUNABLES`, read
 //! by the dynamic loader); there is no call to switch the cache off later.

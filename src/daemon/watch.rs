@@ -169,9 +169,7 @@ fn watch_error(dir: &Path, e: std::io::Error) -> Error {
     let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
         format!(
             "cannot watch directory: fs.inotify.max_user_watches ({}) reached; raise it (sysctl fs.inotify.max_user_watches)",
-            std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "?".into())
+            inotify_limit("max_user_watches").map_or_else(|| "?".into(), |n| n.to_string())
         )
     } else {
         format!("cannot watch directory: {e}")
@@ -206,17 +204,16 @@ const NAP_MAX_BATCH: usize = 128;
 /// database and searches every tree again).
 const NAP_EVENTS_PER_NAME: usize = 4;
 
-/// The kernel's inotify queue length (`fs.inotify.max_queued_events`).
-fn max_queued_events() -> usize {
-    std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+/// One of the kernel's inotify limits (`fs.inotify.<name>`).
+fn inotify_limit(name: &str) -> Option<usize> {
+    std::fs::read_to_string(format!("/proc/sys/fs/inotify/{name}"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(16_384)
 }
 
 fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Discovery>) {
     let mut buf = vec![0u8; 64 * 1024];
-    let queue = max_queued_events();
+    let queue = inotify_limit("max_queued_events").unwrap_or(16_384);
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
