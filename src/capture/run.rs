@@ -195,14 +195,23 @@ impl Capture {
     /// Memory only, before a long sleep with nothing in flight: the passes since
     /// the last wake-up made SQLite touch its wal-index map (a WAL restart
     /// zeroes a whole 32 KiB hash table); drop those pages from this
-    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]), and the
+    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]), SQLite's
+    /// cached pages (`sqlite3_db_release_memory`), the tail probe's frame
+    /// buffer, and the
     /// pages of this thread's stack below the loop
     /// ([`crate::util::release_unused_stack`]).
-    fn trim_idle(&self) {
+    fn trim_idle(&mut self) {
         crate::util::release_unused_stack();
+        self.tail.release_buffer();
         if let Some(c) = &self.conn {
             if !crate::sqlite::shm::trim_sqlite_map(c) {
                 log::trace!("{}: wal-index map not trimmed", self.cfg.name);
+            }
+            // Pages SQLite cached for the pass (its snapshot reads, the
+            // fence's schema check): unused now, and with hundreds of
+            // databases open between writes they were most of the heap.
+            if let Err(e) = c.release_memory() {
+                log::trace!("{}: SQLite cache not released: {e}", self.cfg.name);
             }
         }
     }

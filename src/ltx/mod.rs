@@ -101,6 +101,16 @@ pub fn is_valid_page_size(page_size: u32) -> bool {
     page_size.is_power_of_two() && (MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size)
 }
 
+/// The most bytes an LTX file of `pages` pages of `page_size` bytes can
+/// take (every page incompressible).
+pub fn max_encoded_size(pages: u64, page_size: u32) -> usize {
+    // Per page: its header, the compressed block's length and the block;
+    // the index entry: three uvarints (at most 10 bytes each).
+    let per_page = (PAGE_HEADER_SIZE + 4 + max_compressed_page_size(page_size) + 30) as u64;
+    let fixed = (HEADER_SIZE + PAGE_HEADER_SIZE + 10 + 8 + TRAILER_SIZE) as u64;
+    usize::try_from(pages.saturating_mul(per_page).saturating_add(fixed)).unwrap_or(usize::MAX)
+}
+
 /// Largest compressed payload the decoder accepts for one page. A real LZ4
 /// block of `page_size` bytes is never larger (LZ4's bound is
 /// `n + n/255 + 16`); anything bigger is corruption, refused before any

@@ -232,3 +232,35 @@ fn database_names() {
         assert!(check_db_name(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn encoded_size_never_exceeds_its_bound() {
+    // Incompressible pages (a xorshift stream), the worst case for LZ4,
+    // with page numbers whose index entries take the most bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for &(page_size, count) in &[(512u32, 1u32), (4096, 3), (65536, 2)] {
+        let pages: Vec<(u32, Vec<u8>)> = (1..=count)
+            .map(|pgno| {
+                let page = (0..page_size)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                (pgno, page)
+            })
+            .collect();
+        let header = Header::new(page_size, count, 1, 1, 1_700_000_000_000);
+        let bytes = encode_to_vec(header, pages).expect("encode");
+        let bound = max_encoded_size(u64::from(count), page_size);
+        assert!(bytes.len() <= bound, "{} > {bound}", bytes.len());
+        // Not wildly above either (LZ4's own bound allows 10 % growth).
+        assert!(
+            bound < bytes.len() * 115 / 100 + 256,
+            "{} of {bound}",
+            bytes.len()
+        );
+    }
+}

@@ -57,12 +57,14 @@ impl Recent {
     pub fn offer(&self, key: &str, body: Vec<u8>) {
         let wanted = ltx::parse_object_key("", key).is_some_and(|k| k.level < MAX_LEVEL);
         let mut g = self.lock();
-        if !wanted || body.len() > g.capacity {
+        // What the body holds in memory, not only its length.
+        let size = body.capacity();
+        if !wanted || size > g.capacity {
             return;
         }
-        g.bytes += body.len();
+        g.bytes += size;
         if let Some(old) = g.bodies.insert(key.to_string(), body) {
-            g.bytes -= old.len();
+            g.bytes -= old.capacity();
         } else {
             g.order.push_back(key.to_string());
         }
@@ -73,7 +75,7 @@ impl Recent {
     pub fn take(&self, key: &str) -> Option<Vec<u8>> {
         let mut g = self.lock();
         let body = g.bodies.remove(key)?;
-        g.bytes -= body.len();
+        g.bytes -= body.capacity();
         // Its key stays in `order` until it reaches the front (cheap).
         Some(body)
     }
@@ -107,7 +109,7 @@ impl RecentInner {
                 break;
             };
             if let Some(b) = self.bodies.remove(&k) {
-                self.bytes -= b.len();
+                self.bytes -= b.capacity();
             }
         }
         // Keys of taken bodies: drop them once they are most of the queue.

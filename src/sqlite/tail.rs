@@ -89,6 +89,12 @@ impl TailProbe {
         TailProbe::default()
     }
 
+    /// Free the frame buffer (memory only: the next probe allocates it
+    /// again); for a watcher going idle.
+    pub fn release_buffer(&mut self) {
+        self.buf = Vec::new();
+    }
+
     /// Forget what was verified: after a file event the frames past the
     /// published end may have been rewritten (a new writer after a rollback).
     pub fn reset(&mut self) {

@@ -27,6 +27,10 @@ use crate::storage::{Metadata, Source};
 /// snapshots are streamed from the database (see `capture::source`).
 pub const MEMORY_LIMIT: u64 = 8 << 20;
 
+/// At most this much is reserved before encoding a segment in memory
+/// (larger ones grow as they are written).
+const PRESIZE_LIMIT: usize = 256 << 10;
+
 use crate::storage::{META_SHA256, META_TIMESTAMP};
 use crate::util::hex;
 
@@ -147,10 +151,18 @@ pub fn encode_with(
     fill: impl FnOnce(&mut dyn PageWriter) -> Result<()>,
 ) -> Result<Encoded> {
     if raw_size <= MEMORY_LIMIT {
-        let mut enc = Encoder::new(Sha256Writer::new(Vec::new()), header)?;
+        // Sized for the pages up front (no reallocation on the way) and cut
+        // to the bytes written after: an encoded segment waits in the upload
+        // queue and then in the compactor's cache (`Recent`), thousands of
+        // them with many busy databases, so slack from a doubling `Vec`
+        // would be most of their memory.
+        let pages = raw_size / u64::from(header.page_size.max(1));
+        let bound = ltx::max_encoded_size(pages, header.page_size).min(PRESIZE_LIMIT);
+        let mut enc = Encoder::new(Sha256Writer::new(Vec::with_capacity(bound)), header)?;
         fill(&mut enc)?;
         let (w, _) = enc.finish()?;
-        let (body, sha) = w.finish();
+        let (mut body, sha) = w.finish();
+        body.shrink_to_fit();
         return Ok(Encoded {
             header,
             body: Body::Memory(body),
