@@ -4,9 +4,9 @@
 //! before a watcher exists; the watcher's state lives in `mod.rs`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::STUCK_AFTER;
 use crate::defaults;
@@ -99,29 +99,83 @@ pub enum Event {
 /// error), which begins after the write. If not, it sends a wake-up (or
 /// finds one queued): the `store` of a later snooze may erase that mark,
 /// but the queued wake-up runs another pass all the same.
+///
+/// The timer's deadline is published beside the state for the router's
+/// naps only ([`Snooze::snoozing_until`]): nothing above depends on it.
 #[derive(Clone, Debug, Default)]
-pub struct Snooze(Arc<AtomicU8>);
+pub struct Snooze(Arc<SnoozeState>);
+
+#[derive(Debug, Default)]
+struct SnoozeState {
+    /// SNOOZED and MISSED bits.
+    bits: AtomicU8,
+    /// The snooze's timer, in milliseconds after [`epoch`].
+    until_ms: AtomicU64,
+}
 
 /// The watcher waits for its timer.
 const SNOOZED: u8 = 1;
 /// A WAL event came since the watcher last looked.
 const MISSED: u8 = 2;
 
+/// The instant snooze deadlines are counted from (the first use).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 impl Snooze {
     /// A WAL event: recorded; true when the watcher must be woken (it is
     /// not snoozing).
     pub fn note_event(&self) -> bool {
-        self.0.fetch_or(MISSED, Ordering::AcqRel) & SNOOZED == 0
+        self.0.bits.fetch_or(MISSED, Ordering::AcqRel) & SNOOZED == 0
     }
 
-    /// The pass at the timer reads the WAL: skip wake-ups until then.
-    pub(super) fn snooze(&self) {
-        self.0.store(SNOOZED, Ordering::Release);
+    /// When the watcher is snoozing: the time of its timer's pass (a hint,
+    /// rounded up to the millisecond; the pass itself may come later).
+    pub fn snoozing_until(&self) -> Option<Instant> {
+        if self.0.bits.load(Ordering::Acquire) & SNOOZED == 0 {
+            return None;
+        }
+        let ms = self.0.until_ms.load(Ordering::Relaxed);
+        Some(epoch() + Duration::from_millis(ms))
+    }
+
+    /// The pass at the timer, at `until`, reads the WAL: skip wake-ups
+    /// until then.
+    pub(super) fn snooze(&self, until: Instant) {
+        let ms = until.saturating_duration_since(epoch()).as_millis();
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1);
+        self.0.until_ms.store(ms, Ordering::Relaxed);
+        self.0.bits.store(SNOOZED, Ordering::Release);
     }
 
     /// A pass begins (or a failed one ends): stop snoozing; true when a WAL
     /// event came since the last `wake`.
     pub(super) fn wake(&self) -> bool {
-        self.0.swap(0, Ordering::AcqRel) & MISSED != 0
+        self.0.bits.swap(0, Ordering::AcqRel) & MISSED != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snooze_publishes_its_timer_while_snoozing() {
+        let s = Snooze::default();
+        assert_eq!(s.snoozing_until(), None);
+        assert!(s.note_event(), "awake: the event wakes it");
+        let until = Instant::now() + Duration::from_millis(700);
+        s.snooze(until);
+        let got = s.snoozing_until().expect("snoozing");
+        assert!(
+            got >= until && got <= until + Duration::from_millis(2),
+            "{got:?} vs {until:?}"
+        );
+        assert!(!s.note_event(), "snoozing: recorded only");
+        assert!(s.wake(), "the recorded event is reported");
+        assert_eq!(s.snoozing_until(), None);
+        assert!(!s.wake());
     }
 }

@@ -81,7 +81,7 @@ impl Capture {
                 if Instant::now() < due {
                     self.deferred_until = Some(due);
                     // The pass at `due` reads everything published by then.
-                    self.snooze.snooze();
+                    self.snooze.snooze(due);
                     return Ok(());
                 }
             }

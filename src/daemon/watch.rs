@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
@@ -195,6 +195,10 @@ fn split(db: &Path) -> Result<(PathBuf, OsString)> {
 /// only reached snoozing watchers (see [`route`]).
 /// 10 databases × 10 commits/s: 186 → 62 router wake-ups per second.
 const ROUTER_NAP: Duration = Duration::from_millis(20);
+/// The longest nap while every database is snoozing (see [`nap_length`]):
+/// the default put interval, so a busy database's commits cost the router
+/// about one wake-up per upload, not one per commit.
+const LONG_NAP: Duration = Duration::from_secs(1);
 /// No nap after a batch of this many events or more (a 64 KiB read holds
 /// at least 240 events, even of the longest names).
 const NAP_MAX_BATCH: usize = 128;
@@ -214,6 +218,7 @@ fn inotify_limit(name: &str) -> Option<usize> {
 fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Discovery>) {
     let mut buf = vec![0u8; 64 * 1024];
     let queue = inotify_limit("max_queued_events").unwrap_or(16_384);
+    let mut read_at = Instant::now();
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
@@ -234,6 +239,10 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 return;
             }
         }
+        // Events read now came since the previous read (for the nap's
+        // rate estimate).
+        let since = read_at.elapsed();
+        read_at = Instant::now();
         let events = match inotify.read_events(&mut buf) {
             Ok(ev) => ev,
             Err(e)
@@ -339,20 +348,99 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
             }
         }
         let names = r.dbs.len();
-        drop(r);
-        if snoozed
+        let nap = (snoozed
             && !urgent
             && count < NAP_MAX_BATCH
-            && names.saturating_mul(NAP_EVENTS_PER_NAME) <= queue
-        {
+            && names.saturating_mul(NAP_EVENTS_PER_NAME) <= queue)
+            .then(|| {
+                // Each database's WAL entry (its own name has no snooze).
+                let wals = r.dbs.values().filter_map(|(_, s)| s.as_ref());
+                let now = Instant::now();
+                nap_length(wals.map(Snooze::snoozing_until), count, since, queue, now)
+            });
+        drop(r);
+        if let Some(nap) = nap {
             // Every event went to a database waiting for its put interval
             // (a busy one): nothing needs routing at once. Let the next
             // events gather into one read instead of waking for each commit
             // of every busy database. A commit to a quiet database meanwhile
-            // waits at most this long. Not after a large batch, nor with
+            // waits at most ROUTER_NAP. Not after a large batch, nor with
             // more watched names than the kernel's queue can hold a few
             // events of each (see NAP_EVENTS_PER_NAME).
-            std::thread::sleep(ROUTER_NAP);
+            std::thread::sleep(nap);
         }
+    }
+}
+
+/// How long to nap after a batch that only reached snoozing watchers (see
+/// [`route`]): ROUTER_NAP, or — when every database is snoozing (`wals`:
+/// each database's [`Snooze::snoozing_until`]), so no event can wake anyone
+/// before the first of their timers — until that timer, at most LONG_NAP,
+/// and short enough that events at the rate of this batch (`count` since
+/// the previous read, `since` ago) fill at most a quarter of the kernel's
+/// queue of `queue` events.
+///
+/// Why that is enough: a snoozing watcher stops snoozing at its timer's
+/// pass, or at a pass for another reason (an acknowledgement) only when it
+/// has nothing left unread — and it snoozed because something was unread
+/// and the put interval held it back. So until the first timer, every WAL
+/// event would only be recorded, which the pass at the timer does not need
+/// (it reads the WAL anyway); events read after the nap are recorded or
+/// wake their watcher then. Not waking for those events at once never
+/// loses anything (the router may always be delayed): it only changes when
+/// a wake-up comes. Discoveries and removals wait at most LONG_NAP.
+fn nap_length(
+    wals: impl IntoIterator<Item = Option<Instant>>,
+    count: usize,
+    since: Duration,
+    queue: usize,
+    now: Instant,
+) -> Duration {
+    let mut first: Option<Instant> = None;
+    for until in wals {
+        let Some(until) = until else {
+            return ROUTER_NAP; // an awake watcher: a quiet database's commit
+        };
+        first = Some(first.map_or(until, |f| f.min(until)));
+    }
+    let Some(first) = first else {
+        return ROUTER_NAP;
+    };
+    // Events per second so far, and the time a quarter of the queue lasts.
+    let rate = count as f64 / since.as_secs_f64().max(0.001);
+    let fill = Duration::from_secs_f64((queue as f64 / 4.0 / rate.max(1.0)).min(3600.0));
+    first
+        .saturating_duration_since(now)
+        .min(LONG_NAP)
+        .min(fill)
+        .max(ROUTER_NAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_naps_only_while_every_database_snoozes() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let nap = |wals: &[Option<Duration>], count: usize, since: Duration| {
+            let wals = wals.iter().map(|d| d.map(|d| now + d));
+            nap_length(wals, count, since, 16_384, now)
+        };
+        // Until the first snooze's timer.
+        assert_eq!(nap(&[Some(ms(600)), Some(ms(300))], 2, ms(100)), ms(300));
+        // One watcher awake: its next commit must not wait.
+        assert_eq!(nap(&[Some(ms(600)), None], 2, ms(100)), ROUTER_NAP);
+        assert_eq!(nap(&[], 2, ms(100)), ROUTER_NAP);
+        // A timer already due, or due within the short nap.
+        assert_eq!(nap(&[Some(Duration::ZERO)], 2, ms(100)), ROUTER_NAP);
+        assert_eq!(nap(&[Some(ms(5))], 2, ms(100)), ROUTER_NAP);
+        // Never longer than LONG_NAP (a long put interval).
+        assert_eq!(nap(&[Some(ms(10_000))], 1, ms(100)), LONG_NAP);
+        // Events at 8,192/s would fill a quarter of the queue in 0.5 s.
+        assert_eq!(nap(&[Some(ms(900))], 8_192, ms(1_000)), ms(500));
+        // So many that the queue would fill at once: the short nap.
+        assert_eq!(nap(&[Some(ms(900))], 100_000, ms(10)), ROUTER_NAP);
     }
 }
