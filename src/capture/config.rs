@@ -137,8 +137,10 @@ impl Snooze {
         if self.0.bits.load(Ordering::Acquire) & SNOOZED == 0 {
             return None;
         }
+        // Seeing SNOOZED (Acquire) shows this snooze's `until_ms` or a
+        // later one's: a hint either way.
         let ms = self.0.until_ms.load(Ordering::Relaxed);
-        Some(epoch() + Duration::from_millis(ms))
+        epoch().checked_add(Duration::from_millis(ms))
     }
 
     /// The pass at the timer, at `until`, reads the WAL: skip wake-ups

@@ -192,14 +192,14 @@ impl Capture {
         }
     }
 
-    /// Memory only, before a long sleep with nothing in flight: the passes since
-    /// the last wake-up made SQLite touch its wal-index map (a WAL restart
-    /// zeroes a whole 32 KiB hash table); drop those pages from this
-    /// process's map ([`crate::sqlite::shm::trim_sqlite_map`]), SQLite's
-    /// cached pages (`sqlite3_db_release_memory`), the tail probe's frame
-    /// buffer, and the
-    /// pages of this thread's stack below the loop
-    /// ([`crate::util::release_unused_stack`]).
+    /// Memory only, before a long sleep with nothing in flight: the passes
+    /// since the last wake-up made SQLite touch its wal-index map (a WAL
+    /// restart zeroes a whole 32 KiB hash table); drop those pages from
+    /// this process's map ([`crate::sqlite::shm::trim_sqlite_map`]), most
+    /// of SQLite's cached pages (`sqlite3_db_release_memory`: clean,
+    /// unused pages only; no lock, read mark or transaction changes), the
+    /// tail probe's frame buffer, and the pages of this thread's stack
+    /// below the loop ([`crate::util::release_unused_stack`]).
     fn trim_idle(&mut self) {
         crate::util::release_unused_stack();
         self.tail.release_buffer();

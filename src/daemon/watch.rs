@@ -219,6 +219,8 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
     let mut buf = vec![0u8; 64 * 1024];
     let queue = inotify_limit("max_queued_events").unwrap_or(16_384);
     let mut read_at = Instant::now();
+    // Whether the previous batch was followed by a nap (see `nap_length`).
+    let mut napped = false;
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
@@ -356,9 +358,11 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 // Each database's WAL entry (its own name has no snooze).
                 let wals = r.dbs.values().filter_map(|(_, s)| s.as_ref());
                 let now = Instant::now();
-                nap_length(wals.map(Snooze::snoozing_until), count, since, queue, now)
+                let untils = wals.map(Snooze::snoozing_until);
+                nap_length(untils, count, since, napped, queue, now)
             });
         drop(r);
+        napped = nap.is_some();
         if let Some(nap) = nap {
             // Every event went to a database waiting for its put interval
             // (a busy one): nothing needs routing at once. Let the next
@@ -374,25 +378,36 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
 
 /// How long to nap after a batch that only reached snoozing watchers (see
 /// [`route`]): ROUTER_NAP, or — when every database is snoozing (`wals`:
-/// each database's [`Snooze::snoozing_until`]), so no event can wake anyone
-/// before the first of their timers — until that timer, at most LONG_NAP,
-/// and short enough that events at the rate of this batch (`count` since
-/// the previous read, `since` ago) fill at most a quarter of the kernel's
-/// queue of `queue` events.
+/// each database's [`Snooze::snoozing_until`]) — until the first of their
+/// timers, at most LONG_NAP. The long nap needs a rate: `count` events
+/// came in the `since` before this read, and the previous batch was
+/// followed by a nap too (`after_nap`: a steady stream of such batches;
+/// the first one after any other takes the short nap); the nap stays short
+/// enough that events at that rate fill at most a quarter of the kernel's
+/// queue of `queue` events. A burst that starts during a nap
+/// can still overflow it: that loses nothing (every database is woken and
+/// the trees are searched again), it only costs that work.
 ///
-/// Why that is enough: a snoozing watcher stops snoozing at its timer's
-/// pass, or at a pass for another reason (an acknowledgement) only when it
-/// has nothing left unread — and it snoozed because something was unread
-/// and the put interval held it back. So until the first timer, every WAL
-/// event would only be recorded, which the pass at the timer does not need
-/// (it reads the WAL anyway); events read after the nap are recorded or
-/// wake their watcher then. Not waking for those events at once never
-/// loses anything (the router may always be delayed): it only changes when
-/// a wake-up comes. Discoveries and removals wait at most LONG_NAP.
+/// Why the long nap delays nothing that matters: a snoozing watcher holds
+/// unread frames back until its timer; WAL events meanwhile are only
+/// recorded, and its timer's pass reads the WAL anyway. A watcher can stop
+/// snoozing earlier — a pass forced by a poll or a symlink's target (it
+/// snoozes again), a periodic snapshot or a replaced file (it ships, which
+/// starts a new put interval after the nap began, so its next upload could
+/// not come before the nap ends anyway), or a failed pass (its retry on a
+/// WAL event waits for the nap, at most LONG_NAP). A database registered
+/// during the nap, discoveries and removals also wait at most LONG_NAP.
+/// Late wake-ups never lose anything (the router may always be delayed):
+/// they only change when a pass comes.
+///
+/// Cost: one look at every database's snooze, under the routes lock, after
+/// each such batch; it stops at the first awake watcher, and naps are off
+/// past ~2,000 databases (NAP_EVENTS_PER_NAME).
 fn nap_length(
     wals: impl IntoIterator<Item = Option<Instant>>,
     count: usize,
     since: Duration,
+    after_nap: bool,
     queue: usize,
     now: Instant,
 ) -> Duration {
@@ -403,12 +418,12 @@ fn nap_length(
         };
         first = Some(first.map_or(until, |f| f.min(until)));
     }
-    let Some(first) = first else {
+    let (Some(first), true) = (first, after_nap) else {
         return ROUTER_NAP;
     };
-    // Events per second so far, and the time a quarter of the queue lasts.
-    let rate = count as f64 / since.as_secs_f64().max(0.001);
-    let fill = Duration::from_secs_f64((queue as f64 / 4.0 / rate.max(1.0)).min(3600.0));
+    // The time a quarter of the queue lasts at `count` events per `since`.
+    let nanos = since.as_nanos() * (queue / 4) as u128 / count.max(1) as u128;
+    let fill = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
     first
         .saturating_duration_since(now)
         .min(LONG_NAP)
@@ -426,7 +441,7 @@ mod tests {
         let ms = Duration::from_millis;
         let nap = |wals: &[Option<Duration>], count: usize, since: Duration| {
             let wals = wals.iter().map(|d| d.map(|d| now + d));
-            nap_length(wals, count, since, 16_384, now)
+            nap_length(wals, count, since, true, 16_384, now)
         };
         // Until the first snooze's timer.
         assert_eq!(nap(&[Some(ms(600)), Some(ms(300))], 2, ms(100)), ms(300));
@@ -438,9 +453,26 @@ mod tests {
         assert_eq!(nap(&[Some(ms(5))], 2, ms(100)), ROUTER_NAP);
         // Never longer than LONG_NAP (a long put interval).
         assert_eq!(nap(&[Some(ms(10_000))], 1, ms(100)), LONG_NAP);
-        // Events at 8,192/s would fill a quarter of the queue in 0.5 s.
-        assert_eq!(nap(&[Some(ms(900))], 8_192, ms(1_000)), ms(500));
-        // So many that the queue would fill at once: the short nap.
-        assert_eq!(nap(&[Some(ms(900))], 100_000, ms(10)), ROUTER_NAP);
+        // 100 events in 20 ms: a quarter of the queue lasts 819.2 ms.
+        assert_eq!(
+            nap(&[Some(ms(900))], 100, ms(20)),
+            Duration::from_micros(819_200)
+        );
+        // 127 events in 1 ms (127,000/s): 32 ms.
+        assert_eq!(
+            nap(&[Some(ms(900))], 127, ms(1)),
+            Duration::from_nanos(32_251_968)
+        );
+        // Faster still: the short nap (the queue fills within it anyway).
+        assert_eq!(
+            nap(&[Some(ms(900))], 127, Duration::from_micros(100)),
+            ROUTER_NAP
+        );
+        // After a wait in poll(2) the rate is unknown: the short nap first.
+        let wals = [Some(now + ms(900))];
+        assert_eq!(
+            nap_length(wals, 1, ms(5_000), false, 16_384, now),
+            ROUTER_NAP
+        );
     }
 }

@@ -148,5 +148,13 @@ mod tests {
             let _ = r.take(&k(0, t));
         }
         assert!(r.lock().order.len() < 100, "taken keys do not pile up");
+        // What a body holds counts, not only its length.
+        r.set_capacity(1000);
+        let mut v = Vec::with_capacity(100);
+        v.extend([7u8; 10]);
+        r.offer(&k(0, 5000), v);
+        assert_eq!(r.bytes(), 100);
+        assert_eq!(r.take(&k(0, 5000)).map(|b| b.len()), Some(10));
+        assert_eq!(r.bytes(), 0);
     }
 }

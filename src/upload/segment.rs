@@ -28,8 +28,10 @@ use crate::storage::{Metadata, Source};
 pub const MEMORY_LIMIT: u64 = 8 << 20;
 
 /// At most this much is reserved before encoding a segment in memory
-/// (larger ones grow as they are written).
-const PRESIZE_LIMIT: usize = 256 << 10;
+/// (larger ones grow as they are written): below glibc's initial mmap
+/// threshold (128 KiB), so a small segment is not a mapping of its own,
+/// rounded up to whole pages when it is cut to size.
+const PRESIZE_LIMIT: usize = 64 << 10;
 
 use crate::storage::{META_SHA256, META_TIMESTAMP};
 use crate::util::hex;
