@@ -132,8 +132,7 @@ impl Watcher {
         let _ = seg.ack.send(Ack {
             txid: seg.txid,
             bytes,
-            fenced: None,
-            withdrawn: None,
+            refused: None,
         });
     }
 }
@@ -148,8 +147,7 @@ impl Drop for Watcher {
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes: 0,
-                        fenced: None,
-                        withdrawn: None,
+                        refused: None,
                     });
                 }
             }

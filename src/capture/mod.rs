@@ -92,7 +92,7 @@ use crate::sqlite::wal::{
 };
 use crate::storage::{RetryReads, Storage};
 use crate::upload::segment::{self, Encoded};
-use crate::upload::{Ack, Budget, Segment};
+use crate::upload::{Ack, Budget, Refusal, Segment};
 
 mod checkpoint;
 mod config;

@@ -252,29 +252,33 @@ impl Capture {
     }
 
     pub(super) fn on_ack(&mut self, ack: Ack) {
-        if let Some(why) = ack.fenced {
-            // Not stored: it stays in flight, nothing more is sent.
-            self.fenced = Some(why);
-            return;
-        }
-        if let Some(why) = ack.withdrawn {
-            // Not stored, and never will be: a new snapshot comes next,
-            // under a new txid (see `source.rs`); nothing cut after the
-            // withdrawn one may be shipped on top of it.
-            self.inflight.remove(&ack.txid);
-            if self.snapshot_inflight == Some(ack.txid) {
-                self.snapshot_inflight = None;
+        match ack.refused.map(|r| *r) {
+            None => {}
+            Some(Refusal::Fenced(why)) => {
+                // Not stored: it stays in flight, nothing more is sent.
+                self.fenced = Some(why);
+                return;
             }
-            self.pending.clear();
-            self.stream = None;
-            if self.snapshot_reason.is_none() {
-                self.snapshot_reason = Some(why);
+            Some(Refusal::Withdrawn(why)) => {
+                // Not stored, and never will be: a new snapshot comes next,
+                // under a new txid (see `source.rs`); nothing cut after the
+                // withdrawn one may be shipped on top of it.
+                self.inflight.remove(&ack.txid);
+                if self.snapshot_inflight == Some(ack.txid) {
+                    self.snapshot_inflight = None;
+                }
+                self.pending.clear();
+                self.stream = None;
+                if self.snapshot_reason.is_none() {
+                    self.snapshot_reason = Some(why);
+                }
+                // Not at once: a snapshot abandoned for a local read error
+                // would otherwise be retried in a tight loop.
+                let soon = Instant::now() + Duration::from_secs(1);
+                self.snapshot_not_before =
+                    Some(self.snapshot_not_before.map_or(soon, |t| t.max(soon)));
+                return;
             }
-            // Not at once: a snapshot abandoned for a local read error
-            // would otherwise be retried in a tight loop.
-            let soon = Instant::now() + Duration::from_secs(1);
-            self.snapshot_not_before = Some(self.snapshot_not_before.map_or(soon, |t| t.max(soon)));
-            return;
         }
         self.inflight.remove(&ack.txid);
         self.last_progress = Instant::now();

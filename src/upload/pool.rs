@@ -54,12 +54,22 @@ pub struct Ack {
     pub txid: u64,
     /// Bytes uploaded.
     pub bytes: u64,
-    /// Set when the segment was *not* stored because another writer holds
-    /// the database ([`crate::lease`]): the reason, one line. Not retried.
-    pub fenced: Option<String>,
-    /// Set when the segment was *not* stored because its streamed body was
-    /// withdrawn ([`crate::error::Error::Withdrawn`]): the reason. Not retried.
-    pub withdrawn: Option<String>,
+    /// Set when the segment was *not* stored (boxed: every database's ack
+    /// channel keeps a block of 31 acks allocated, so an ack stays small).
+    pub refused: Option<Box<Refusal>>,
+}
+
+const _: () = assert!(std::mem::size_of::<Ack>() <= 24);
+
+/// Why a segment was not stored (and is not retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another writer holds the database ([`crate::lease`]): the reason,
+    /// one line.
+    Fenced(String),
+    /// Its streamed body was withdrawn ([`crate::error::Error::Withdrawn`]):
+    /// the reason.
+    Withdrawn(String),
 }
 
 /// Byte budget shared by every watcher (a counting semaphore on bytes).
@@ -340,8 +350,7 @@ fn run(
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes,
-                        fenced: None,
-                        withdrawn: None,
+                        refused: None,
                     });
                     break;
                 }
@@ -350,8 +359,7 @@ fn run(
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes: 0,
-                        fenced: Some(why),
-                        withdrawn: None,
+                        refused: Some(Box::new(Refusal::Fenced(why))),
                     });
                     break;
                 }
@@ -362,8 +370,7 @@ fn run(
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
                         bytes: 0,
-                        fenced: None,
-                        withdrawn: Some(why),
+                        refused: Some(Box::new(Refusal::Withdrawn(why))),
                     });
                     break;
                 }
