@@ -19,7 +19,8 @@ Everything here measures real things:
   ``Landing`` decodes those objects (LTX page blocks, LZ4) and finds, for
   each marker, the first stored object holding it: commit → stored latency;
 * RSS and CPU come from /proc of the tool's process (psutil for RSS samples,
-  utime+stime for CPU, VmHWM for the peak);
+  per-thread schedstat for CPU — utime+stime when a thread ended during the
+  window —, VmHWM for the peak);
 * "shipped" is checked by restoring with the tool's own restore command and
   comparing the rows with the source database.
 """
@@ -673,6 +674,7 @@ class Sampler:
         self.stop_ev = threading.Event()
         self.t0 = time.monotonic()
         self.cpu0 = self.cpu()
+        self.threads0 = self.thread_cpu()
         self.th = threading.Thread(target=self._run, daemon=True)
         self.th.start()
 
@@ -680,6 +682,27 @@ class Sampler:
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def thread_cpu(self):
+        """Nanoseconds on a CPU per live thread (/proc/PID/task/*/schedstat:
+        exact, where utime+stime count whole 10 ms ticks)."""
+        out = {}
+        for path in glob.glob(f"/proc/{self.pid}/task/*/schedstat"):
+            try:
+                with open(path) as f:
+                    out[path] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return out
+
+    def window_cpu(self):
+        """CPU seconds since the start: per thread from schedstat when no
+        thread that ran at the start has ended (a thread started meanwhile
+        counts whole), else utime+stime (ticks, dead threads included)."""
+        now = self.thread_cpu()
+        if self.threads0 and set(self.threads0) <= set(now):
+            return sum(ns - self.threads0.get(t, 0) for t, ns in now.items()) / 1e9, "schedstat"
+        return self.cpu() - self.cpu0, "ticks"
 
     def hwm(self):
         with open(f"/proc/{self.pid}/status") as f:
@@ -699,7 +722,7 @@ class Sampler:
         self.stop_ev.set()
         self.th.join()
         wall = time.monotonic() - self.t0
-        cpu = self.cpu() - self.cpu0
+        cpu, cpu_source = self.window_cpu()
         rss = self.rss or [self.p.memory_info().rss]
         return {
             "rss_mean_mb": sum(rss) / len(rss) / 1e6,
@@ -708,6 +731,7 @@ class Sampler:
             "cpu_s": cpu,
             "wall_s": wall,
             "cpu_pct": 100.0 * cpu / wall if wall else 0.0,
+            "cpu_source": cpu_source,
             "rss_samples": len(rss),
         }
 

@@ -16,8 +16,9 @@ of it, certificates made by openssl at start), N and tool:
    TLS terminator, which relays each connection to Garage unchanged). N
    fresh databases get W commits/s each from a separate writer process for
    --duration s. Measured over that window (after the tool's start-up sync):
-   * CPU: utime+stime of the tool's process from /proc/PID/stat, as % of
-     one core;
+   * CPU: the time the tool's threads spent on a CPU over the window
+     (/proc/PID/task/*/schedstat, exact; utime+stime from /proc/PID/stat,
+     in 10 ms ticks, if a thread ended meanwhile), as % of one core;
    * RSS: sampled every 0.25 s (mean, peak) and VmHWM from /proc/PID/status;
    * requests by S3 API call: Garage's own counters (api_s3_request_counter
      per endpoint, from its /metrics, read at the start of the window and
