@@ -698,11 +698,20 @@ class Sampler:
     def window_cpu(self):
         """CPU seconds since the start: per thread from schedstat when no
         thread that ran at the start has ended (a thread started meanwhile
-        counts whole), else utime+stime (ticks, dead threads included)."""
+        counts whole), else utime+stime (ticks, dead threads included).
+        Ticks also when schedstat is unavailable (no threads read at the
+        start), when a thread's count went down (its id was reused), or
+        when the ticks exceed it by more than rounding: a thread that began
+        and ended within the window (schedstat never saw it)."""
         now = self.thread_cpu()
-        if self.threads0 and set(self.threads0) <= set(now):
-            return sum(ns - self.threads0.get(t, 0) for t, ns in now.items()) / 1e9, "schedstat"
-        return self.cpu() - self.cpu0, "ticks"
+        ticks = self.cpu() - self.cpu0
+        if not self.threads0 or not set(self.threads0) <= set(now):
+            return ticks, "ticks"
+        deltas = [ns - self.threads0.get(t, 0) for t, ns in now.items()]
+        precise = sum(deltas) / 1e9
+        if min(deltas, default=0) < 0 or ticks - precise > 0.03:
+            return ticks, "ticks"
+        return precise, "schedstat"
 
     def hwm(self):
         with open(f"/proc/{self.pid}/status") as f:
