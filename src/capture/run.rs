@@ -209,7 +209,7 @@ impl Capture {
             }
             // Pages SQLite cached for the pass (its snapshot reads, the
             // fence's schema check): unused now, and with hundreds of
-            // databases open between writes they were most of the heap.
+            // databases open between writes a large share of the heap.
             if let Err(e) = c.release_memory() {
                 log::trace!("{}: SQLite cache not released: {e}", self.cfg.name);
             }

@@ -384,9 +384,9 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
 /// followed by a nap too (`after_nap`: a steady stream of such batches;
 /// the first one after any other takes the short nap); the nap stays short
 /// enough that events at that rate fill at most a quarter of the kernel's
-/// queue of `queue` events. A burst that starts during a nap
-/// can still overflow it: that loses nothing (every database is woken and
-/// the trees are searched again), it only costs that work.
+/// queue of `queue` events. A burst that starts during a nap can still
+/// overflow it: that loses nothing (every database is woken and the trees
+/// are searched again), it only costs that work.
 ///
 /// Why the long nap delays nothing that matters: a snoozing watcher holds
 /// unread frames back until its timer; WAL events meanwhile are only
