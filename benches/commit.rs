@@ -94,7 +94,9 @@ impl Watcher {
         let capture = Capture::open(cfg, storage, seg_tx, budget.clone()).expect("open capture");
         let (events, ev_rx) = crossbeam_channel::bounded(1);
         let (shutdown, sd_rx) = crossbeam_channel::bounded(0);
-        let thread = std::thread::spawn(move || capture.run(ev_rx, sd_rx, Duration::from_secs(10)));
+        let thread = std::thread::spawn(move || {
+            Box::new(capture).run(ev_rx, sd_rx, Duration::from_secs(10))
+        });
         let mut w = Watcher {
             events,
             segments,

@@ -144,6 +144,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// Run `f` in a stack frame of its own, never inlined into the caller.
+///
+/// Why: a long-lived thread that first does deep work (opening a database)
+/// and then sleeps in a loop it calls would otherwise keep the deep work's
+/// inlined locals in the enclosing frame, which stays live (and resident)
+/// above the loop while the thread sleeps, out of reach of
+/// [`release_unused_stack`].
+#[inline(never)]
+pub fn outlined<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
 thread_local! {
     /// Lowest stack address this thread may release (0: unknown), set by
     /// [`note_thread_stack`].
@@ -154,9 +166,11 @@ thread_local! {
 /// thread descriptor and static TLS at the top of the stack mapping, so the
 /// usable stack is somewhat smaller than the size asked for.
 const STACK_SLACK: usize = 64 * 1024;
-/// Room left below the current stack pointer (the red zone and the frames of
-/// the release itself).
-const STACK_MARGIN: usize = 4 * 1024;
+/// Room left below the marker local of [`release_unused_stack`]: the rest of
+/// its own frame (it is never inlined: 40 bytes in the release build), the
+/// red zone (128 bytes) and the `madvise` call (rustix's raw system call,
+/// inlined or a few small frames).
+const STACK_MARGIN: usize = 1024;
 
 /// Called first on a thread spawned with `size` bytes of stack: lets
 /// [`release_unused_stack`] find the part of it below the current frame.
@@ -182,22 +196,31 @@ pub unsafe fn note_thread_stack(size: usize) {
 /// resident, once per database. Pages below the stack pointer hold nothing
 /// (a later call gets zeroed pages). Does nothing on a thread that did not
 /// call [`note_thread_stack`].
+///
+/// Never inlined: the marker below must sit in a frame of its own, within
+/// [`STACK_MARGIN`] of the stack pointer at the `madvise` call; inlined into
+/// a caller, it could lie anywhere in that caller's (larger) frame, and the
+/// release would discard the caller's live locals below it.
+#[inline(never)]
 pub fn release_unused_stack() {
     let low = STACK_LOW.with(std::cell::Cell::get);
     if low == 0 {
         return;
     }
     let marker = 0u8;
-    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let here = std::hint::black_box(&marker) as *const u8 as usize;
     let page = rustix::param::page_size();
     let start = low.next_multiple_of(page);
-    let end = sp.saturating_sub(STACK_MARGIN) / page * page;
+    let end = here.saturating_sub(STACK_MARGIN) / page * page;
     if end > start {
         // SAFETY: [start, end) lies within this thread's stack mapping
-        // (between `size - STACK_SLACK` below the frame that noted it and
-        // STACK_MARGIN below this frame), below every live frame of this
-        // thread; MADV_DONTNEED on private anonymous memory only makes later
-        // reads of it return zeros, and nothing reads it before writing.
+        // (above `size - STACK_SLACK` below the frame that noted it) and
+        // at least STACK_MARGIN below `marker`, a local of this function's
+        // own frame (never inlined), so below the stack pointer at the
+        // call, its red zone and the call's frames: below every live frame
+        // of this thread. MADV_DONTNEED on private anonymous memory only
+        // makes later reads of it return zeros, and nothing reads it
+        // before writing.
         let _ = unsafe {
             rustix::mm::madvise(
                 start as *mut std::ffi::c_void,

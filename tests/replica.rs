@@ -224,7 +224,7 @@ fn a_queued_database_is_released_in_an_outage_too() {
             Capture::open(cfg, a.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
-        let h = std::thread::spawn(move || rep.run(ev_rx, sd_rx, Duration::from_secs(5)));
+        let h = std::thread::spawn(move || Box::new(rep).run(ev_rx, sd_rx, Duration::from_secs(5)));
         runs.push((ev_tx, sd_tx, h));
     }
     let listed = |name: &str| {

@@ -12,9 +12,10 @@ const IDLE_TRIM_AFTER: Duration = Duration::from_secs(5);
 impl Capture {
     /// The watcher thread's loop: runs until `Shutdown`, the event channel
     /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
-    /// `drain_timeout`.
+    /// `drain_timeout`. Boxed: by value, the 1.3 KiB of `Capture` would sit
+    /// in this frame and its caller's, resident for the thread's life.
     pub fn run(
-        mut self,
+        mut self: Box<Self>,
         events: Receiver<Event>,
         shutdown: Receiver<()>,
         drain_timeout: Duration,
@@ -192,16 +193,15 @@ impl Capture {
         }
     }
 
-    /// Memory only, before a long sleep with nothing in flight: the passes
-    /// since the last wake-up made SQLite touch its wal-index map (a WAL
-    /// restart zeroes a whole 32 KiB hash table); drop those pages from
-    /// this process's map ([`crate::sqlite::shm::trim_sqlite_map`]), most
-    /// of SQLite's cached pages (`sqlite3_db_release_memory`: clean,
-    /// unused pages only; no lock, read mark or transaction changes), the
-    /// tail probe's frame buffer, and the pages of this thread's stack
-    /// below the loop ([`crate::util::release_unused_stack`]).
+    /// Memory only, before a long sleep with nothing in flight: free the
+    /// tail probe's frame buffer; the passes since the last wake-up made
+    /// SQLite touch its wal-index map (a WAL restart zeroes a whole 32 KiB
+    /// hash table): drop those pages from this process's map
+    /// ([`crate::sqlite::shm::trim_sqlite_map`]); drop most of SQLite's
+    /// cached pages (`sqlite3_db_release_memory`: clean, unused pages only;
+    /// no lock, read mark or transaction changes); then the pages of this
+    /// thread's stack below the loop ([`crate::util::release_unused_stack`]).
     fn trim_idle(&mut self) {
-        crate::util::release_unused_stack();
         self.tail.release_buffer();
         if let Some(c) = &self.conn {
             if !crate::sqlite::shm::trim_sqlite_map(c) {
@@ -214,11 +214,13 @@ impl Capture {
                 log::trace!("{}: SQLite cache not released: {e}", self.cfg.name);
             }
         }
+        // Last: the calls above touched the stack below this frame too.
+        crate::util::release_unused_stack();
     }
 
     /// Ship everything committed (or the snapshot continuity needs) and wait
     /// for the uploads, up to `timeout`.
-    fn drain(mut self, timeout: Duration) -> Result<()> {
+    fn drain(mut self: Box<Self>, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         if self.parked.is_some() {
             match self.reopen_for_drain(deadline) {

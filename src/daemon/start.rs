@@ -5,6 +5,7 @@
 //! waits and retries without holding up the others, and where the lock on
 //! the file and the bucket lease are taken before the resume point is read.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -159,132 +160,148 @@ impl Daemon {
                 // a moment ago (by an `--exec` child that then exited) may
                 // open now, and what it committed must ship.
                 let mut stopping = false;
-                let mut rep = loop {
-                    let transient;
-                    // An open slot first (see `capture::park`), before the
-                    // lease's requests and the files: with thousands of
-                    // databases, the others close their files when idle and
-                    // make room, and no more than the slots talk to storage
-                    // at once (each request may need a connection).
-                    let slot = match stopping {
-                        false => slots.take(&stop),
-                        true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
-                    };
-                    let Some(slot) = slot else {
-                        // As below: an error only where this process
-                        // would have shipped something.
-                        if stopping && !is_wal_database(&db_path) {
-                            return Ok(());
-                        }
-                        if stopping {
-                            return Err(Error::Config(format!(
-                                "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
-                                cfg.name
-                            )));
-                        }
-                        stopping = true;
-                        continue;
-                    };
-                    let locked = match lock {
-                        Some(_) => Ok(()),
-                        None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
-                    };
-                    // The bucket lease is taken before the resume point is
-                    // read: no other writer can ship this name meanwhile.
-                    let fenced = match &fencer {
-                        Some(f) => locked.and_then(|()| {
-                            let local = lock.as_ref().and_then(crate::lease::local_identity);
-                            f.acquire(&cfg.name, local.as_deref())
-                        }),
-                        None => locked,
-                    };
-                    match fenced.and_then(|()| {
-                        Capture::open(
-                            cfg.clone(),
-                            storage.clone(),
-                            segments.clone(),
-                            budget.clone(),
-                        )
-                    }) {
-                        Ok(mut rep) => {
-                            rep.set_parking(slots.clone(), slot);
-                            registry.set_state(&reg_name, DbState::Running(rep.stats()));
-                            if reported.is_some() {
-                                log::info!("{}: replicating now", db_path.display());
+                // The opening runs in a frame of its own (`util::outlined`):
+                // its locals (a `Result<Capture>` of 1.3 KiB, errors,
+                // temporaries) would otherwise sit in this frame, which stays
+                // live above `run`'s loop for the thread's life, out of reach
+                // of `util::release_unused_stack` (3 resident stack pages per
+                // sleeping database instead of 5).
+                let opened = crate::util::outlined(|| {
+                    let rep = loop {
+                        let transient;
+                        // An open slot first (see `capture::park`), before the
+                        // lease's requests and the files: with thousands of
+                        // databases, the others close their files when idle and
+                        // make room, and no more than the slots talk to storage
+                        // at once (each request may need a connection).
+                        let slot = match stopping {
+                            false => slots.take(&stop),
+                            true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
+                        };
+                        let Some(slot) = slot else {
+                            // As below: an error only where this process
+                            // would have shipped something.
+                            if stopping && !is_wal_database(&db_path) {
+                                return ControlFlow::Break(Ok(()));
                             }
-                            break rep;
-                        }
-                        // At shutdown: storage failing for a WAL-mode
-                        // database this process would ship may leave
-                        // commits unshipped: an error. A file that is gone,
-                        // not an SQLite database in WAL mode, shipped by
-                        // another process (its lock) or host (its lease),
-                        // or that walsync cannot read (a damaged WAL,
-                        // reported when it was found, as any bad input)
-                        // has nothing this process could ship.
-                        Err(e) if stopping => {
-                            let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
-                            let unshipped = e.storage_kind().is_some()
-                                && !elsewhere
-                                && is_wal_database(&db_path);
-                            return match unshipped {
-                                true => Err(e),
-                                false => Ok(()),
-                            };
-                        }
-                        Err(e) => {
-                            // Retried every second too: a lock held by
-                            // another process (or by this one's previous
-                            // watcher of a file just moved within a tree,
-                            // still finishing) is released without any
-                            // event here.
-                            transient = e.storage_kind().is_some_and(|k| k.is_retryable())
-                                || lock.is_none();
-                            let msg = e.to_string();
-                            registry.set_state(&reg_name, DbState::Failed(msg.clone()));
-                            if reported.as_deref() == Some(msg.as_str()) {
-                                log::debug!("{}: still not replicated: {msg}", db_path.display());
-                            } else {
-                                log::error!(
-                                    "{}: not replicated: {msg} ({})",
-                                    db_path.display(),
-                                    if transient {
-                                        "retrying every second"
-                                    } else {
-                                        "retrying when the file changes"
-                                    }
-                                );
-                                reported = Some(msg);
+                            if stopping {
+                                return ControlFlow::Break(Err(Error::Config(format!(
+                                    "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
+                                    cfg.name
+                                ))));
                             }
-                        }
-                    }
-                    // At most one attempt a second, then (unless the failure
-                    // was transient) wait for a change.
-                    crossbeam_channel::select! {
-                        recv(stop) -> _ => {
                             stopping = true;
                             continue;
-                        },
-                        recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
-                    }
-                    if transient {
-                        // S3 hiccuped (503, reset, a cut-off answer): the
-                        // committed data waits in the WAL; try again now,
-                        // not only when the application writes again.
-                        continue;
-                    }
-                    crossbeam_channel::select! {
-                        recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
-                            router.remove_database(&watched);
-                            registry.remove(&reg_name);
-                            return Ok(());
-                        },
-                        recv(stop) -> _ => {
-                            stopping = true;
+                        };
+                        let locked = match lock {
+                            Some(_) => Ok(()),
+                            None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
+                        };
+                        // The bucket lease is taken before the resume point is
+                        // read: no other writer can ship this name meanwhile.
+                        let fenced = match &fencer {
+                            Some(f) => locked.and_then(|()| {
+                                let local = lock.as_ref().and_then(crate::lease::local_identity);
+                                f.acquire(&cfg.name, local.as_deref())
+                            }),
+                            None => locked,
+                        };
+                        match fenced.and_then(|()| {
+                            Capture::open(
+                                cfg.clone(),
+                                storage.clone(),
+                                segments.clone(),
+                                budget.clone(),
+                            )
+                        }) {
+                            Ok(rep) => {
+                                // Boxed: its 1.3 KiB is not copied into this frame
+                                // and `run`'s, which stay live while it sleeps.
+                                let mut rep = Box::new(rep);
+                                rep.set_parking(slots.clone(), slot);
+                                registry.set_state(&reg_name, DbState::Running(rep.stats()));
+                                if reported.is_some() {
+                                    log::info!("{}: replicating now", db_path.display());
+                                }
+                                break rep;
+                            }
+                            // At shutdown: storage failing for a WAL-mode
+                            // database this process would ship may leave
+                            // commits unshipped: an error. A file that is gone,
+                            // not an SQLite database in WAL mode, shipped by
+                            // another process (its lock) or host (its lease),
+                            // or that walsync cannot read (a damaged WAL,
+                            // reported when it was found, as any bad input)
+                            // has nothing this process could ship.
+                            Err(e) if stopping => {
+                                let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
+                                let unshipped = e.storage_kind().is_some()
+                                    && !elsewhere
+                                    && is_wal_database(&db_path);
+                                return ControlFlow::Break(match unshipped {
+                                    true => Err(e),
+                                    false => Ok(()),
+                                });
+                            }
+                            Err(e) => {
+                                // Retried every second too: a lock held by
+                                // another process (or by this one's previous
+                                // watcher of a file just moved within a tree,
+                                // still finishing) is released without any
+                                // event here.
+                                transient = e.storage_kind().is_some_and(|k| k.is_retryable())
+                                    || lock.is_none();
+                                let msg = e.to_string();
+                                registry.set_state(&reg_name, DbState::Failed(msg.clone()));
+                                if reported.as_deref() == Some(msg.as_str()) {
+                                    log::debug!("{}: still not replicated: {msg}", db_path.display());
+                                } else {
+                                    log::error!(
+                                        "{}: not replicated: {msg} ({})",
+                                        db_path.display(),
+                                        if transient {
+                                            "retrying every second"
+                                        } else {
+                                            "retrying when the file changes"
+                                        }
+                                    );
+                                    reported = Some(msg);
+                                }
+                            }
+                        }
+                        // At most one attempt a second, then (unless the failure
+                        // was transient) wait for a change.
+                        crossbeam_channel::select! {
+                            recv(stop) -> _ => {
+                                stopping = true;
+                                continue;
+                            },
+                            recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                        }
+                        if transient {
+                            // S3 hiccuped (503, reset, a cut-off answer): the
+                            // committed data waits in the WAL; try again now,
+                            // not only when the application writes again.
                             continue;
-                        },
-                        recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
-                    }
+                        }
+                        crossbeam_channel::select! {
+                            recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
+                                router.remove_database(&watched);
+                                registry.remove(&reg_name);
+                                return ControlFlow::Break(Ok(()));
+                            },
+                            recv(stop) -> _ => {
+                                stopping = true;
+                                continue;
+                            },
+                            recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
+                        }
+                    };
+                    ControlFlow::Continue(rep)
+                });
+                let mut rep = match opened {
+                    ControlFlow::Continue(rep) => rep,
+                    ControlFlow::Break(result) => return result,
                 };
                 let _ = compactor.send(DbEntry {
                     name: cfg.name.clone(),

@@ -276,7 +276,8 @@ pub fn start(w: &World, cfg: DbConfig) -> Running {
     let rep = Capture::open(cfg, w.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
     let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
     let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
-    let handle = std::thread::spawn(move || rep.run(ev_rx, sd_rx, Duration::from_secs(20)));
+    let handle =
+        std::thread::spawn(move || Box::new(rep).run(ev_rx, sd_rx, Duration::from_secs(20)));
     Running {
         events: ev_tx,
         shutdown: Arc::new(Mutex::new(Some(sd_tx))),
