@@ -24,6 +24,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -1176,4 +1177,34 @@ fn bad_input_table() {
         rows.len()
     );
     eprintln!("{} bad-input rows passed", rows.len());
+}
+
+/// Help read through a pipe its reader closed early (`walsync --help | head
+/// -1`) and a command line that is not UTF-8: no panic, the usual exit
+/// status (0 for help, 1 with one line naming the argument otherwise).
+#[test]
+fn help_into_a_closed_pipe_and_arguments_not_utf8() {
+    let helps: [(&str, &[&str]); 4] = [
+        (WALSYNC, &["--help"]),
+        (WALSYNC, &["restore", "--help"]),
+        (WALSYNC, &["sync", "--help"]),
+        (SYNC, &["--help"]),
+    ];
+    for (bin, args) in helps {
+        let out = Cmd::new(bin)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout_closed()
+            .output();
+        assert!(out.status.success(), "{bin} {args:?}: {}", text(&out));
+        assert!(out.stderr.is_empty(), "{bin} {args:?}: {}", text(&out));
+    }
+    let bad = std::ffi::OsStr::from_bytes(b"/data/\xffdb");
+    for bin in [WALSYNC, SYNC] {
+        let out = Cmd::new(bin).arg(bad).env_remove("RUST_LOG").output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bin}: {}", text(&out));
+        assert_eq!(err.lines().count(), 1, "{bin}: {}", text(&out));
+        assert!(err.contains("not UTF-8: /data/"), "{bin}: {}", text(&out));
+    }
 }

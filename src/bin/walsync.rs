@@ -2,6 +2,6 @@
 
 fn main() {
     walsync::cli::init_logging();
-    let args: walsync::cli::Walsync = argh::from_env();
+    let args: walsync::cli::Walsync = walsync::cli::parse_args("walsync");
     walsync::cli::exit(walsync::cli::run(args));
 }

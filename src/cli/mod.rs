@@ -180,6 +180,52 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The command line as `T`, named by the program's file name (or
+/// `default_name`). `--help` prints to stdout and exits 0; a usage error
+/// or an argument that is not UTF-8 prints one line to stderr and exits 1.
+/// Unlike `argh::from_env`, a closed stdout (`walsync --help | head -1`)
+/// is no panic: the reader had what it wanted.
+pub fn parse_args<T: argh::FromArgs>(default_name: &str) -> T {
+    use std::io::Write;
+    let mut argv = Vec::new();
+    for a in std::env::args_os() {
+        match a.into_string() {
+            Ok(s) => argv.push(s),
+            Err(bad) => {
+                eprintln!("argument is not UTF-8: {}", bad.to_string_lossy());
+                std::process::exit(1);
+            }
+        }
+    }
+    let name = argv
+        .first()
+        .and_then(|a| a.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(default_name)
+        .to_string();
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    match T::from_args(&[name.as_str()], &rest) {
+        Ok(args) => args,
+        Err(early) => {
+            let code = match early.status {
+                Ok(()) => {
+                    let _ = writeln!(std::io::stdout(), "{}", early.output);
+                    0
+                }
+                Err(()) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "{}\nRun {name} --help for more information.",
+                        early.output
+                    );
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
 /// Exit with `result`'s status, or print its error as one line and exit
 /// with status 1.
 pub fn exit(result: Result<i32>) -> ! {

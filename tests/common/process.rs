@@ -95,6 +95,8 @@ pub struct Cmd {
     wrap: Vec<OsString>,
     /// A [`Proc`]'s stdout goes here instead of its log.
     stdout: Option<PathBuf>,
+    /// [`Cmd::output`]: stdout is a pipe nobody reads (closed at once).
+    stdout_closed: bool,
     limit: Duration,
 }
 
@@ -107,6 +109,7 @@ impl Cmd {
             cwd: None,
             wrap: Vec::new(),
             stdout: None,
+            stdout_closed: false,
             limit: ONE_SHOT_LIMIT,
         }
     }
@@ -165,6 +168,13 @@ impl Cmd {
         self
     }
 
+    /// [`Cmd::output`] runs it with stdout a pipe whose reader is closed
+    /// (`walsync --help | head -0`): writes fail with a broken pipe.
+    pub fn stdout_closed(&mut self) -> &mut Cmd {
+        self.stdout_closed = true;
+        self
+    }
+
     /// The time bound of [`Cmd::output`].
     pub fn timeout(&mut self, limit: Duration) -> &mut Cmd {
         self.limit = limit;
@@ -211,7 +221,11 @@ impl Cmd {
         let mut out = tempfile::tempfile()?;
         let mut err = tempfile::tempfile()?;
         let mut cmd = self.command();
-        cmd.stdout(out.try_clone()?).stderr(err.try_clone()?);
+        match self.stdout_closed {
+            true => cmd.stdout(std::io::pipe()?.1),
+            false => cmd.stdout(out.try_clone()?),
+        };
+        cmd.stderr(err.try_clone()?);
         let mut child = Reaped(Some(cmd.spawn()?));
         let t0 = Instant::now();
         let status = loop {
