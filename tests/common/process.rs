@@ -222,7 +222,7 @@ impl Cmd {
         let mut err = tempfile::tempfile()?;
         let mut cmd = self.command();
         match self.stdout_closed {
-            true => cmd.stdout(std::io::pipe()?.1),
+            true => cmd.stdout(Stdio::from(rustix::pipe::pipe()?.1)),
             false => cmd.stdout(out.try_clone()?),
         };
         cmd.stderr(err.try_clone()?);
