@@ -65,6 +65,12 @@ fn metrics_move_with_writes() {
         Some(1.0)
     );
     assert!(metric(&page, "walsync_database_snapshots_total", lbl).unwrap() >= 1.0);
+    // No outage here: the WAL was never released (tests/replica.rs counts
+    // a release through the same counter).
+    assert_eq!(
+        metric(&page, "walsync_database_wal_releases_total", lbl),
+        Some(0.0)
+    );
     assert!(
         metric(
             &page,

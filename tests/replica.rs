@@ -338,6 +338,14 @@ fn outage_release_then_steady_commits(interval: Duration) {
         run.wake();
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Storage stays down until the outage has counted as one and released
+    // the WAL (on a timer, with no further file event): at the default put
+    // interval the first upload, and so the outage's clock, starts up to a
+    // second after the inserts began, and storage restored before
+    // `stuck_after` passed is no outage at all (no snapshot would follow).
+    wait_for("the WAL released in the outage", || {
+        run.stats.wal_releases.load(Ordering::SeqCst) >= 1
+    });
     // app's own PASSIVE checkpoint (does not shrink the file)
     let _: (i64, i64, i64) = c
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

@@ -73,6 +73,7 @@ impl Capture {
         }
         self.end_read()?;
         self.snapshot_reason = Some(reason);
+        self.stats.wal_releases.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

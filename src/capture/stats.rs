@@ -34,6 +34,9 @@ pub struct DbStats {
     pub parked: std::sync::atomic::AtomicBool,
     /// Times its files were closed for being idle.
     pub parks: std::sync::atomic::AtomicU64,
+    /// Times walsync stopped holding the WAL back in an outage
+    /// (`--max-wal-mib`; the next txid is a snapshot).
+    pub wal_releases: std::sync::atomic::AtomicU64,
     /// The last failed pass of the watcher loop (what it logged).
     pub last_error: LastError,
     /// Segments cut but not yet durable: `(max txid, when first seen)`,

@@ -318,6 +318,11 @@ impl Registry {
                 |s: &DbStats| s.checkpoints.load(Ordering::Relaxed),
             ),
             (
+                "walsync_database_wal_releases_total",
+                "times walsync stopped holding the WAL back in an outage (--max-wal-mib); a snapshot follows",
+                |s: &DbStats| s.wal_releases.load(Ordering::Relaxed),
+            ),
+            (
                 "walsync_database_idle_closes_total",
                 "times the database's files were closed for being idle (--close-idle-after)",
                 |s: &DbStats| s.parks.load(Ordering::Relaxed),

@@ -268,6 +268,7 @@ pub struct Running {
     pub events: Sender<Event>,
     pub shutdown: Arc<Mutex<Option<Sender<()>>>>,
     pub handle: std::thread::JoinHandle<walsync::Result<()>>,
+    pub stats: Arc<walsync::capture::DbStats>,
     pub _uploader: Uploader,
 }
 
@@ -276,12 +277,14 @@ pub fn start(w: &World, cfg: DbConfig) -> Running {
     let rep = Capture::open(cfg, w.storage.clone(), uploader.sender(), uploader.budget()).unwrap();
     let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
     let (sd_tx, sd_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
+    let stats = rep.stats();
     let handle =
         std::thread::spawn(move || Box::new(rep).run(ev_rx, sd_rx, Duration::from_secs(20)));
     Running {
         events: ev_tx,
         shutdown: Arc::new(Mutex::new(Some(sd_tx))),
         handle,
+        stats,
         _uploader: uploader,
     }
 }
