@@ -1179,16 +1179,20 @@ fn bad_input_table() {
     eprintln!("{} bad-input rows passed", rows.len());
 }
 
-/// Help read through a pipe its reader closed early (`walsync --help | head
-/// -1`) and a command line that is not UTF-8: no panic, the usual exit
-/// status (0 for help, 1 with one line naming the argument otherwise).
+/// Help and results read through a pipe its reader closed early (`walsync
+/// --help | head -1`; every command's results go through the same
+/// `outln!`, here `--version`) and a command line that is not UTF-8: no
+/// panic, the usual exit status (0, or 1 with one line naming the
+/// argument).
 #[test]
 fn help_into_a_closed_pipe_and_arguments_not_utf8() {
-    let helps: [(&str, &[&str]); 4] = [
+    let helps: [(&str, &[&str]); 6] = [
         (WALSYNC, &["--help"]),
         (WALSYNC, &["restore", "--help"]),
         (WALSYNC, &["sync", "--help"]),
         (SYNC, &["--help"]),
+        (WALSYNC, &["--version"]),
+        (SYNC, &["--version"]),
     ];
     for (bin, args) in helps {
         let out = Cmd::new(bin)

@@ -45,6 +45,6 @@ pub fn run_list(a: ListArgs) -> Result<()> {
         }
         None => ops::format_databases(&ops::list_databases(&*storage, 8)?, a.json),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }

@@ -24,6 +24,24 @@ use crate::ops;
 use crate::restore::{self, RestoreOptions, Target};
 use crate::storage::{self, Storage};
 
+/// `println!` for a command's results on stdout, without the panic when
+/// stdout is closed (`walsync list | head -1`, `walsync verify … | grep -q`):
+/// the reader had what it wanted, and the command's work is done.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` the same way (see `outln!`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// walsync: continuous replication of SQLite databases to S3-compatible storage.
 #[derive(FromArgs, Debug)]
 #[argh(
@@ -104,7 +122,7 @@ pub fn bucket_with_prefix(bucket: &str, prefix: &str) -> String {
 /// Returns the exit status (`walsync sync --exec`: the child's; else 0).
 pub fn run(args: Walsync) -> Result<i32> {
     if args.version {
-        println!("{}", version_line(&program_name()));
+        outln!("{}", version_line(&program_name()));
         return Ok(0);
     }
     match args.command {

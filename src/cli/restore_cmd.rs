@@ -141,14 +141,14 @@ pub fn run_restore(a: RestoreArgs) -> Result<()> {
     };
     if a.dry_run {
         let time = plan.target_time_ms(&*storage)?;
-        print!("{}", plan.describe(time, &ropts, a.json));
+        out!("{}", plan.describe(time, &ropts, a.json));
         if !a.force && out.exists() && !a.json {
-            println!("note: {} exists; the restore needs --force", out.display());
+            outln!("note: {} exists; the restore needs --force", out.display());
         }
         return Ok(());
     }
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
-    println!("{}", summary.line());
+    outln!("{}", summary.line());
     Ok(())
 }
 
@@ -221,11 +221,14 @@ fn run_follow(a: RestoreArgs) -> Result<()> {
         ..RestoreOptions::default()
     };
     let summary = restore::restore(&*storage, &plan, out, &ropts)?;
-    println!("{}", summary.line());
+    outln!("{}", summary.line());
     let done = crate::follow::follow(&*storage, &plan.db, out, summary.txid, max, &stop)?;
-    println!(
+    outln!(
         "stopped following {} at txid {} ({} objects applied, {} polls)",
-        done.db, done.txid, done.objects, done.polls
+        done.db,
+        done.txid,
+        done.objects,
+        done.polls
     );
     Ok(())
 }

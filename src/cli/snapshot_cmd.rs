@@ -55,7 +55,7 @@ pub fn run_snapshot(a: SnapshotArgs) -> Result<()> {
     let result = ops::snapshot(Path::new(&a.database), &db_name, storage.clone(), timeout);
     fencer.release(&db_name);
     let (name, txid) = result?;
-    println!(
+    outln!(
         "snapshot of {name} stored as txid {txid} in {}",
         storage.describe()
     );

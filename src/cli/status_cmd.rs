@@ -60,9 +60,9 @@ pub fn run_status(a: StatusArgs) -> Result<()> {
     let answer = ask(&path)?;
     let dbs = parse(&path, &answer)?;
     if a.json {
-        println!("{}", answer.trim_end());
+        outln!("{}", answer.trim_end());
     } else {
-        print!("{}", format_status(&dbs, crate::util::now_ms()));
+        out!("{}", format_status(&dbs, crate::util::now_ms()));
     }
     Ok(())
 }

@@ -395,7 +395,7 @@ pub fn parse_compaction(value: &str) -> Result<[Option<Duration>; 3]> {
 /// `--exec`, the child's).
 pub fn run_sync(mut args: SyncArgs) -> Result<i32> {
     if args.version {
-        println!("{}", version_line(&program_name()));
+        outln!("{}", version_line(&program_name()));
         return Ok(0);
     }
     crate::daemon::tunables::reexec_with_tcache_off();

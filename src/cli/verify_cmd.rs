@@ -76,9 +76,9 @@ pub fn run_verify(a: VerifyArgs) -> Result<()> {
     for name in &names {
         let report = ops::verify_db(&*storage, name, &vopts);
         for p in &report.problems {
-            println!("problem: {p}");
+            outln!("problem: {p}");
         }
-        println!("{}", report.line());
+        outln!("{}", report.line());
         if !report.ok() {
             failed += 1;
             problems += report.problems.len();
