@@ -200,7 +200,9 @@ pub fn init_logging() {
 
 /// The command line as `T`, named by the program's file name (or
 /// `default_name`). `--help` prints to stdout and exits 0; a usage error
-/// or an argument that is not UTF-8 prints one line to stderr and exits 1.
+/// prints argh's message (several lines for missing flags) and a hint to
+/// run `--help` to stderr, an argument that is not UTF-8 one line naming
+/// it; both exit 1.
 /// Unlike `argh::from_env`, a closed stdout (`walsync --help | head -1`)
 /// is no panic: the reader had what it wanted.
 pub fn parse_args<T: argh::FromArgs>(default_name: &str) -> T {
