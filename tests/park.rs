@@ -27,10 +27,11 @@ use common::process::{wait_for, Signal};
 // 1. Files are closed and reopened
 // ---------------------------------------------------------------------------
 
-/// An idle database keeps only its lock file open; a write reopens it and
-/// ships. Mutation checked: `Capture::park` not closing the WAL
-/// (`self.wal.close()` removed) → "not parked" (the `-wal` descriptor
-/// stays).
+/// An idle database keeps only its lock file open, and no thread; a write
+/// reopens it (on a new thread) and ships. Mutations checked:
+/// `Capture::park` not closing the WAL (`self.wal.close()` removed) → "not
+/// parked" (the `-wal` descriptor stays); `DbTask::run` calling
+/// `run_parking` with `leave` false → "still has its thread".
 #[test]
 fn idle_files_closed_and_reopened() {
     let Some((env, db, mut w, mut daemon, mut replica)) = one("park-fds", "fds.db", "1s") else {
@@ -39,6 +40,10 @@ fn idle_files_closed_and_reopened() {
     assert!(wait_open(&daemon, &db), "never opened the database");
     wait_parked(&daemon, &db);
     eprintln!("parked: open {:?}", open_files(daemon.pid(), &db));
+    assert!(
+        wait_for(Duration::from_secs(10), || db_threads(&daemon) == 0),
+        "parked, but the database still has its thread"
+    );
 
     // A write wakes it: the descriptors come back while writing, and the
     // write ships.
@@ -54,6 +59,8 @@ fn idle_files_closed_and_reopened() {
         }
     }
     assert!(reopened, "the descriptors did not come back while writing");
+    // Open again, with its thread again (it cannot park while written to).
+    assert_eq!(db_threads(&daemon), 1, "reopened without a thread");
     oracle::wait_caught_up(&mut replica, &db, CATCH_UP);
     // And it parks again once idle.
     wait_parked(&daemon, &db);

@@ -108,6 +108,7 @@ mod stats;
 pub use config::{DbConfig, Event, Snooze};
 pub use park::{OpenSlots, Seat, Slot, BASE_FDS, OPEN_FDS, PARKED_FDS};
 pub use resume::{find_resume_point, Resumed};
+pub use run::Outcome;
 pub use source::SnapshotSource;
 pub use stats::DbStats;
 
@@ -646,3 +647,9 @@ impl Drop for Fence {
         }
     }
 }
+// A parked database sleeps without a thread, and wakes on a new one
+// (`crate::daemon::lot`): its `Capture` moves between threads.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Capture>();
+};

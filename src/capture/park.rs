@@ -8,8 +8,9 @@
 //! that is what limits a process: 10,000 databases need 80,000 descriptors,
 //! four times the usual hard limit. A parked database keeps its lock file
 //! open and, while the limit has room, its database descriptor (see below);
-//! besides those only its thread, its watch and its position in memory. Its
-//! directory watch wakes it on the next write.
+//! besides those only its watch and its position in memory: in the daemon
+//! it sleeps without a thread ([`Capture::run_parking`],
+//! `crate::daemon::lot`). Its directory watch wakes it on the next write.
 //!
 //! # Why parking cannot lose a commit
 //!
@@ -157,7 +158,7 @@ fn clock_went_back(at: (std::time::SystemTime, Instant)) -> bool {
 pub struct OpenSlots {
     /// The open-file limit (`u64::MAX`: unlimited).
     fd_limit: u64,
-    /// Databases with a thread (each holds at least its lock file).
+    /// Databases running, parked or not (each holds at least its lock file).
     dbs: AtomicU64,
     /// Databases known to be starting (see [`OpenSlots::expect`]).
     expected: AtomicU64,
@@ -194,7 +195,7 @@ impl Drop for Pin {
     }
 }
 
-/// One database's thread, counted in [`OpenSlots`] while it lives.
+/// One running database, counted in [`OpenSlots`] while it runs.
 #[derive(Debug)]
 pub struct Seat(Arc<OpenSlots>);
 
@@ -220,7 +221,7 @@ impl OpenSlots {
         })
     }
 
-    /// A database's thread starts; counted until the seat is dropped.
+    /// A database starts; counted until the seat is dropped.
     pub fn seat(self: &Arc<Self>) -> Seat {
         self.dbs.fetch_add(1, Ordering::AcqRel);
         Seat(self.clone())

@@ -9,17 +9,58 @@ use super::*;
 /// A sleep at least this long is idle (see [`Capture::trim_idle`]).
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(5);
 
+/// How [`Capture::run_parking`] ended.
+pub enum Outcome {
+    /// The loop ended: shut down (everything committed shipped, or the
+    /// reason it was not), or stopped by an error.
+    Done(Result<()>),
+    /// Parked with nothing to do: to be woken on another thread (see
+    /// `crate::daemon::lot`), by a file event, the shutdown or
+    /// [`Capture::wake_at`].
+    Parked(Box<Capture>),
+}
+
+/// What a parked database's sleep ended with.
+enum Waking {
+    /// Woken, and an open slot taken: go on.
+    Woken,
+    /// Told to shut down.
+    Stop,
+    /// Nothing to do (only when the sleep does not block).
+    Asleep,
+}
+
 impl Capture {
     /// The watcher thread's loop: runs until `Shutdown`, the event channel
-    /// closes or `shutdown` is closed (a broadcast), then ships what is committed and waits for the uploads up to
-    /// `drain_timeout`. Boxed: by value, the 1.3 KiB of `Capture` would sit
-    /// in this frame and its caller's, resident for the thread's life.
+    /// closes or `shutdown` is closed (a broadcast), then ships what is
+    /// committed and waits for the uploads up to `drain_timeout`. Boxed: by
+    /// value, the 1.3 KiB of `Capture` would sit in this frame and its
+    /// caller's, resident for the thread's life.
     pub fn run(
-        mut self: Box<Self>,
+        self: Box<Self>,
         events: Receiver<Event>,
         shutdown: Receiver<()>,
         drain_timeout: Duration,
     ) -> Result<()> {
+        let mut rep = self;
+        loop {
+            match rep.run_parking(&events, &shutdown, drain_timeout, false) {
+                Outcome::Done(r) => return r,
+                // Not reached (a sleep that blocks never leaves): go on.
+                Outcome::Parked(r) => rep = r,
+            }
+        }
+    }
+
+    /// [`Capture::run`], except that with `leave` a parked database with
+    /// nothing to do returns instead of sleeping in this thread.
+    pub fn run_parking(
+        mut self: Box<Self>,
+        events: &Receiver<Event>,
+        shutdown: &Receiver<()>,
+        drain_timeout: Duration,
+        leave: bool,
+    ) -> Outcome {
         let mut retry = 0u32;
         let mut timer: Option<Instant>;
         let mut pending_error: Option<Instant>;
@@ -28,9 +69,12 @@ impl Capture {
         // wake-up.
         let mut trimmed_at: Option<u64> = None;
         loop {
-            if self.parked.is_some() && !self.holds_slot() && self.sleep_parked(&events, &shutdown)
-            {
-                return self.drain(drain_timeout);
+            if self.parked.is_some() && !self.holds_slot() {
+                match self.sleep_parked(events, shutdown, !leave) {
+                    Waking::Woken => {}
+                    Waking::Stop => return Outcome::Done(self.drain(drain_timeout)),
+                    Waking::Asleep => return Outcome::Parked(self),
+                }
             }
             match self.tick() {
                 Ok(next) => {
@@ -43,7 +87,7 @@ impl Capture {
                     log::error!("{e}");
                     self.stats.last_error.note(e.to_string());
                     let _ = self.end_read();
-                    return Err(e);
+                    return Outcome::Done(Err(e));
                 }
                 Err(e) => {
                     // A failed pass may have snoozed after `step`; no pass
@@ -96,10 +140,10 @@ impl Capture {
             crossbeam_channel::select! {
                 recv(events) -> ev => match ev {
                     Ok(Event::Wake) => self.woken(),
-                    Ok(Event::Shutdown) | Err(_) => return self.drain(drain_timeout),
+                    Ok(Event::Shutdown) | Err(_) => return Outcome::Done(self.drain(drain_timeout)),
                 },
                 recv(self.acks) -> a => if let Ok(a) = a { self.on_ack(a) },
-                recv(shutdown) -> _ => return self.drain(drain_timeout),
+                recv(shutdown) -> _ => return Outcome::Done(self.drain(drain_timeout)),
                 recv(tick) -> _ => {}
             }
             // Coalesce a burst of events into one pass.
@@ -109,7 +153,7 @@ impl Capture {
             loop {
                 match events.try_recv() {
                     Ok(Event::Wake) => self.woken(),
-                    Ok(Event::Shutdown) => return self.drain(drain_timeout),
+                    Ok(Event::Shutdown) => return Outcome::Done(self.drain(drain_timeout)),
                     Err(_) => break,
                 }
             }
@@ -121,29 +165,56 @@ impl Capture {
         self.parking.as_ref().is_none_or(|p| p.slot.is_some())
     }
 
+    /// When a parked database has something to do without a file event:
+    /// its periodic snapshot may be due.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.cfg.snapshot_interval.map(|iv| self.last_snapshot + iv)
+    }
+
     /// Parked: sleep until a file event (or a periodic snapshot is due),
-    /// then wait for an open slot. True when told to shut down instead.
-    fn sleep_parked(&mut self, events: &Receiver<Event>, shutdown: &Receiver<()>) -> bool {
+    /// then wait for an open slot. With `block` false, nothing to do now
+    /// returns [`Waking::Asleep`] instead of sleeping.
+    fn sleep_parked(
+        &mut self,
+        events: &Receiver<Event>,
+        shutdown: &Receiver<()>,
+        block: bool,
+    ) -> Waking {
         let Some(slots) = self.parking.as_ref().map(|p| p.slots.clone()) else {
-            return false;
+            return Waking::Woken;
         };
         loop {
             let due = self
-                .cfg
-                .snapshot_interval
-                .map(|iv| self.last_snapshot + iv)
+                .wake_at()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             let tick = due.map_or_else(crossbeam_channel::never, crossbeam_channel::after);
-            crossbeam_channel::select! {
-                recv(events) -> ev => match ev {
+            let mut sel = crossbeam_channel::Select::new();
+            let on_event = sel.recv(events);
+            let on_stop = sel.recv(shutdown);
+            sel.recv(&tick);
+            let op = match block {
+                true => sel.select(),
+                false => match sel.try_select() {
+                    Ok(op) => op,
+                    Err(_) => return Waking::Asleep,
+                },
+            };
+            // Each arm completes the operation on the receiver it chose.
+            match op.index() {
+                i if i == on_event => match op.recv(events) {
                     Ok(Event::Wake) => {
                         self.woken();
                         break;
                     }
-                    Ok(Event::Shutdown) | Err(_) => return true,
+                    Ok(Event::Shutdown) | Err(_) => return Waking::Stop,
                 },
-                recv(shutdown) -> _ => return true,
-                recv(tick) -> _ => {}
+                i if i == on_stop => {
+                    let _ = op.recv(shutdown);
+                    return Waking::Stop;
+                }
+                _ => {
+                    let _ = op.recv(&tick);
+                }
             }
             // The periodic snapshot is due: nothing was shipped since the
             // newest snapshot, so it is the current state already (as in
@@ -187,9 +258,9 @@ impl Capture {
         match (slot, self.parking.as_mut()) {
             (Some(s), Some(p)) => {
                 p.slot = Some(s);
-                false
+                Waking::Woken
             }
-            _ => true,
+            _ => Waking::Stop,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod config;
 pub mod exec;
 pub mod heartbeat;
 mod limits;
+mod lot;
 pub mod metrics;
 pub mod missing;
 pub mod notify;
@@ -40,7 +41,6 @@ pub mod watch;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -114,13 +114,61 @@ const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(60);
 /// most this often, after this many closes.
 const RELEASE_MEMORY_AFTER_CLOSES: (Duration, u64) = (Duration::from_secs(15), 16);
 
+/// A started database. Stopped ([`Running::stop`]) and waited for before
+/// it is dropped: a database parked without a thread lives in its doorbell
+/// (see [`lot`]) until rung, and dropping its `Running` without a ring would
+/// leave it there — its lock held, its uploads' channel open.
 struct Running {
     name: String,
     /// The path as configured or found (the map's key is the real file).
     path: PathBuf,
-    handle: JoinHandle<Result<()>>,
+    /// The database's result when it ends.
+    done: Receiver<Result<()>>,
+    /// Rung to run it when it sleeps without a thread (see [`lot`]).
+    bell: Arc<dyn lot::Bell>,
     /// Dropped to stop this database (its watcher drains and exits).
     stop: Option<Sender<()>>,
+}
+
+impl Running {
+    /// Stop this database: it ships what is committed and ends.
+    fn stop(&mut self) {
+        self.stop = None;
+        // Sleeping without a thread: wake it to see the closed channel.
+        self.bell.ring();
+    }
+}
+
+/// Wait for every database to end (after [`Running::stop`]); returns how
+/// many ended with an error, each logged. Meanwhile, once a second, the
+/// doorbells of those still running are rung if due: a parked database
+/// whose thread could not be spawned (the thread limit) is tried again,
+/// all of them at once rather than one after another.
+fn join_all(running: Vec<Running>) -> usize {
+    let mut failed = 0;
+    let mut left = std::collections::VecDeque::from(running);
+    while let Some(r) = left.front() {
+        let outcome = match r.done.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Some("watcher thread panicked".to_string())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                for r in &left {
+                    r.bell.ring_if_due(now);
+                }
+                continue;
+            }
+        };
+        if let Some(msg) = outcome {
+            failed += 1;
+            log::error!("{}", name_line(&r.name, &msg));
+        }
+        left.pop_front();
+    }
+    failed
 }
 
 /// How long a database file found by a pattern may be missing before its
@@ -292,6 +340,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     // child (if any) has started.
     let mut settled = false;
     let mut ticker = crossbeam_channel::tick(Duration::from_millis(50));
+    // Parked databases' timers (see `Running::bell`).
+    let lot_timer = crossbeam_channel::tick(Duration::from_secs(1));
     // After start-up, free memory inside the allocator's arenas goes back to
     // the kernel now and then (crate::util::release_free_memory).
     let mut trim = crossbeam_channel::never();
@@ -348,6 +398,14 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
                 daemon.stop_removed(&due);
             },
             recv(finished) -> key => if let Ok(key) = key { daemon.finished(&key) },
+            recv(lot_timer) -> _ => {
+                // Parked databases whose periodic snapshot is due, and
+                // threads to spawn again (see `lot`).
+                let now = Instant::now();
+                for r in daemon.running.values() {
+                    r.bell.ring_if_due(now);
+                }
+            },
             recv(signals) -> sig => {
                 signalled = true;
                 // With a running `--exec` child, the child decides when to
@@ -438,7 +496,7 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     let mut late: Vec<PathBuf> = late.chain(absent).collect();
     // Every watcher drains and stops (in parallel with the search below).
     for r in daemon.running.values_mut() {
-        r.stop = None;
+        r.stop();
     }
     for tree in daemon.trees.iter().flatten() {
         late.extend(tree.walk(tree.root(), &mut |_| Ok(true)).0);
@@ -447,23 +505,10 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
         daemon.discovered(&p);
     }
     for r in daemon.running.values_mut() {
-        r.stop = None; // the late ones: one attempt, then drain
+        r.stop(); // the late ones: one attempt, then drain
     }
     compactor.stop(); // a merge in progress stops between objects
-    let mut failed = daemon.failed;
-    for (_, r) in daemon.running.drain() {
-        match r.handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failed += 1;
-                log::error!("{}", name_line(&r.name, &e.to_string()));
-            }
-            Err(_) => {
-                failed += 1;
-                log::error!("{}: watcher thread panicked", r.name);
-            }
-        }
-    }
+    let failed = daemon.failed + join_all(daemon.running.drain().map(|(_, r)| r).collect());
     // Every drain has ended (shipped, or reported what it could not ship
     // in time): what is still queued is abandoned, not waited for past
     // --shutdown-timeout.

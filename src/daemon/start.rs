@@ -4,13 +4,16 @@
 //! replicated yet (not in WAL mode, locked by another process, storage down)
 //! waits and retries without holding up the others, and where the lock on
 //! the file and the bucket lease are taken before the resume point is read.
+//! Once replicating, a database whose files are closed while idle sleeps
+//! without a thread ([`DbTask`], `super::lot`) and wakes on a new one.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::capture::{Capture, Event};
+use crate::capture::{Capture, Event, Outcome, Seat};
 use crate::compact::DbEntry;
+use crate::daemon::lot::{Doorbell, Wake};
 use crate::daemon::metrics::DbState;
 use crate::daemon::targets::{is_pattern, spec_name};
 use crate::daemon::tree::TreePattern;
@@ -24,6 +27,101 @@ struct Finished(crossbeam_channel::Sender<PathBuf>, PathBuf);
 impl Drop for Finished {
     fn drop(&mut self) {
         let _ = self.0.send(std::mem::take(&mut self.1));
+    }
+}
+
+/// A replicating database between two threads (see [`crate::daemon::lot`]):
+/// its state and what its thread holds.
+struct DbTask {
+    rep: Box<Capture>,
+    ctx: TaskCtx,
+}
+
+struct TaskCtx {
+    events: crossbeam_channel::Receiver<Event>,
+    stop: crossbeam_channel::Receiver<()>,
+    drain: Duration,
+    fencer: Option<std::sync::Arc<crate::lease::Fencer>>,
+    name: String,
+    /// The database's lock (shared with the `on_moved` hook in `rep`).
+    held: std::sync::Arc<std::sync::Mutex<Option<crate::sqlite::lock::DbLock>>>,
+    bell: Doorbell<Box<DbTask>>,
+    /// The result, for the daemon (sent before `finished` is dropped).
+    done: crossbeam_channel::Sender<Result<()>>,
+    _seat: Seat,
+    /// Dropped last: tells the daemon's loop the database ended.
+    _finished: Finished,
+}
+
+impl DbTask {
+    /// Replicate until the database ends, or until it is parked with
+    /// nothing to do: then this thread ends and its doorbell keeps it.
+    fn run(self) {
+        let DbTask { mut rep, mut ctx } = self;
+        loop {
+            match rep.run_parking(&ctx.events, &ctx.stop, ctx.drain, true) {
+                Outcome::Done(result) => return ctx.finish(result),
+                Outcome::Parked(r) => {
+                    let due = r.wake_at();
+                    let bell = ctx.bell.clone();
+                    match bell.park(Box::new(DbTask { rep: r, ctx }), due, |t| t.woken()) {
+                        None => return,
+                        Some(t) => (rep, ctx) = (t.rep, t.ctx),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A wake-up is waiting: a file event, or the stop channel closed. (A
+    /// closed event channel is none: `rep` keeps a sender of its own, for
+    /// `on_moved`, so it closes only when the database ends.)
+    fn woken(&self) -> bool {
+        !self.ctx.events.is_empty()
+            || matches!(
+                self.ctx.stop.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            )
+    }
+
+    /// Spawn a thread for a parked database that was woken.
+    fn spawn(task: Box<DbTask>) -> std::result::Result<(), Box<DbTask>> {
+        // Handed over through a cell: a thread that cannot be started
+        // gives the database back instead of dropping it.
+        let name = format!("db-{}", task.ctx.name);
+        let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(task)));
+        let theirs = cell.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name)
+            .stack_size(DB_THREAD_STACK)
+            .spawn(move || {
+                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
+                // (`stack_size` above), and this is its first statement.
+                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
+                let task = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(t) = task {
+                    t.run();
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(_) => match cell.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(t) => Err(t),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl TaskCtx {
+    fn finish(self, result: Result<()>) {
+        if let (Some(f), Ok(())) = (&self.fencer, &result) {
+            f.release(&self.name);
+        }
+        // The lock is released before the daemon hears of the end (it may
+        // start the database again at once).
+        drop(self.held);
+        let _ = self.done.send(result);
     }
 }
 
@@ -109,10 +207,11 @@ impl Daemon {
         let cfg_name = name.clone();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded::<Event>(1);
         let snooze = crate::capture::Snooze::default();
-        if let Err(e) = self
-            .router
-            .add_database(&key, ev_tx.clone(), snooze.clone())
-        {
+        let doorbell: Doorbell<Box<DbTask>> = Doorbell::new(&name, Box::new(DbTask::spawn));
+        let bell = doorbell.bell();
+        let wake = Wake::new(ev_tx.clone(), Some(bell.clone()));
+        let (done_tx, done) = crossbeam_channel::bounded::<Result<()>>(1);
+        if let Err(e) = self.router.add_database(&key, wake.clone(), snooze.clone()) {
             log::error!("{}: not replicated: {e}", path.display());
             return;
         }
@@ -139,12 +238,12 @@ impl Daemon {
                 // SAFETY: this thread was spawned with `DB_THREAD_STACK`
                 // (`stack_size` above), and this is its first statement.
                 unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
-                // However the thread ends, the daemon's loop hears of it
+                // However the database ends, the daemon's loop hears of it
                 // (and cleans up, or restarts a database whose file came
                 // back); at shutdown nobody listens.
-                let _finished = Finished(finished, watched.clone());
-                // Counted while the thread lives: its lock file stays open.
-                let _seat = slots.seat();
+                let finished = Finished(finished, watched.clone());
+                // Counted while the database runs: its lock file stays open.
+                let seat = slots.seat();
                 // A database that cannot be opened yet (a new file not yet
                 // in WAL mode, an empty file, storage down) is reported once
                 // and retried when it changes, or every 30 s; the other
@@ -301,7 +400,10 @@ impl Daemon {
                 });
                 let mut rep = match opened {
                     ControlFlow::Continue(rep) => rep,
-                    ControlFlow::Break(result) => return result,
+                    ControlFlow::Break(result) => {
+                        let _ = done_tx.send(result);
+                        return;
+                    }
                 };
                 let _ = compactor.send(DbEntry {
                     name: cfg.name.clone(),
@@ -313,7 +415,7 @@ impl Daemon {
                 // directory): hold its lock — refused while another replica
                 // ships that file — and watch where SQLite now writes.
                 let moved_router = router.clone();
-                let moved_tx = ev_tx.clone();
+                let moved_wake = wake;
                 let moved_snooze = snooze.clone();
                 rep.share_snooze(snooze);
                 let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
@@ -325,18 +427,28 @@ impl Daemon {
                         *slot = Some(fresh);
                     }
                     moved_router.remove_database(old);
-                    moved_router.add_database(new, moved_tx.clone(), moved_snooze.clone())
+                    moved_router.add_database(new, moved_wake.clone(), moved_snooze.clone())
                 });
                 drop(ev_tx);
-                let result = rep.run(ev_rx, stop, drain);
-                if let (Some(f), Ok(())) = (&fencer, &result) {
-                    f.release(&cfg_name);
+                DbTask {
+                    rep,
+                    ctx: TaskCtx {
+                        events: ev_rx,
+                        stop,
+                        drain,
+                        fencer,
+                        name: cfg_name,
+                        held,
+                        bell: doorbell,
+                        done: done_tx,
+                        _seat: seat,
+                        _finished: finished,
+                    },
                 }
-                drop(held);
-                result
+                .run();
             });
         match spawned {
-            Ok(handle) => {
+            Ok(_) => {
                 self.names.insert(name.clone(), path.to_path_buf());
                 let path = path.to_path_buf();
                 let stop = Some(stop_tx);
@@ -345,7 +457,8 @@ impl Daemon {
                     Running {
                         name,
                         path,
-                        handle,
+                        done,
+                        bell,
                         stop,
                     },
                 );
@@ -430,7 +543,7 @@ impl Daemon {
                     r.path.display(),
                     r.name
                 );
-                r.stop = None;
+                r.stop();
             }
         }
     }
@@ -452,7 +565,7 @@ impl Daemon {
             return;
         };
         let stopped = r.stop.is_none();
-        let outcome = match r.handle.join() {
+        let outcome = match r.done.recv() {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some("watcher thread panicked".to_string()),

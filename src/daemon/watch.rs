@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
+use super::lot::Wake;
 use super::tree::{child, is_database_name, TreePattern};
-use crate::capture::{Event, Snooze};
+use crate::capture::Snooze;
 use crate::error::{Error, Result};
 
 /// What the router sends to the daemon besides per-database wake-ups.
@@ -46,7 +47,7 @@ struct Routes {
     dirs: HashMap<WatchDescriptor, Vec<PathBuf>>,
     /// Per watched name: the database's wake-up channel, and for its WAL
     /// the watcher's [`Snooze`].
-    dbs: HashMap<(PathBuf, OsString), (Sender<Event>, Option<Snooze>)>,
+    dbs: HashMap<(PathBuf, OsString), (Wake, Option<Snooze>)>,
     trees: Vec<Arc<TreePattern>>,
 }
 
@@ -128,7 +129,7 @@ impl Router {
     /// Wake `events` whenever `db` or its WAL changes. `db` must be the
     /// resolved path (no symlink): SQLite keeps the WAL beside the real file,
     /// and the events name the real directory's entries.
-    pub fn add_database(&self, db: &Path, events: Sender<Event>, snooze: Snooze) -> Result<()> {
+    pub fn add_database(&self, db: &Path, events: Wake, snooze: Snooze) -> Result<()> {
         let (dir, name) = split(db)?;
         self.watch_dir(&dir)?;
         let mut wal = name.clone();
@@ -263,6 +264,9 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
         // Whether the batch woke a watcher or reported anything besides
         // writes (no nap then), and reached snoozing watchers (see below).
         let (mut urgent, mut snoozed, mut count) = (false, false, 0usize);
+        // Doorbells of the databases woken, rung once the lock is released
+        // (a parked database's ring spawns its thread: see `lot`).
+        let mut bells = Vec::new();
         let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
             count += 1;
@@ -271,7 +275,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 // Events were dropped: wake everyone, each checks for itself;
                 // the daemon searches the trees again.
                 for (tx, _) in r.dbs.values() {
-                    let _ = tx.try_send(Event::Wake);
+                    bells.extend(tx.send());
                 }
                 let _ = discoveries.send(Discovery::Rescan);
                 continue;
@@ -290,7 +294,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 let gone = w.dirs.remove(&ev.wd).unwrap_or_default();
                 for ((dir, _), (tx, _)) in &w.dbs {
                     if gone.contains(dir) {
-                        let _ = tx.try_send(Event::Wake);
+                        bells.extend(tx.send());
                     }
                 }
                 drop(w);
@@ -318,7 +322,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                     // A full channel already holds a wake-up, and a snoozing
                     // watcher reads the WAL at its timer: nothing is lost.
                     if snooze.as_ref().is_none_or(Snooze::note_event) {
-                        let _ = tx.try_send(Event::Wake);
+                        bells.extend(tx.send());
                         urgent = true;
                     } else {
                         snoozed = true;
@@ -362,6 +366,9 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 nap_length(untils, count, since, napped, queue, now)
             });
         drop(r);
+        for b in bells {
+            b.ring();
+        }
         napped = nap.is_some();
         if let Some(nap) = nap {
             // Every event went to a database waiting for its put interval

@@ -98,6 +98,20 @@ pub fn wait_parked(daemon: &Proc, db: &Path) {
     );
 }
 
+/// Threads of the daemon named after a database (`db-<name>`, cut to the
+/// kernel's 15 bytes).
+pub fn db_threads(daemon: &Proc) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("db-"))
+        })
+        .count()
+}
+
 /// SIGSTOP, and wait (bounded) until every thread of the process is
 /// stopped: the signal is delivered asynchronously, and a thread still
 /// running could react to what the test does next.
