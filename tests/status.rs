@@ -25,10 +25,11 @@ const SYNC: &str = env!("CARGO_BIN_EXE_walsync-sync");
 const WALSYNC: &str = env!("CARGO_BIN_EXE_walsync");
 
 /// The keys of one database in `walsync status --json` (scripts/README.md).
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 12] = [
     "name",
     "path",
     "state",
+    "files_closed",
     "shipped_txid",
     "lag_ms",
     "wal_bytes",

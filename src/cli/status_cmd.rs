@@ -151,7 +151,10 @@ pub fn format_status(dbs: &[DbStatus], now_ms: i64) -> String {
             vec![
                 d.name.clone(),
                 d.path.clone(),
-                d.state.clone(),
+                match d.files_closed {
+                    true => format!("{} (files closed)", d.state),
+                    false => d.state.clone(),
+                },
                 d.shipped_txid.map_or_else(dash, |t| t.to_string()),
                 d.lag_ms
                     .map_or_else(dash, |ms| format!("{:.1}s", ms as f64 / 1000.0)),
@@ -192,6 +195,7 @@ mod tests {
             name: name.into(),
             path: format!("/data/{name}"),
             state: "replicating".into(),
+            files_closed: false,
             shipped_txid: Some(42),
             lag_ms: Some(260),
             wal_bytes: 4152,
@@ -213,6 +217,13 @@ mod tests {
         failed.last_error = Some("not in WAL mode\n(journal_mode=delete)".into());
         failed.last_error_ms = Some(1_700_000_000_000);
         let now = 1_700_000_000_000 + 125_000;
+        let mut idle = db("idle.db");
+        idle.files_closed = true;
+        let out = format_status(&[idle], now);
+        assert!(
+            out.contains("  replicating (files closed)    42  0.3s"),
+            "{out}"
+        );
         let out = format_status(&[db("a.db"), failed], now);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 3, "{out}");

@@ -85,6 +85,10 @@ pub struct DbStatus {
     pub path: String,
     /// `starting`, `replicating` or `failed` (cannot be opened; retried).
     pub state: String,
+    /// Replicating, with its files closed while idle (`--close-idle-after`;
+    /// the next write reopens them). Absent from older daemons' answers.
+    #[serde(default)]
+    pub files_closed: bool,
     /// Highest txid storage acknowledged (every txid up to it is stored);
     /// `null` unless replicating.
     pub shipped_txid: Option<u64>,
@@ -115,6 +119,7 @@ pub fn collect(registry: &Registry) -> Vec<DbStatus> {
 
 fn db_status(k: Known) -> DbStatus {
     let mut errors = vec![k.open_error, k.storage_error];
+    let mut files_closed = false;
     let (state, shipped, lag, snapshot_ms) = match &k.state {
         DbState::Opening => ("starting", None, None, None),
         DbState::Failed(_) => ("failed", None, None, None),
@@ -125,6 +130,7 @@ fn db_status(k: Known) -> DbStatus {
             let snap = i64::try_from(cut.max(stored)).ok().filter(|ms| *ms > 0);
             let lag = u64::try_from(s.lag().as_millis()).unwrap_or(u64::MAX);
             let shipped = s.durable_txid.load(Ordering::Relaxed);
+            files_closed = s.parked.load(Ordering::Relaxed);
             ("replicating", Some(shipped), Some(lag), snap)
         }
     };
@@ -135,6 +141,7 @@ fn db_status(k: Known) -> DbStatus {
         name: k.name,
         path: k.path.display().to_string(),
         state: state.into(),
+        files_closed,
         shipped_txid: shipped,
         lag_ms: lag,
         last_snapshot: time(snapshot_ms),

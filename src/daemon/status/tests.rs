@@ -61,6 +61,7 @@ fn document_names_states_and_errors() {
     assert!(doc[1].last_error_time.as_deref().unwrap().ends_with('Z'));
     assert_eq!(doc[1].shipped_txid, None);
     assert_eq!(doc[2].state, "replicating");
+    assert!(!doc[2].files_closed);
     assert_eq!(doc[2].shipped_txid, Some(7));
     assert_eq!(doc[2].lag_ms, Some(0));
     assert_eq!(doc[2].last_snapshot_ms, Some(1_700_000_000_000));
