@@ -101,14 +101,15 @@ mod pass;
 mod protocol;
 mod resume;
 mod run;
+mod slots;
 mod snapshot;
 mod source;
 mod stats;
 
 pub use config::{DbConfig, Event, Snooze};
-pub use park::{OpenSlots, Seat, Slot, BASE_FDS, OPEN_FDS, PARKED_FDS};
 pub use resume::{find_resume_point, Resumed};
 pub use run::Outcome;
+pub use slots::{OpenSlots, Seat, Slot, Wakeup, BASE_FDS, OPEN_FDS, PARKED_FDS};
 pub use source::SnapshotSource;
 pub use stats::DbStats;
 
@@ -417,7 +418,18 @@ impl Capture {
             slot: Some(slot),
             lost: 0,
             pin: None,
+            slot_wait: None,
+            wakeup: None,
         });
+    }
+
+    /// How to wake this database when it sleeps without a thread: then a
+    /// woken database that finds no open slot free waits without one too
+    /// (see `slots.rs`). Set after [`Capture::set_parking`].
+    pub fn set_wakeup(&mut self, wakeup: Wakeup) {
+        if let Some(p) = self.parking.as_mut() {
+            p.wakeup = Some(wakeup);
+        }
     }
 
     /// Share `snooze` with whoever routes this database's file events.

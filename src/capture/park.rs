@@ -51,16 +51,13 @@
 //! longer and longer idle spells (four times longer after each, up to
 //! [`MAX_IDLE`]), unless open slots run short.
 //!
-//! # Open slots
-//!
-//! [`OpenSlots`] counts open databases against the open-file limit: a
-//! database opens (at start-up or to unpark) only when a slot is free, and
-//! while others wait, an idle open database parks at once instead of after
-//! `close_idle_after`.
+//! Open slots (how many databases may be open at once under the open-file
+//! limit) are counted in `slots.rs`.
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
+use super::slots::{Pin, SlotWait};
 use super::*;
 
 /// A database whose file was written more recently than this is not
@@ -70,23 +67,6 @@ pub(super) const QUIET_FOR: Duration = Duration::from_secs(2);
 /// The longest idle spell before parking a database whose reopening needed
 /// a snapshot before.
 const MAX_IDLE: Duration = Duration::from_secs(3600);
-
-/// Open databases that must fit besides the pins (see [`OpenSlots::try_pin`]).
-/// An open database holds its slot from a wake-up to the acknowledgement of
-/// its upload (tens of milliseconds): 64 serve hundreds of wake-ups a second.
-const MIN_PINLESS_OPEN: u64 = 64;
-
-/// Descriptors an open database holds beyond a parked one's lock file, at
-/// most: SQLite's database, WAL and `-shm`; the fence's connection's
-/// database (the descriptor SQLite keeps after a connection closes, reused)
-/// and WAL; walsync's own database, WAL and `-shm`; a streamed snapshot's
-/// copy of the WAL descriptor.
-pub const OPEN_FDS: u64 = 9;
-/// Descriptors a parked database holds (its lock file).
-pub const PARKED_FDS: u64 = 1;
-/// Descriptors kept for everything else (stdio, inotify, sockets of the
-/// uploaders, temp files of segments, the status and metrics sockets).
-pub const BASE_FDS: u64 = 512;
 
 /// What a database remembers while its files are closed.
 #[derive(Debug, Clone, Copy)]
@@ -153,181 +133,6 @@ fn clock_went_back(at: (std::time::SystemTime, Instant)) -> bool {
     wall + Duration::from_secs(1) < at.1.elapsed()
 }
 
-/// Open databases counted against the open-file limit (see the module doc).
-#[derive(Debug)]
-pub struct OpenSlots {
-    /// The open-file limit (`u64::MAX`: unlimited).
-    fd_limit: u64,
-    /// Databases running, parked or not (each holds at least its lock file).
-    dbs: AtomicU64,
-    /// Databases known to be starting (see [`OpenSlots::expect`]).
-    expected: AtomicU64,
-    /// Databases open now.
-    open: AtomicU64,
-    /// Parked databases that keep their database descriptor (pinned).
-    pins: AtomicU64,
-    /// Threads waiting for a slot.
-    waiting: AtomicU64,
-    freed_tx: Sender<()>,
-    freed: Receiver<()>,
-}
-
-/// One open database's slot; given back when dropped.
-#[derive(Debug)]
-pub struct Slot(Arc<OpenSlots>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        if self.0.waiting.load(Ordering::Acquire) > 0 {
-            let _ = self.0.freed_tx.try_send(());
-        }
-    }
-}
-
-/// A parked database's kept database descriptor; given back when dropped.
-#[derive(Debug)]
-pub struct Pin(Arc<OpenSlots>);
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        self.0.pins.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// One running database, counted in [`OpenSlots`] while it runs.
-#[derive(Debug)]
-pub struct Seat(Arc<OpenSlots>);
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.0.dbs.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl OpenSlots {
-    /// Slots for databases under an open-file limit of `fd_limit`.
-    pub fn new(fd_limit: u64) -> Arc<OpenSlots> {
-        let (freed_tx, freed) = crossbeam_channel::bounded(64);
-        Arc::new(OpenSlots {
-            fd_limit,
-            dbs: AtomicU64::new(0),
-            expected: AtomicU64::new(0),
-            open: AtomicU64::new(0),
-            pins: AtomicU64::new(0),
-            waiting: AtomicU64::new(0),
-            freed_tx,
-            freed,
-        })
-    }
-
-    /// A database starts; counted until the seat is dropped.
-    pub fn seat(self: &Arc<Self>) -> Seat {
-        self.dbs.fetch_add(1, Ordering::AcqRel);
-        Seat(self.clone())
-    }
-
-    /// How many databases may be open at once now (at least one).
-    pub fn capacity(&self) -> u64 {
-        self.capacity_with(self.pins.load(Ordering::Acquire))
-    }
-
-    /// `n` databases are about to start: count them from now on, so that
-    /// the first to start do not take the room of the later ones.
-    pub fn expect(&self, n: u64) {
-        self.expected.fetch_max(n, Ordering::AcqRel);
-    }
-
-    fn databases(&self) -> u64 {
-        self.dbs
-            .load(Ordering::Acquire)
-            .max(self.expected.load(Ordering::Acquire))
-    }
-
-    fn capacity_with(&self, pins: u64) -> u64 {
-        let parked = self.databases() * PARKED_FDS + pins;
-        (self.fd_limit.saturating_sub(BASE_FDS + parked) / OPEN_FDS).max(1)
-    }
-
-    /// A pin for a database about to park, if the open-file limit has room:
-    /// at least one database in 64 (and [`MIN_PINLESS_OPEN`]) can
-    /// still be open at once with it, besides those open now.
-    pub fn try_pin(self: &Arc<Self>) -> Option<Pin> {
-        let floor = (self.databases() / 64).max(MIN_PINLESS_OPEN);
-        let pins = self.pins.fetch_add(1, Ordering::AcqRel) + 1;
-        let pin = Pin(self.clone());
-        let cap = self.capacity_with(pins);
-        (cap >= floor && cap > self.open()).then_some(pin)
-    }
-
-    /// Databases open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// A slot, if one is free now.
-    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        let cap = self.capacity();
-        let mut open = self.open.load(Ordering::Acquire);
-        loop {
-            if open >= cap {
-                return None;
-            }
-            match self.open.compare_exchange_weak(
-                open,
-                open + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some(Slot(self.clone())),
-                Err(now) => open = now,
-            }
-        }
-    }
-
-    /// Wait for a slot until `give_up` fires (then `None`). Checks again
-    /// every second besides when a slot is freed: the capacity also grows
-    /// when databases stop.
-    pub fn take<T>(self: &Arc<Self>, give_up: &Receiver<T>) -> Option<Slot> {
-        if let Some(s) = self.try_take() {
-            return Some(s);
-        }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        let slot = loop {
-            if let Some(s) = self.try_take() {
-                break Some(s);
-            }
-            crossbeam_channel::select! {
-                recv(self.freed) -> _ => {}
-                recv(give_up) -> _ => break None,
-                recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
-            }
-        };
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        slot
-    }
-
-    /// Others wait for a slot, or nearly every slot is taken: idle open
-    /// databases should park now.
-    pub fn pressed(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
-            || self.open().saturating_mul(10) >= self.capacity().saturating_mul(9)
-    }
-
-    /// Channel signalled when a slot is freed while someone waits.
-    pub(super) fn freed(&self) -> &Receiver<()> {
-        &self.freed
-    }
-
-    /// Count a waiter while `f` runs (so that idle databases park for it).
-    pub(super) fn waiting<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        let r = f();
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        r
-    }
-}
-
 /// How a database parks: the shared slots and the slot it holds.
 pub struct Parking {
     pub(super) slots: Arc<OpenSlots>,
@@ -336,6 +141,11 @@ pub struct Parking {
     pub(super) lost: u32,
     /// Held while parked with the database descriptor kept.
     pub(super) pin: Option<Pin>,
+    /// Woken, and waiting for a slot without a thread (see `slots.rs`).
+    pub(super) slot_wait: Option<SlotWait>,
+    /// How to wake this database when it sleeps without a thread (set by
+    /// the daemon; `None`: it waits in its thread).
+    pub(super) wakeup: Option<Wakeup>,
 }
 
 impl Capture {

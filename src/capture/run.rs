@@ -4,6 +4,7 @@
 //! shutdown) and sleeps until the pass's next timer; the drain ships
 //! everything committed before the process exits.
 
+use super::slots::SlotWait;
 use super::*;
 
 /// A sleep at least this long is idle (see [`Capture::trim_idle`]).
@@ -167,8 +168,21 @@ impl Capture {
 
     /// When a parked database has something to do without a file event:
     /// its periodic snapshot may be due.
+    /// While it waits for an open slot without a thread, it is woken when
+    /// a slot is given back, a pin dropped or a database stops (see
+    /// `slots.rs`), and looks again every 30 s besides.
     pub fn wake_at(&self) -> Option<Instant> {
+        if self.waits_for_slot() {
+            // A snapshot due meanwhile needs the slot too.
+            return Some(Instant::now() + Duration::from_secs(30));
+        }
         self.cfg.snapshot_interval.map(|iv| self.last_snapshot + iv)
+    }
+
+    /// Woken, and waiting for an open slot without a thread: file events
+    /// change nothing until a slot is free (see `slots.rs`).
+    pub fn waits_for_slot(&self) -> bool {
+        self.parking.as_ref().is_some_and(|p| p.slot_wait.is_some())
     }
 
     /// Parked: sleep until a file event (or a periodic snapshot is due),
@@ -183,6 +197,30 @@ impl Capture {
         let Some(slots) = self.parking.as_ref().map(|p| p.slots.clone()) else {
             return Waking::Woken;
         };
+        // Without a thread to wait in (the daemon's), a woken database waits
+        // for its slot queued.
+        let wakeup = match block {
+            true => None,
+            false => self.parking.as_ref().and_then(|p| p.wakeup.clone()),
+        };
+        if let (true, Some(w)) = (self.waits_for_slot(), &wakeup) {
+            // Woken before, and waiting for a slot without a thread: events
+            // since are wake-ups too.
+            loop {
+                match events.try_recv() {
+                    Ok(Event::Wake) => self.woken(),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Ok(Event::Shutdown) | Err(_) => return self.stop_waiting(),
+                }
+            }
+            if !matches!(
+                shutdown.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Empty)
+            ) {
+                return self.stop_waiting();
+            }
+            return self.take_slot_or_queue(&slots, w);
+        }
         loop {
             let due = self
                 .wake_at()
@@ -226,6 +264,9 @@ impl Capture {
             }
             break;
         }
+        if let Some(w) = &wakeup {
+            return self.take_slot_or_queue(&slots, w);
+        }
         let slot = slots.try_take().or_else(|| {
             // Woken: something may be committed and unread until it opens.
             self.stats.note_unread();
@@ -262,6 +303,56 @@ impl Capture {
             }
             _ => Waking::Stop,
         }
+    }
+
+    /// Woken, without a thread to wait in: take a free open slot, or queue
+    /// to be woken when one is given back ([`Waking::Asleep`]).
+    fn take_slot_or_queue(&mut self, slots: &Arc<OpenSlots>, wakeup: &Wakeup) -> Waking {
+        if let Some(s) = slots.try_take() {
+            return self.got_slot(s);
+        }
+        if !self.waits_for_slot() {
+            // Woken: something may be committed and unread until it opens.
+            self.stats.note_unread();
+        }
+        let Some(p) = self.parking.as_mut() else {
+            return Waking::Woken; // slots are not counted
+        };
+        let wait = p.slot_wait.get_or_insert_with(|| SlotWait::new(slots));
+        wait.queue(wakeup);
+        // A slot given back before it was counted as waiting woke nobody.
+        if let Some(s) = slots.try_take() {
+            return self.got_slot(s);
+        }
+        if !wait.warned && wait.since.elapsed() >= Duration::from_secs(10) {
+            wait.warned = true;
+            log::warn!(
+                "{}: waiting {}s for an open slot (open-file limit; {} databases open)",
+                self.cfg.name,
+                wait.since.elapsed().as_secs(),
+                slots.open()
+            );
+        }
+        Waking::Asleep
+    }
+
+    fn got_slot(&mut self, slot: Slot) -> Waking {
+        if let Some(p) = self.parking.as_mut() {
+            p.slot = Some(slot);
+            if let Some(w) = p.slot_wait.take() {
+                w.served();
+            }
+        }
+        Waking::Woken
+    }
+
+    /// Told to stop while waiting for a slot without a thread (the drain
+    /// takes one itself, see `reopen_for_drain`).
+    fn stop_waiting(&mut self) -> Waking {
+        if let Some(p) = self.parking.as_mut() {
+            p.slot_wait = None;
+        }
+        Waking::Stop
     }
 
     /// Memory only, before a long sleep with nothing in flight: free the

@@ -19,7 +19,10 @@
 //! goes on. The lock orders the two sides: a ring that takes the lock
 //! before the thread does finds nothing parked, but its message was sent
 //! before, so the thread's check sees it; a ring after the thread finds the
-//! database and spawns it. A database is never run by two threads: only
+//! database and spawns it. A ring that is no message (an open slot given
+//! back, `capture::slots`; the daemon's stop) and finds nothing parked is
+//! kept (`rung`): the next park gives the database back at once. A
+//! database is never run by two threads: only
 //! the one that takes it from the doorbell (or never left it there) runs it.
 //!
 //! A thread that cannot be spawned (the process's thread limit) leaves the
@@ -46,6 +49,9 @@ pub type Spawn<T> = dyn Fn(T) -> Result<(), T> + Send + Sync;
 pub trait Bell: Send + Sync {
     /// Something happened: run the parked database now, if it is parked.
     fn ring(&self);
+    /// A file event: as [`Bell::ring`], unless the parked database waits
+    /// for something else (it reads its events when it runs).
+    fn ring_event(&self);
     /// Run the parked database if its timer is due (a periodic snapshot,
     /// a spawn to retry).
     fn ring_if_due(&self, now: Instant);
@@ -55,10 +61,22 @@ struct Parked<T> {
     task: T,
     /// When to run it without a wake-up.
     due: Option<Instant>,
+    /// File events do not run it (it waits for something else: an open
+    /// slot); other rings do.
+    deaf: bool,
+}
+
+struct State<T> {
+    parked: Option<Parked<T>>,
+    /// Rung while nothing was parked: the next [`Doorbell::park`] gives the
+    /// task back at once (a ring is never lost, even one that is not a
+    /// message in a channel: an open slot given back, see
+    /// `capture::slots`).
+    rung: bool,
 }
 
 struct Inner<T> {
-    parked: Mutex<Option<Parked<T>>>,
+    state: Mutex<State<T>>,
     spawn: Box<Spawn<T>>,
     /// For the log line of a failed spawn.
     name: String,
@@ -76,7 +94,10 @@ impl<T> Clone for Doorbell<T> {
 impl<T: Send + 'static> Doorbell<T> {
     pub fn new(name: &str, spawn: Box<Spawn<T>>) -> Doorbell<T> {
         Doorbell(Arc::new(Inner {
-            parked: Mutex::new(None),
+            state: Mutex::new(State {
+                parked: None,
+                rung: false,
+            }),
             spawn,
             name: name.to_string(),
         }))
@@ -89,13 +110,14 @@ impl<T: Send + 'static> Doorbell<T> {
         &self,
         task: T,
         due: Option<Instant>,
+        deaf: bool,
         waiting: impl FnOnce(&T) -> bool,
     ) -> Option<T> {
-        let mut parked = self.0.lock();
-        if waiting(&task) {
+        let mut state = self.0.lock();
+        if std::mem::take(&mut state.rung) || waiting(&task) {
             return Some(task);
         }
-        *parked = Some(Parked { task, due });
+        state.parked = Some(Parked { task, due, deaf });
         None
     }
 
@@ -112,8 +134,8 @@ static WARNED: Mutex<Option<Instant>> = Mutex::new(None);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl<T> Inner<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Parked<T>>> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn run(&self, task: T) {
@@ -129,10 +151,13 @@ impl<T> Inner<T> {
                 );
             }
             drop(warned);
-            let mut parked = self.lock();
-            *parked = Some(Parked {
+            let mut state = self.lock();
+            // Whatever rang meanwhile is served by the retry.
+            state.rung = false;
+            state.parked = Some(Parked {
                 task,
                 due: Some(Instant::now() + RETRY_SPAWN),
+                deaf: false,
             });
         }
     }
@@ -140,7 +165,27 @@ impl<T> Inner<T> {
 
 impl<T: Send + 'static> Bell for Inner<T> {
     fn ring(&self) {
-        let taken = self.lock().take();
+        let taken = {
+            let mut state = self.lock();
+            let taken = state.parked.take();
+            state.rung = taken.is_none();
+            taken
+        };
+        if let Some(p) = taken {
+            self.run(p.task);
+        }
+    }
+
+    fn ring_event(&self) {
+        // Not sticky: the event itself is in the database's channel, where
+        // a thread about to park sees it.
+        let taken = {
+            let mut state = self.lock();
+            match state.parked.as_ref().is_some_and(|p| !p.deaf) {
+                true => state.parked.take(),
+                false => None,
+            }
+        };
         if let Some(p) = taken {
             self.run(p.task);
         }
@@ -148,9 +193,9 @@ impl<T: Send + 'static> Bell for Inner<T> {
 
     fn ring_if_due(&self, now: Instant) {
         let taken = {
-            let mut parked = self.lock();
-            match parked.as_ref().and_then(|p| p.due) {
-                Some(due) if due <= now => parked.take(),
+            let mut state = self.lock();
+            match state.parked.as_ref().and_then(|p| p.due) {
+                Some(due) if due <= now => state.parked.take(),
                 _ => None,
             }
         };
@@ -209,13 +254,30 @@ mod tests {
     #[test]
     fn a_waiting_wake_up_keeps_the_task_and_a_ring_runs_it_once() {
         let (bell, spawned, ran) = counting_bell(false);
-        assert_eq!(bell.park(7, None, |_| true), Some(7));
-        assert_eq!(bell.park(7, None, |_| false), None);
+        assert_eq!(bell.park(7, None, false, |_| true), Some(7));
+        assert_eq!(bell.park(7, None, false, |_| false), None);
         let b = bell.bell();
-        b.ring();
         b.ring();
         assert_eq!(*ran.lock().unwrap(), vec![7]);
         assert_eq!(spawned.load(Ordering::SeqCst), 1);
+        // A ring while it runs is kept: its next park gives it back once.
+        b.ring();
+        assert_eq!(spawned.load(Ordering::SeqCst), 1);
+        assert_eq!(bell.park(7, None, false, |_| false), Some(7));
+        assert_eq!(bell.park(7, None, false, |_| false), None);
+    }
+
+    #[test]
+    fn file_events_do_not_run_a_deaf_task_nor_stick() {
+        let (bell, spawned, _) = counting_bell(false);
+        assert_eq!(bell.park(3, None, true, |_| false), None);
+        bell.bell().ring_event();
+        assert_eq!(spawned.load(Ordering::SeqCst), 0, "deaf: not run");
+        bell.bell().ring();
+        assert_eq!(spawned.load(Ordering::SeqCst), 1, "other rings run it");
+        // While it runs, an event is in its channel, not in the doorbell.
+        bell.bell().ring_event();
+        assert_eq!(bell.park(3, None, false, |_| false), None);
     }
 
     #[test]
@@ -223,7 +285,7 @@ mod tests {
         let (bell, _, ran) = counting_bell(false);
         let now = Instant::now();
         assert!(bell
-            .park(1, Some(now + Duration::from_secs(60)), |_| false)
+            .park(1, Some(now + Duration::from_secs(60)), false, |_| false)
             .is_none());
         bell.bell().ring_if_due(now);
         assert!(ran.lock().unwrap().is_empty());
@@ -231,7 +293,7 @@ mod tests {
         assert_eq!(*ran.lock().unwrap(), vec![1]);
 
         let (bell, spawned, _) = counting_bell(true);
-        assert!(bell.park(2, None, |_| false).is_none());
+        assert!(bell.park(2, None, false, |_| false).is_none());
         bell.bell().ring();
         assert_eq!(spawned.load(Ordering::SeqCst), 1);
         // Still parked, due for a retry: not lost.

@@ -63,8 +63,9 @@ impl DbTask {
                 Outcome::Done(result) => return ctx.finish(result),
                 Outcome::Parked(r) => {
                     let due = r.wake_at();
+                    let deaf = r.waits_for_slot();
                     let bell = ctx.bell.clone();
-                    match bell.park(Box::new(DbTask { rep: r, ctx }), due, |t| t.woken()) {
+                    match bell.park(Box::new(DbTask { rep: r, ctx }), due, deaf, |t| t.woken()) {
                         None => return,
                         Some(t) => (rep, ctx) = (t.rep, t.ctx),
                     }
@@ -77,7 +78,8 @@ impl DbTask {
     /// closed event channel is none: `rep` keeps a sender of its own, for
     /// `on_moved`, so it closes only when the database ends.)
     fn woken(&self) -> bool {
-        !self.ctx.events.is_empty()
+        // Waiting for an open slot, a file event changes nothing.
+        (!self.ctx.events.is_empty() && !self.rep.waits_for_slot())
             || matches!(
                 self.ctx.stop.try_recv(),
                 Err(crossbeam_channel::TryRecvError::Disconnected)
@@ -210,6 +212,7 @@ impl Daemon {
         let doorbell: Doorbell<Box<DbTask>> = Doorbell::new(&name, Box::new(DbTask::spawn));
         let bell = doorbell.bell();
         let wake = Wake::new(ev_tx.clone(), Some(bell.clone()));
+        let slot_bell = bell.clone();
         let (done_tx, done) = crossbeam_channel::bounded::<Result<()>>(1);
         if let Err(e) = self.router.add_database(&key, wake.clone(), snooze.clone()) {
             log::error!("{}: not replicated: {e}", path.display());
@@ -318,6 +321,8 @@ impl Daemon {
                                 // and `run`'s, which stay live while it sleeps.
                                 let mut rep = Box::new(rep);
                                 rep.set_parking(slots.clone(), slot);
+                                let ring = slot_bell.clone();
+                                rep.set_wakeup(std::sync::Arc::new(move || ring.ring()));
                                 registry.set_state(&reg_name, DbState::Running(rep.stats()));
                                 if reported.is_some() {
                                     log::info!("{}: replicating now", db_path.display());

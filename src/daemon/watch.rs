@@ -367,7 +367,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
             });
         drop(r);
         for b in bells {
-            b.ring();
+            b.ring_event();
         }
         napped = nap.is_some();
         if let Some(nap) = nap {
