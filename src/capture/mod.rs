@@ -659,6 +659,7 @@ impl Drop for Fence {
         }
     }
 }
+
 // A parked database sleeps without a thread, and wakes on a new one
 // (`crate::daemon::lot`): its `Capture` moves between threads.
 const _: fn() = || {

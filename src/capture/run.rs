@@ -10,6 +10,18 @@ use super::*;
 /// A sleep at least this long is idle (see [`Capture::trim_idle`]).
 const IDLE_TRIM_AFTER: Duration = Duration::from_secs(5);
 
+/// Once, after 10 s of waiting for an open slot since `since`.
+fn warn_slot_wait(name: &str, since: Instant, warned: &mut bool, slots: &OpenSlots) {
+    if !*warned && since.elapsed() >= Duration::from_secs(10) {
+        *warned = true;
+        log::warn!(
+            "{name}: waiting {}s for an open slot (open-file limit; {} databases open)",
+            since.elapsed().as_secs(),
+            slots.open()
+        );
+    }
+}
+
 /// How [`Capture::run_parking`] ended.
 pub enum Outcome {
     /// The loop ended: shut down (everything committed shipped, or the
@@ -168,6 +180,7 @@ impl Capture {
 
     /// When a parked database has something to do without a file event:
     /// its periodic snapshot may be due.
+    ///
     /// While it waits for an open slot without a thread, it is woken when
     /// a slot is given back, a pin dropped or a database stops (see
     /// `slots.rs`), and looks again every 30 s besides.
@@ -273,15 +286,7 @@ impl Capture {
             let since = Instant::now();
             let mut warned = false;
             slots.waiting(|| loop {
-                if !warned && since.elapsed() >= Duration::from_secs(10) {
-                    warned = true;
-                    log::warn!(
-                        "{}: waiting {}s for an open slot (open-file limit; {} databases open)",
-                        self.cfg.name,
-                        since.elapsed().as_secs(),
-                        slots.open()
-                    );
-                }
+                warn_slot_wait(&self.cfg.name, since, &mut warned, &slots);
                 crossbeam_channel::select! {
                     recv(slots.freed()) -> _ => {}
                     recv(events) -> ev => match ev {
@@ -324,15 +329,7 @@ impl Capture {
         if let Some(s) = slots.try_take() {
             return self.got_slot(s);
         }
-        if !wait.warned && wait.since.elapsed() >= Duration::from_secs(10) {
-            wait.warned = true;
-            log::warn!(
-                "{}: waiting {}s for an open slot (open-file limit; {} databases open)",
-                self.cfg.name,
-                wait.since.elapsed().as_secs(),
-                slots.open()
-            );
-        }
+        warn_slot_wait(&self.cfg.name, wait.since, &mut wait.warned, slots);
         Waking::Asleep
     }
 

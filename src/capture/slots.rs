@@ -486,11 +486,18 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_pin_takes_no_room() {
+    fn a_refused_pin_takes_no_room_and_wakes_nobody() {
         // Far below the 64 open databases a pin must leave room for.
         let (slots, _a, _b) = one_slot();
+        let (wa, na) = counter();
+        let mut a = SlotWait::new(&slots);
+        a.queue(&wa);
         assert!(slots.try_pin().is_none());
+        // A pin counted and then given back would have "made room" for
+        // the queued waiter while nothing is open.
+        assert_eq!(n(&na), 0, "a refused pin woke a waiter");
         assert_eq!(slots.capacity(), 1, "a refused pin takes no room");
         assert!(slots.try_take().is_some());
+        drop(a);
     }
 }

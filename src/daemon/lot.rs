@@ -210,11 +210,11 @@ impl<T: Send + 'static> Bell for Inner<T> {
 #[derive(Clone)]
 pub struct Wake {
     tx: Sender<Event>,
-    bell: Option<Arc<dyn Bell>>,
+    bell: Arc<dyn Bell>,
 }
 
 impl Wake {
-    pub fn new(tx: Sender<Event>, bell: Option<Arc<dyn Bell>>) -> Wake {
+    pub fn new(tx: Sender<Event>, bell: Arc<dyn Bell>) -> Wake {
         Wake { tx, bell }
     }
 
@@ -222,7 +222,7 @@ impl Wake {
     /// ring after it is returned, for the caller to ring once it holds no
     /// lock (a ring may spawn a thread). A full channel already holds a
     /// wake-up: nothing is lost.
-    pub fn send(&self) -> Option<Arc<dyn Bell>> {
+    pub fn send(&self) -> Arc<dyn Bell> {
         let _ = self.tx.try_send(Event::Wake);
         self.bell.clone()
     }

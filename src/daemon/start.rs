@@ -90,21 +90,15 @@ impl DbTask {
     fn spawn(task: Box<DbTask>) -> std::result::Result<(), Box<DbTask>> {
         // Handed over through a cell: a thread that cannot be started
         // gives the database back instead of dropping it.
-        let name = format!("db-{}", task.ctx.name);
+        let name = task.ctx.name.clone();
         let cell = std::sync::Arc::new(std::sync::Mutex::new(Some(task)));
         let theirs = cell.clone();
-        let spawned = std::thread::Builder::new()
-            .name(name)
-            .stack_size(DB_THREAD_STACK)
-            .spawn(move || {
-                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
-                // (`stack_size` above), and this is its first statement.
-                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
-                let task = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(t) = task {
-                    t.run();
-                }
-            });
+        let spawned = spawn_db_thread(&name, move || {
+            let task = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(t) = task {
+                t.run();
+            }
+        });
         match spawned {
             Ok(_) => Ok(()),
             Err(_) => match cell.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -142,6 +136,20 @@ fn is_wal_database(path: &Path) -> bool {
 /// Stack size of a per-database thread (SQLite needs little; keep 1,000
 /// threads cheap).
 const DB_THREAD_STACK: usize = 512 * 1024;
+
+/// Start a database's thread (`db-<name>`, [`DB_THREAD_STACK`]) running `f`.
+fn spawn_db_thread(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("db-{name}"))
+        .stack_size(DB_THREAD_STACK)
+        .spawn(move || {
+            // SAFETY: this thread was spawned with `DB_THREAD_STACK`
+            // (`stack_size` above), and this is its first statement.
+            unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
+            f()
+        })
+        .map(|_| ())
+}
 
 impl Daemon {
     /// The configured database (index into `opts.databases`) a newly
@@ -211,7 +219,7 @@ impl Daemon {
         let snooze = crate::capture::Snooze::default();
         let doorbell: Doorbell<Box<DbTask>> = Doorbell::new(&name, Box::new(DbTask::spawn));
         let bell = doorbell.bell();
-        let wake = Wake::new(ev_tx.clone(), Some(bell.clone()));
+        let wake = Wake::new(ev_tx.clone(), bell.clone());
         let slot_bell = bell.clone();
         let (done_tx, done) = crossbeam_channel::bounded::<Result<()>>(1);
         if let Err(e) = self.router.add_database(&key, wake.clone(), snooze.clone()) {
@@ -233,225 +241,218 @@ impl Daemon {
         let watched = key.clone();
         let fencer = self.opts.fencer.clone();
         let slots = self.slots.clone();
-        let thread_name = format!("db-{name}");
-        let spawned = std::thread::Builder::new()
-            .name(thread_name)
-            .stack_size(DB_THREAD_STACK)
-            .spawn(move || {
-                // SAFETY: this thread was spawned with `DB_THREAD_STACK`
-                // (`stack_size` above), and this is its first statement.
-                unsafe { crate::util::note_thread_stack(DB_THREAD_STACK) };
-                // However the database ends, the daemon's loop hears of it
-                // (and cleans up, or restarts a database whose file came
-                // back); at shutdown nobody listens.
-                let finished = Finished(finished, watched.clone());
-                // Counted while the database runs: its lock file stays open.
-                let seat = slots.seat();
-                // A database that cannot be opened yet (a new file not yet
-                // in WAL mode, an empty file, storage down) is reported once
-                // and retried when it changes, or every 30 s; the other
-                // databases go on. Giving up for good would leave a database
-                // discovered a moment before its `PRAGMA journal_mode=WAL`
-                // unreplicated forever.
-                let mut reported: Option<String> = None;
-                // Held while this thread ships the database: a second
-                // process (another daemon, `walsync snapshot`) is refused
-                // instead of allocating the same txids (src/sqlite/lock.rs).
-                let mut lock: Option<crate::sqlite::lock::DbLock> = None;
-                // At shutdown one last attempt is made: a database created
-                // a moment ago (by an `--exec` child that then exited) may
-                // open now, and what it committed must ship.
-                let mut stopping = false;
-                // The opening runs in a frame of its own (`util::outlined`):
-                // its locals (a `Result<Capture>` of 1.3 KiB, errors,
-                // temporaries) would otherwise sit in this frame, which stays
-                // live above `run`'s loop for the thread's life, out of reach
-                // of `util::release_unused_stack` (3 resident stack pages per
-                // sleeping database instead of 5).
-                let opened = crate::util::outlined(|| {
-                    let rep = loop {
-                        let transient;
-                        // An open slot first (see `capture::park`), before the
-                        // lease's requests and the files: with thousands of
-                        // databases, the others close their files when idle and
-                        // make room, and no more than the slots talk to storage
-                        // at once (each request may need a connection).
-                        let slot = match stopping {
-                            false => slots.take(&stop),
-                            true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
-                        };
-                        let Some(slot) = slot else {
-                            // As below: an error only where this process
-                            // would have shipped something.
-                            if stopping && !is_wal_database(&db_path) {
-                                return ControlFlow::Break(Ok(()));
-                            }
-                            if stopping {
-                                return ControlFlow::Break(Err(Error::Config(format!(
+        let spawned = spawn_db_thread(&name, move || {
+            // However the database ends, the daemon's loop hears of it
+            // (and cleans up, or restarts a database whose file came
+            // back); at shutdown nobody listens.
+            let finished = Finished(finished, watched.clone());
+            // Counted while the database runs: its lock file stays open.
+            let seat = slots.seat();
+            // A database that cannot be opened yet (a new file not yet
+            // in WAL mode, an empty file, storage down) is reported once
+            // and retried when it changes, or every 30 s; the other
+            // databases go on. Giving up for good would leave a database
+            // discovered a moment before its `PRAGMA journal_mode=WAL`
+            // unreplicated forever.
+            let mut reported: Option<String> = None;
+            // Held while this thread ships the database: a second
+            // process (another daemon, `walsync snapshot`) is refused
+            // instead of allocating the same txids (src/sqlite/lock.rs).
+            let mut lock: Option<crate::sqlite::lock::DbLock> = None;
+            // At shutdown one last attempt is made: a database created
+            // a moment ago (by an `--exec` child that then exited) may
+            // open now, and what it committed must ship.
+            let mut stopping = false;
+            // The opening runs in a frame of its own (`util::outlined`):
+            // its locals (a `Result<Capture>` of 1.3 KiB, errors,
+            // temporaries) would otherwise sit in this frame, which stays
+            // live above `run`'s loop for the thread's life, out of reach
+            // of `util::release_unused_stack` (3 resident stack pages per
+            // sleeping database instead of 5).
+            let opened = crate::util::outlined(|| {
+                let rep = loop {
+                    let transient;
+                    // An open slot first (see `capture::park`), before the
+                    // lease's requests and the files: with thousands of
+                    // databases, the others close their files when idle and
+                    // make room, and no more than the slots talk to storage
+                    // at once (each request may need a connection).
+                    let slot = match stopping {
+                        false => slots.take(&stop),
+                        true => slots.take(&crossbeam_channel::after(Duration::from_secs(5))),
+                    };
+                    let Some(slot) = slot else {
+                        // As below: an error only where this process
+                        // would have shipped something.
+                        if stopping && !is_wal_database(&db_path) {
+                            return ControlFlow::Break(Ok(()));
+                        }
+                        if stopping {
+                            return ControlFlow::Break(Err(Error::Config(format!(
                                     "{}: no open slot at shutdown (every one was taken): not read; what it committed stays in the WAL and ships on the next start",
                                     cfg.name
                                 ))));
+                        }
+                        stopping = true;
+                        continue;
+                    };
+                    let locked = match lock {
+                        Some(_) => Ok(()),
+                        None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
+                    };
+                    // The bucket lease is taken before the resume point is
+                    // read: no other writer can ship this name meanwhile.
+                    let fenced = match &fencer {
+                        Some(f) => locked.and_then(|()| {
+                            let local = lock.as_ref().and_then(crate::lease::local_identity);
+                            f.acquire(&cfg.name, local.as_deref())
+                        }),
+                        None => locked,
+                    };
+                    match fenced.and_then(|()| {
+                        Capture::open(
+                            cfg.clone(),
+                            storage.clone(),
+                            segments.clone(),
+                            budget.clone(),
+                        )
+                    }) {
+                        Ok(rep) => {
+                            // Boxed: its 1.3 KiB is not copied into this frame
+                            // and `run`'s, which stay live while it sleeps.
+                            let mut rep = Box::new(rep);
+                            rep.set_parking(slots.clone(), slot);
+                            let ring = slot_bell.clone();
+                            rep.set_wakeup(std::sync::Arc::new(move || ring.ring()));
+                            registry.set_state(&reg_name, DbState::Running(rep.stats()));
+                            if reported.is_some() {
+                                log::info!("{}: replicating now", db_path.display());
                             }
+                            break rep;
+                        }
+                        // At shutdown: storage failing for a WAL-mode
+                        // database this process would ship may leave
+                        // commits unshipped: an error. A file that is gone,
+                        // not an SQLite database in WAL mode, shipped by
+                        // another process (its lock) or host (its lease),
+                        // or that walsync cannot read (a damaged WAL,
+                        // reported when it was found, as any bad input)
+                        // has nothing this process could ship.
+                        Err(e) if stopping => {
+                            let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
+                            let unshipped = e.storage_kind().is_some()
+                                && !elsewhere
+                                && is_wal_database(&db_path);
+                            return ControlFlow::Break(match unshipped {
+                                true => Err(e),
+                                false => Ok(()),
+                            });
+                        }
+                        Err(e) => {
+                            // Retried every second too: a lock held by
+                            // another process (or by this one's previous
+                            // watcher of a file just moved within a tree,
+                            // still finishing) is released without any
+                            // event here.
+                            transient = e.storage_kind().is_some_and(|k| k.is_retryable())
+                                || lock.is_none();
+                            let msg = e.to_string();
+                            registry.set_state(&reg_name, DbState::Failed(msg.clone()));
+                            if reported.as_deref() == Some(msg.as_str()) {
+                                log::debug!("{}: still not replicated: {msg}", db_path.display());
+                            } else {
+                                log::error!(
+                                    "{}: not replicated: {msg} ({})",
+                                    db_path.display(),
+                                    if transient {
+                                        "retrying every second"
+                                    } else {
+                                        "retrying when the file changes"
+                                    }
+                                );
+                                reported = Some(msg);
+                            }
+                        }
+                    }
+                    // At most one attempt a second, then (unless the failure
+                    // was transient) wait for a change.
+                    crossbeam_channel::select! {
+                        recv(stop) -> _ => {
                             stopping = true;
                             continue;
-                        };
-                        let locked = match lock {
-                            Some(_) => Ok(()),
-                            None => crate::sqlite::lock::try_lock(&db_path).map(|l| lock = Some(l)),
-                        };
-                        // The bucket lease is taken before the resume point is
-                        // read: no other writer can ship this name meanwhile.
-                        let fenced = match &fencer {
-                            Some(f) => locked.and_then(|()| {
-                                let local = lock.as_ref().and_then(crate::lease::local_identity);
-                                f.acquire(&cfg.name, local.as_deref())
-                            }),
-                            None => locked,
-                        };
-                        match fenced.and_then(|()| {
-                            Capture::open(
-                                cfg.clone(),
-                                storage.clone(),
-                                segments.clone(),
-                                budget.clone(),
-                            )
-                        }) {
-                            Ok(rep) => {
-                                // Boxed: its 1.3 KiB is not copied into this frame
-                                // and `run`'s, which stay live while it sleeps.
-                                let mut rep = Box::new(rep);
-                                rep.set_parking(slots.clone(), slot);
-                                let ring = slot_bell.clone();
-                                rep.set_wakeup(std::sync::Arc::new(move || ring.ring()));
-                                registry.set_state(&reg_name, DbState::Running(rep.stats()));
-                                if reported.is_some() {
-                                    log::info!("{}: replicating now", db_path.display());
-                                }
-                                break rep;
-                            }
-                            // At shutdown: storage failing for a WAL-mode
-                            // database this process would ship may leave
-                            // commits unshipped: an error. A file that is gone,
-                            // not an SQLite database in WAL mode, shipped by
-                            // another process (its lock) or host (its lease),
-                            // or that walsync cannot read (a damaged WAL,
-                            // reported when it was found, as any bad input)
-                            // has nothing this process could ship.
-                            Err(e) if stopping => {
-                                let elsewhere = lock.is_none() || matches!(e, Error::Fenced(_));
-                                let unshipped = e.storage_kind().is_some()
-                                    && !elsewhere
-                                    && is_wal_database(&db_path);
-                                return ControlFlow::Break(match unshipped {
-                                    true => Err(e),
-                                    false => Ok(()),
-                                });
-                            }
-                            Err(e) => {
-                                // Retried every second too: a lock held by
-                                // another process (or by this one's previous
-                                // watcher of a file just moved within a tree,
-                                // still finishing) is released without any
-                                // event here.
-                                transient = e.storage_kind().is_some_and(|k| k.is_retryable())
-                                    || lock.is_none();
-                                let msg = e.to_string();
-                                registry.set_state(&reg_name, DbState::Failed(msg.clone()));
-                                if reported.as_deref() == Some(msg.as_str()) {
-                                    log::debug!("{}: still not replicated: {msg}", db_path.display());
-                                } else {
-                                    log::error!(
-                                        "{}: not replicated: {msg} ({})",
-                                        db_path.display(),
-                                        if transient {
-                                            "retrying every second"
-                                        } else {
-                                            "retrying when the file changes"
-                                        }
-                                    );
-                                    reported = Some(msg);
-                                }
-                            }
-                        }
-                        // At most one attempt a second, then (unless the failure
-                        // was transient) wait for a change.
-                        crossbeam_channel::select! {
-                            recv(stop) -> _ => {
-                                stopping = true;
-                                continue;
-                            },
-                            recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
-                        }
-                        if transient {
-                            // S3 hiccuped (503, reset, a cut-off answer): the
-                            // committed data waits in the WAL; try again now,
-                            // not only when the application writes again.
+                        },
+                        recv(crossbeam_channel::after(Duration::from_secs(1))) -> _ => {}
+                    }
+                    if transient {
+                        // S3 hiccuped (503, reset, a cut-off answer): the
+                        // committed data waits in the WAL; try again now,
+                        // not only when the application writes again.
+                        continue;
+                    }
+                    crossbeam_channel::select! {
+                        recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
+                            router.remove_database(&watched);
+                            registry.remove(&reg_name);
+                            return ControlFlow::Break(Ok(()));
+                        },
+                        recv(stop) -> _ => {
+                            stopping = true;
                             continue;
-                        }
-                        crossbeam_channel::select! {
-                            recv(ev_rx) -> ev => if !matches!(ev, Ok(Event::Wake)) {
-                                router.remove_database(&watched);
-                                registry.remove(&reg_name);
-                                return ControlFlow::Break(Ok(()));
-                            },
-                            recv(stop) -> _ => {
-                                stopping = true;
-                                continue;
-                            },
-                            recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
-                        }
-                    };
-                    ControlFlow::Continue(rep)
-                });
-                let mut rep = match opened {
-                    ControlFlow::Continue(rep) => rep,
-                    ControlFlow::Break(result) => {
-                        let _ = done_tx.send(result);
-                        return;
+                        },
+                        recv(crossbeam_channel::after(Duration::from_secs(30))) -> _ => {}
                     }
                 };
-                let _ = compactor.send(DbEntry {
-                    name: cfg.name.clone(),
-                    stats: rep.stats(),
-                    level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
-                    retention: cfg.retention,
-                });
-                // A replaced or moved file (a retargeted symlink, a swapped
-                // directory): hold its lock — refused while another replica
-                // ships that file — and watch where SQLite now writes.
-                let moved_router = router.clone();
-                let moved_wake = wake;
-                let moved_snooze = snooze.clone();
-                rep.share_snooze(snooze);
-                let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
-                let moved_lock = held.clone();
-                rep.on_moved(move |old, new| {
-                    let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    if !slot.as_ref().is_some_and(|l| l.covers(new)) {
-                        let fresh = crate::sqlite::lock::try_lock(new)?;
-                        *slot = Some(fresh);
-                    }
-                    moved_router.remove_database(old);
-                    moved_router.add_database(new, moved_wake.clone(), moved_snooze.clone())
-                });
-                drop(ev_tx);
-                DbTask {
-                    rep,
-                    ctx: TaskCtx {
-                        events: ev_rx,
-                        stop,
-                        drain,
-                        fencer,
-                        name: cfg_name,
-                        held,
-                        bell: doorbell,
-                        done: done_tx,
-                        _seat: seat,
-                        _finished: finished,
-                    },
-                }
-                .run();
+                ControlFlow::Continue(rep)
             });
+            let mut rep = match opened {
+                ControlFlow::Continue(rep) => rep,
+                ControlFlow::Break(result) => {
+                    let _ = done_tx.send(result);
+                    return;
+                }
+            };
+            let _ = compactor.send(DbEntry {
+                name: cfg.name.clone(),
+                stats: rep.stats(),
+                level_ends: rep.resumed().map(|r| r.level_ends).unwrap_or_default(),
+                retention: cfg.retention,
+            });
+            // A replaced or moved file (a retargeted symlink, a swapped
+            // directory): hold its lock — refused while another replica
+            // ships that file — and watch where SQLite now writes.
+            let moved_router = router.clone();
+            let moved_wake = wake;
+            let moved_snooze = snooze.clone();
+            rep.share_snooze(snooze);
+            let held = std::sync::Arc::new(std::sync::Mutex::new(lock.take()));
+            let moved_lock = held.clone();
+            rep.on_moved(move |old, new| {
+                let mut slot = moved_lock.lock().unwrap_or_else(|p| p.into_inner());
+                if !slot.as_ref().is_some_and(|l| l.covers(new)) {
+                    let fresh = crate::sqlite::lock::try_lock(new)?;
+                    *slot = Some(fresh);
+                }
+                moved_router.remove_database(old);
+                moved_router.add_database(new, moved_wake.clone(), moved_snooze.clone())
+            });
+            drop(ev_tx);
+            DbTask {
+                rep,
+                ctx: TaskCtx {
+                    events: ev_rx,
+                    stop,
+                    drain,
+                    fencer,
+                    name: cfg_name,
+                    held,
+                    bell: doorbell,
+                    done: done_tx,
+                    _seat: seat,
+                    _finished: finished,
+                },
+            }
+            .run();
+        });
         match spawned {
             Ok(_) => {
                 self.names.insert(name.clone(), path.to_path_buf());

@@ -222,6 +222,10 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
     let mut read_at = Instant::now();
     // Whether the previous batch was followed by a nap (see `nap_length`).
     let mut napped = false;
+    // Doorbells of the databases woken by a batch, rung once the routes
+    // lock is released (a parked database's ring spawns its thread: see
+    // `lot`); kept across batches, not allocated for each.
+    let mut bells = Vec::new();
     loop {
         // Wait in poll(2), then read what is there (the descriptor is
         // non-blocking). The crate's blocking read clears and sets
@@ -264,9 +268,6 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
         // Whether the batch woke a watcher or reported anything besides
         // writes (no nap then), and reached snoozing watchers (see below).
         let (mut urgent, mut snoozed, mut count) = (false, false, 0usize);
-        // Doorbells of the databases woken, rung once the lock is released
-        // (a parked database's ring spawns its thread: see `lot`).
-        let mut bells = Vec::new();
         let mut r = routes.lock().unwrap_or_else(|p| p.into_inner());
         for ev in events {
             count += 1;
@@ -275,7 +276,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 // Events were dropped: wake everyone, each checks for itself;
                 // the daemon searches the trees again.
                 for (tx, _) in r.dbs.values() {
-                    bells.extend(tx.send());
+                    bells.push(tx.send());
                 }
                 let _ = discoveries.send(Discovery::Rescan);
                 continue;
@@ -294,7 +295,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 let gone = w.dirs.remove(&ev.wd).unwrap_or_default();
                 for ((dir, _), (tx, _)) in &w.dbs {
                     if gone.contains(dir) {
-                        bells.extend(tx.send());
+                        bells.push(tx.send());
                     }
                 }
                 drop(w);
@@ -322,7 +323,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                     // A full channel already holds a wake-up, and a snoozing
                     // watcher reads the WAL at its timer: nothing is lost.
                     if snooze.as_ref().is_none_or(Snooze::note_event) {
-                        bells.extend(tx.send());
+                        bells.push(tx.send());
                         urgent = true;
                     } else {
                         snoozed = true;
@@ -366,7 +367,7 @@ fn route(mut inotify: Inotify, routes: &Mutex<Routes>, discoveries: &Sender<Disc
                 nap_length(untils, count, since, napped, queue, now)
             });
         drop(r);
-        for b in bells {
+        for b in bells.drain(..) {
             b.ring_event();
         }
         napped = nap.is_some();
