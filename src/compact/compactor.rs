@@ -318,6 +318,14 @@ impl DbState {
                         self.scanned[level] = src;
                         break;
                     }
+                    // Shutdown cancels a merge between its inputs: nothing
+                    // was written, the next start merges again. Not a failure.
+                    Err(e) if stop.load(Ordering::Relaxed) => {
+                        log::debug!(
+                            "{name}: level-{level} compaction left for the next start: {e}"
+                        );
+                        return;
+                    }
                     Err(e) => {
                         self.failures = self.failures.saturating_add(1);
                         let wait =
