@@ -84,7 +84,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::{Error, Result};
 use crate::ltx::{self, Header, SNAPSHOT_LEVEL};
-use crate::replica::{last_in_level, read_header};
+use crate::replica::{last_in_each_level, read_header};
 use crate::sqlite::shm::{Shm, ShmHeader};
 use crate::sqlite::tail::{self, Tail, TailProbe};
 use crate::sqlite::wal::{

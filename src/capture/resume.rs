@@ -136,8 +136,8 @@ pub fn find_resume_point(storage: &dyn Storage, db: &str) -> Result<Option<Resum
     let mut best: Option<(u64, String)> = None;
     let mut level_ends = [0u64; 10];
     let mut snapshot_time = None;
-    for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
-        if let Some(last) = last_in_level(storage, db, level)? {
+    for (level, last) in (0u8..).zip(last_in_each_level(storage, db)?) {
+        if let Some(last) = last {
             level_ends[usize::from(level)] = last.max_txid;
             if level == SNAPSHOT_LEVEL {
                 snapshot_time = last.modified;

@@ -32,9 +32,12 @@ pub fn compact_by_hand(
 ) -> Result<ByHand> {
     let db = db.trim_matches('/');
     let mut ends = [0u64; 10];
-    for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
-        if let Some(last) = replica::last_in_level(storage, db, level)? {
-            ends[usize::from(level)] = last.max_txid;
+    for (end, last) in ends
+        .iter_mut()
+        .zip(replica::last_in_each_level(storage, db)?)
+    {
+        if let Some(last) = last {
+            *end = last.max_txid;
         }
     }
     if ends.iter().all(|e| *e == 0) {

@@ -10,7 +10,7 @@
 use crate::error::Result;
 use crate::ltx::{self, SNAPSHOT_LEVEL};
 use crate::replica::listing::{after_txid, list_level, Strictness};
-use crate::replica::{greedy, last_in_level, ReplicaObject};
+use crate::replica::{greedy, last_in_each_level, ReplicaObject};
 use crate::storage::Storage;
 
 /// Level-0 objects to apply above which a poll also looks at the compacted
@@ -135,8 +135,8 @@ pub(super) fn next(storage: &dyn Storage, db: &str, pos: u64, depth: Depth) -> R
 /// one of the snapshots past `pos - 1` (what an idle replica holds: the
 /// newest level-0 object ends at `pos`). Only when both find nothing (the
 /// object was compacted away and retention removed it) the newest object of
-/// every level, in O(log txid) LIST requests each
-/// ([`crate::replica::last_in_level`]).
+/// every level ([`crate::replica::last_in_each_level`]: one LIST for a small
+/// replica, O(log txid) per level for a large one).
 pub(super) fn went_back(
     storage: &dyn Storage,
     db: &str,
@@ -163,13 +163,11 @@ pub(super) fn went_back(
         return Ok(None);
     }
     let mut newest = 0u64;
-    for level in [0u8, 1, 2, 3, SNAPSHOT_LEVEL] {
-        if let Some(last) = last_in_level(storage, db, level)? {
-            if last.max_txid >= pos {
-                return Ok(None);
-            }
-            newest = newest.max(last.max_txid);
+    for last in last_in_each_level(storage, db)?.into_iter().flatten() {
+        if last.max_txid >= pos {
+            return Ok(None);
         }
+        newest = newest.max(last.max_txid);
     }
     Ok(Some(newest))
 }

@@ -40,7 +40,7 @@ pub mod timeline;
 pub use chain::greedy;
 pub use fetch::{check_header_matches, fetch, read_header, Fetched, SPOOL_THRESHOLD};
 pub use listing::{list, list_level, list_with_times, Strictness};
-pub use newest::{last_in_level, LastInLevel};
+pub use newest::{last_in_each_level, LastInLevel};
 
 /// One LTX object of a replica, as named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
