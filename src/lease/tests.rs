@@ -105,3 +105,66 @@ fn lease_text_round_trips() {
     assert_eq!(Lease::decode(&l.encode()), Some(l));
     assert_eq!(Lease::decode(b"junk"), None);
 }
+
+/// Requests sent so far through `s`, all kinds and keys.
+fn requests(s: &crate::storage::CountingStorage) -> u64 {
+    s.snapshot()
+        .values()
+        .map(|c| c.requests.iter().sum::<u64>())
+        .sum()
+}
+
+#[test]
+fn a_release_costs_one_request_conditional_two_fallback_none_expired() {
+    let (_d, inner) = store();
+    for (mode, cost) in [(Mode::Conditional, 1), (Mode::Fallback, 2)] {
+        let s = Arc::new(crate::storage::CountingStorage::new(inner.clone()));
+        let db = format!("app-{mode:?}.db");
+        let a = Fencer::new(s.clone(), mode, LEASE_TTL);
+        a.acquire(&db, None).unwrap();
+        let before = requests(&s);
+        a.release(&db);
+        assert_eq!(requests(&s) - before, cost, "{mode:?}");
+        // Released: the next writer gets in at once, TTL or not.
+        let b = Fencer::new(s.clone(), mode, LEASE_TTL);
+        b.acquire(&db, None).unwrap();
+
+        // A lease that expired already is left as it is: no request.
+        let db = format!("idle-{mode:?}.db");
+        let c = Fencer::new(s.clone(), mode, Duration::from_millis(50));
+        c.acquire(&db, None).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        let before = requests(&s);
+        c.release(&db);
+        assert_eq!(requests(&s), before, "{mode:?}");
+        Fencer::new(s.clone(), mode, LEASE_TTL)
+            .acquire(&db, None)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_release_never_overwrites_a_lease_another_writer_took() {
+    let (_d, s) = store();
+    for mode in [Mode::Conditional, Mode::Fallback] {
+        let db = format!("app-{mode:?}.db");
+        let a = Fencer::new(s.clone(), mode, LEASE_TTL);
+        a.acquire(&db, None).unwrap();
+        // Another writer took the lease while `a` still believes it holds
+        // it (a clock that ran ahead on its host, say).
+        let b = Fencer::new(s.clone(), mode, LEASE_TTL);
+        let (_, etag) = b.read(&db).unwrap().unwrap();
+        b.write(&db, Some(&etag), now_ms() + 60_000, false, None)
+            .unwrap()
+            .unwrap();
+        let (theirs, _) = b.read(&db).unwrap().unwrap();
+        assert_eq!(theirs.holder, b.holder);
+        a.release(&db);
+        let (now, _) = b.read(&db).unwrap().unwrap();
+        assert_eq!(
+            now, theirs,
+            "{mode:?}: the release clobbered the new holder's lease"
+        );
+        b.ensure(&db).unwrap();
+    }
+}
