@@ -371,6 +371,7 @@ fn main() {
                     tmp_dir: tmp.path(),
                     cancel: &cancel,
                     recent: None,
+                    lineage: 0,
                 };
                 while let Some(o) =
                     compact::compact_level(&*storage, &db, level as u8, ends[level], &ctx).unwrap()

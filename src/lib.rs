@@ -66,8 +66,8 @@
 //!   Litestream 0.5, and the object names.
 //! - [`storage`]: a small object-store trait with an S3 backend (rust-s3,
 //!   blocking) and a local-directory backend, and the wrappers around them.
-//! - [`replica`]: the bucket layout read back: listing, chains, checked fetch,
-//!   the cache of objects just stored.
+//! - [`replica`]: the bucket layout read back: listing, chains, checked fetch;
+//!   the merge rule, and level-0 objects just stored folded by it.
 //! - [`lease`]: writer fencing in the bucket (lease objects, conditional writes).
 //! - [`upload`]: LTX segments and the uploader pool.
 //! - [`capture`]: one database's checkpoint-safe capture protocol.

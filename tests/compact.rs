@@ -89,7 +89,7 @@ impl Synth {
         let key = ltx::object_key("", &self.db, level, h.min_txid, h.max_txid);
         self.storage.put(&key, &bytes, &meta).unwrap();
         if let Some(r) = &self.recent {
-            r.offer(&key, bytes);
+            r.offer(&key, 0, bytes);
         }
         key
     }
@@ -167,6 +167,23 @@ fn object(storage: &dyn Storage, key: &str) -> ReplicaObject {
     }
 }
 
+/// A random base image as a snapshot (txid 1), then 1 to 12 level-0
+/// transactions (txids 2.., times 1000..): the base image and their keys.
+fn random_chain(s: &mut Synth, rng: &mut common::Rng) -> (Vec<u8>, Vec<String>) {
+    s.image = (0..1 + rng.below(12))
+        .map(|_| common::pseudo_random(PS as usize, rng.next()))
+        .collect();
+    s.snapshot(1000);
+    let base = s.flat();
+    let keys = (0..1 + rng.below(12) as i64)
+        .map(|i| {
+            s.txn(rng, 1000 + i);
+            ltx::object_key("", &s.db, 0, s.txid, s.txid)
+        })
+        .collect();
+    (base, keys)
+}
+
 #[test]
 fn merge_equals_sequential_application() {
     let mut rng = common::Rng::new("merge_equals_sequential_application");
@@ -176,18 +193,7 @@ fn merge_equals_sequential_application() {
     for case in 0..150 {
         let db = format!("m{case}.db");
         let mut s = Synth::new(storage.clone(), &db);
-        // A random base image.
-        s.image = (0..1 + rng.below(12))
-            .map(|_| common::pseudo_random(PS as usize, rng.next()))
-            .collect();
-        s.snapshot(1000);
-        let base = s.flat();
-        let n = 1 + rng.below(12) as usize;
-        let mut keys = Vec::new();
-        for i in 0..n {
-            s.txn(&mut rng, 1000 + i as i64);
-            keys.push(ltx::object_key("", &db, 0, s.txid, s.txid));
-        }
+        let (base, keys) = random_chain(&mut s, &mut rng);
         let inputs: Vec<ReplicaObject> = keys.iter().map(|k| object(&*storage, k)).collect();
         let enc = compact::merge(
             &*storage,
@@ -197,6 +203,7 @@ fn merge_equals_sequential_application() {
                 tmp_dir: dir.path(),
                 cancel: &cancel,
                 recent: None,
+                lineage: 0,
             },
         )
         .unwrap();
@@ -209,22 +216,106 @@ fn merge_equals_sequential_application() {
         };
         let h = Header::decode(&merged[..ltx::HEADER_SIZE]).unwrap();
         assert_eq!((h.min_txid, h.max_txid), (2, s.txid), "case {case}");
+        check_merged(&*storage, &s, &base, &keys, &merged, case);
+    }
+}
+
+/// `merged` (of `keys`, txids 2.. on `base`, the last at time 1000 + n - 1)
+/// restores exactly like `keys` applied one after the other.
+fn check_merged(
+    storage: &dyn Storage,
+    s: &Synth,
+    base: &[u8],
+    keys: &[String],
+    merged: &[u8],
+    case: u64,
+) {
+    let h = Header::decode(&merged[..ltx::HEADER_SIZE]).unwrap();
+    assert_eq!(
+        h.timestamp_ms,
+        1000 + keys.len() as i64 - 1,
+        "case {case}: last input's time"
+    );
+    let mut seq = base.to_vec();
+    for k in keys {
+        apply(&mut seq, &storage.get(k).unwrap());
+    }
+    let mut one = base.to_vec();
+    apply(&mut one, merged);
+    assert_eq!(seq, s.flat(), "case {case}: the model itself");
+    assert_eq!(
+        one, seq,
+        "case {case}: merged object differs from sequential application"
+    );
+}
+
+/// The daemon's level-1 merge of a busy database: its level-0 objects were
+/// folded as they were stored ([`walsync::replica::recent::Recent`]), and
+/// the merge is that fold, stored with one PUT and no GET (nor a LIST when
+/// it continues the last level-1 object). It must
+/// restore exactly like the objects applied one after the other, shrinks
+/// and regrown pages included.
+#[test]
+fn a_level1_merge_from_the_fold_equals_sequential_application() {
+    let mut rng = common::Rng::new("a_level1_merge_from_the_fold_equals_sequential_application");
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Storage> = Arc::new(FileStorage::create(dir.path()).unwrap());
+    let counting = walsync::storage::CountingStorage::new(inner.clone());
+    let cancel = AtomicBool::new(false);
+    for case in 0..150 {
+        let db = format!("f{case}.db");
+        let recent = Arc::new(walsync::replica::recent::Recent::new(1 << 20));
+        let mut s = Synth::new(inner.clone(), &db);
+        s.recent = Some(recent.clone());
+        let (base, keys) = random_chain(&mut s, &mut rng);
+        let n = keys.len();
+        let ctx = compact::Ctx {
+            tmp_dir: dir.path(),
+            cancel: &cancel,
+            recent: Some(&recent),
+            lineage: 0,
+        };
+        // Right after the last level-1 object (here the snapshot's txid):
+        // no LIST. A new database's first level-1 object (position 0) starts
+        // after the snapshot's hole, found by one LIST. A fold stored by
+        // another lineage (an earlier replication of the same name) is
+        // never used: everything comes from storage.
+        let pos = case % 2;
+        let other = case % 3 == 2;
+        let ctx = compact::Ctx {
+            lineage: u64::from(other),
+            ..ctx
+        };
+        let o = compact::compact_level(&counting, &db, 1, pos, &ctx)
+            .unwrap()
+            .expect("merged");
+        assert_eq!((o.min_txid, o.max_txid), (2, s.txid), "case {case}");
+        let requests = counting.snapshot()[db.as_str()].requests;
+        let want = match other {
+            false => [1, 0, 1 - pos, 0, 0],
+            true => [1, n as u64, 1, 0, 0],
+        };
         assert_eq!(
-            h.timestamp_ms,
-            1000 + n as i64 - 1,
-            "case {case}: last input's time"
+            requests, want,
+            "case {case}: [PUT, GET, LIST, HEAD, DELETE]"
         );
-        let mut seq = base.clone();
-        for k in &keys {
-            apply(&mut seq, &storage.get(k).unwrap());
+        let merged = inner.get(&o.key).unwrap();
+        check_merged(&*inner, &s, &base, &keys, &merged, case);
+        // The same merge from storage gives the same bytes.
+        let inputs: Vec<ReplicaObject> = keys.iter().map(|k| object(&*inner, k)).collect();
+        let ctx = compact::Ctx {
+            recent: None,
+            ..ctx
+        };
+        let enc = compact::merge(&*inner, "test", &inputs, &ctx).unwrap();
+        match enc.body {
+            walsync::upload::segment::Body::Memory(b) => assert_eq!(b, merged, "case {case}"),
+            _ => panic!("case {case}: a small merge is encoded in memory"),
         }
-        let mut one = base.clone();
-        apply(&mut one, &merged);
-        assert_eq!(seq, s.flat(), "case {case}: the model itself");
-        assert_eq!(
-            one, seq,
-            "case {case}: merged object differs from sequential application"
-        );
+        // The fold was used up: the next merge finds nothing new.
+        assert!(compact::compact_level(&counting, &db, 1, s.txid, &ctx)
+            .unwrap()
+            .is_none());
     }
 }
 
@@ -254,6 +345,7 @@ fn synthetic_history(storage: Arc<dyn Storage>, db: &str, rng: &mut common::Rng)
                     tmp_dir: &tmp,
                     cancel: &cancel,
                     recent: Some(&recent),
+                    lineage: 0,
                 };
                 while let Some(o) =
                     compact::compact_level(&*storage, db, level as u8, ends[level], &ctx).unwrap()
@@ -894,6 +986,7 @@ fn review_ctx<'a>(tmp: &'a Path, cancel: &'a AtomicBool) -> compact::Ctx<'a> {
         tmp_dir: tmp,
         cancel,
         recent: None,
+        lineage: 0,
     }
 }
 

@@ -362,7 +362,7 @@ impl Capture {
             budget,
             acks_tx,
             acks,
-            stats: Arc::new(DbStats::default()),
+            stats: Arc::new(DbStats::new()),
             stream: None,
             conn: None,
             db_file: None,

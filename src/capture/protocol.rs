@@ -237,6 +237,7 @@ impl Capture {
                 charge,
                 ack: self.acks_tx.clone(),
                 db: self.cfg.name.clone(),
+                lineage: self.stats.lineage,
                 failures: failures.clone(),
             })
             .map_err(|_| Error::Config("uploader pool stopped".into()))?;

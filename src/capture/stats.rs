@@ -12,6 +12,12 @@ use crate::util::{LastError, Since};
 /// Counters readable from other threads.
 #[derive(Debug, Default)]
 pub struct DbStats {
+    /// Which replication of the database this is, unique in the process
+    /// ([`DbStats::new`]; a database stopped and started again gets a new
+    /// one). What the uploaders fold for the compactor is kept per lineage:
+    /// a new one may restart its txids, so an old one's folds must never be
+    /// merged into it. (`Default` gives 0: tests only.)
+    pub lineage: u64,
     /// Highest txid known durable (contiguous).
     pub durable_txid: std::sync::atomic::AtomicU64,
     /// Segments acknowledged.
@@ -51,6 +57,15 @@ pub struct DbStats {
 }
 
 impl DbStats {
+    /// Counters of a new lineage.
+    pub fn new() -> DbStats {
+        static LINEAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        DbStats {
+            lineage: LINEAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..DbStats::default()
+        }
+    }
+
     /// A segment ending at `txid` was cut from the WAL now; its lag counts
     /// from when its first transaction was seen unread, if it was.
     pub fn note_cut(&self, txid: u64) {

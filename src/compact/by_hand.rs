@@ -75,6 +75,7 @@ pub fn compact_by_hand(
                 tmp_dir,
                 cancel: &cancel,
                 recent: None,
+                lineage: 0,
             };
             match compact_level(storage, db, level, pos, &ctx)? {
                 Some(o) => {

@@ -16,7 +16,8 @@ pub struct Policy {
     pub grace: Duration,
     /// Directory for temporary files.
     pub tmp_dir: PathBuf,
-    /// Bodies just stored, read instead of GETs (see [`Recent`]).
+    /// Level-0 objects just stored, folded: level 1 merges them without a
+    /// GET (see [`Recent`]).
     pub recent: Option<Arc<Recent>>,
     /// How often a shipping database's newest snapshot is checked to be
     /// still stored ([`PRESENCE_CHECK`]).
@@ -304,6 +305,7 @@ impl DbState {
                     tmp_dir: &policy.tmp_dir,
                     cancel: stop,
                     recent: policy.recent.as_deref(),
+                    lineage: self.entry.stats.lineage,
                 };
                 let r = compact_level(storage, &name, level as u8, pos, &ctx);
                 match r {

@@ -71,17 +71,40 @@ pub fn compact_level(
     if !(1..=MAX_LEVEL).contains(&level) {
         return Err(Error::Config(format!("internal: compaction level {level}")));
     }
-    let Some(inputs) = next_inputs(storage, db, level, pos)? else {
-        return Ok(None);
+    // A busy database's level-0 objects, folded as they were stored (see
+    // `Recent`): they make the level-1 object without a GET.
+    let fold = match ctx.recent {
+        Some(r) if level == 1 => r.take_fold(db, ctx.lineage),
+        _ => None,
     };
-    let root = storage.describe();
-    let enc = merge(storage, &root, &inputs, ctx)?;
+    let starts_at = |f: &Fold, txid: u64| f.range().is_some_and(|(min, _)| min == txid);
+    let (enc, merged) = match fold {
+        // Right after the last level-1 object: no LIST either.
+        Some(f) if starts_at(&f, pos + 1) => (encode(&f, ctx.tmp_dir)?, f.objects()),
+        fold => {
+            let Some(inputs) = next_inputs(storage, db, level, pos)? else {
+                return Ok(None);
+            };
+            match (fold, inputs.first()) {
+                // The chain starts after a hole (a snapshot's txid; a new
+                // database's first level-1 object), where the fold does.
+                (Some(f), Some(first)) if starts_at(&f, first.min_txid) => {
+                    (encode(&f, ctx.tmp_dir)?, f.objects())
+                }
+                // Anything else (objects stored before this process
+                // started, a fold evicted and begun again): from storage.
+                _ => {
+                    let root = storage.describe();
+                    (merge(storage, &root, &inputs, ctx)?, inputs.len())
+                }
+            }
+        }
+    };
     let h = enc.header;
     let key = ltx::object_key("", db, level, h.min_txid, h.max_txid);
-    let size = put_encoded(storage, &key, enc, ctx.recent)?;
+    let size = put_encoded(storage, &key, enc)?;
     log::debug!(
-        "{db}: compacted {} level-{} object(s) into {key} (txids {}..{}, {size} bytes)",
-        inputs.len(),
+        "{db}: compacted {merged} level-{} object(s) into {key} (txids {}..{}, {size} bytes)",
         level - 1,
         h.min_txid,
         h.max_txid

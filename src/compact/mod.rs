@@ -53,9 +53,7 @@
 //! replica) nothing at all is deleted.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,7 +65,8 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::capture::DbStats;
 use crate::defaults;
 use crate::error::{Error, Result};
-use crate::ltx::{self, Decoder, Header, SNAPSHOT_LEVEL};
+use crate::ltx::{self, Decoder, SNAPSHOT_LEVEL};
+use crate::replica::fold::Fold;
 use crate::replica::recent::Recent;
 use crate::replica::{self, ReplicaObject, Strictness, SPOOL_THRESHOLD};
 use crate::storage::Storage;

@@ -92,8 +92,9 @@ pub struct Options {
     pub if_missing: missing::IfMissing,
 }
 
-/// Bytes of just-stored objects kept for the compactor (see
-/// [`crate::replica::recent::Recent`]): 30 s of level 0 for a few busy databases.
+/// Bytes of just-stored level-0 objects kept, folded, for the compactor
+/// (see [`crate::replica::recent::Recent`]): 30 s of the pages a few hundred
+/// busy databases rewrite.
 const RECENT_BYTES: usize = 8 << 20;
 
 /// The storage of databases with a prefix or key of their own.
@@ -286,8 +287,8 @@ pub fn run(opts: Options, default: Arc<dyn Storage>, own: Vec<Option<OwnStorage>
     crate::daemon::metrics::spawn_request_log(registry.clone(), Duration::from_secs(60));
     let mut policy = opts.compaction.clone();
     if policy.intervals[0].is_some() {
-        // Level 1 merges what the uploaders just stored: keep those bodies
-        // (bounded) so merging them costs no GET.
+        // Level 1 merges what the uploaders just stored: keep it folded
+        // (bounded) so merging it costs no GET.
         let recent = uploader.recent();
         recent.set_capacity(RECENT_BYTES);
         policy.recent = Some(recent);

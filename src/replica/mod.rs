@@ -23,13 +23,16 @@
 //! - [`fetch`](mod@fetch): one object's bytes with their SHA-256 and header checked,
 //!   big ones spooled to disk; the header alone with a ranged GET.
 //! - [`newest`]: the newest object of a level in a few requests.
-//! - [`recent`]: bodies of objects just stored, kept for the compactor.
+//! - [`recent`]: level-0 objects just stored, folded per database
+//!   ([`fold`]) for the compactor's next level-1 merge.
+//! - [`fold`]: a chain of objects merged into one, newest page wins.
 
 #[cfg(doc)]
 use crate::storage::Storage;
 
 pub mod chain;
 pub mod fetch;
+pub mod fold;
 pub mod listing;
 pub mod newest;
 pub mod recent;

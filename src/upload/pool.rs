@@ -42,6 +42,8 @@ pub struct Segment {
     pub ack: Sender<Ack>,
     /// Database name, for messages.
     pub db: String,
+    /// [`crate::capture::DbStats::lineage`] of the capture that cut it.
+    pub lineage: u64,
     /// Failed attempts so far, readable by the watcher: an upload that is
     /// slow but not failing is no outage.
     pub failures: Arc<std::sync::atomic::AtomicU32>,
@@ -261,7 +263,7 @@ impl Uploader {
         log::info!("{n} uploader threads");
     }
 
-    /// Bodies of stored segments kept for the compactor (off until its
+    /// Stored level-0 segments, folded for the compactor (off until its
     /// capacity is set; see [`Recent`]).
     pub fn recent(&self) -> Arc<Recent> {
         self.recent.clone()
@@ -341,11 +343,12 @@ fn run(
                     stats.puts.fetch_add(1, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                     log::debug!("{}: stored {} ({bytes} bytes)", seg.db, seg.key);
-                    // Cached before the ack: the compactor may list the
-                    // object as soon as it is stored.
-                    // The body is not needed any more: moved, not copied.
+                    // Folded before the ack, so that a database's next
+                    // segment (sent after the ack) is folded after it: a
+                    // fold holds consecutive objects, in txid order. The
+                    // body is not needed any more: moved, not copied.
                     if let (Body::Memory(b), true) = (&mut seg.body, recent.enabled()) {
-                        recent.offer(&seg.key, std::mem::take(b));
+                        recent.offer(&seg.key, seg.lineage, std::mem::take(b));
                     }
                     let _ = seg.ack.send(Ack {
                         txid: seg.txid,
@@ -505,6 +508,7 @@ mod tests {
             charge: 0,
             ack: ack.clone(),
             db: "db".into(),
+            lineage: 0,
             failures: Arc::default(),
         }
     }
