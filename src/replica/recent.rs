@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Cursor;
 
 use super::fold::Fold;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ltx::{self, Decoder};
 
 /// Level-0 objects folded per database for the next level-1 merge, so that
@@ -164,16 +164,14 @@ impl Recent {
 /// header matches its name) into `fold`.
 fn add_object(fold: &mut Fold, key: &str, k: &ltx::ObjectKey, body: &[u8]) -> Result<()> {
     let mut dec = Decoder::new(Cursor::new(body), key)?;
-    let h = dec.header();
-    if (h.min_txid, h.max_txid) != (k.min_txid, k.max_txid) {
-        return Err(Error::ltx(
-            key,
-            format!(
-                "header says txids {}..{}, the name {}..{}",
-                h.min_txid, h.max_txid, k.min_txid, k.max_txid
-            ),
-        ));
-    }
+    let named = super::ReplicaObject {
+        key: key.to_string(),
+        level: k.level,
+        min_txid: k.min_txid,
+        max_txid: k.max_txid,
+        size: body.len() as u64,
+    };
+    super::check_header_matches(dec.header(), &named, key)?;
     fold.add(&mut dec, key)
 }
 
@@ -220,7 +218,7 @@ pub(crate) mod tests {
     }
 
     /// A level-0 object of `db` at txid `t` rewriting pages `pages` (512
-    /// bytes each, filled with `t`) of a 4-page database.
+    /// bytes each, [`noise`]) of a 4-page database.
     fn level0(db: &str, t: u64, pages: &[u32]) -> (String, Vec<u8>) {
         let h = Header::new(512, 4, t, t, 1000 + t as i64);
         let body = ltx::encode_to_vec(h, pages.iter().map(|&p| (p, noise(t, p)))).unwrap();
